@@ -1,0 +1,166 @@
+"""The job runner: levels, executor parity, resume after a kill, damaged files redone."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_TREES, toy_state_dict
+
+from weightspace.zoo import Job, Zoo, ZooError, run_jobs
+from weightspace.zoo.format import TABLE
+from weightspace.zoo.jobs import job_levels
+from weightspace.zoo.model_trees import build_model_trees
+
+
+def _table(zoo_path) -> str:
+    return (Path(zoo_path) / TABLE).read_text()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The tiny trees built in this process, one job after another."""
+    path = tmp_path_factory.mktemp("ref") / "zoo"
+    build_model_trees(path, executor="inline", progress=False, **TINY_TREES)
+    return path
+
+
+def test_builder_output(reference):
+    zoo = Zoo.open(reference, kind="vit-model-trees")
+    n = TINY_TREES["n_trees"] * (TINY_TREES["n_per_tree"] + 1)
+    assert len(zoo) == n
+    assert zoo.select(depth=0) == ["t0-root", "t1-root"]
+    ft = zoo.row("t1-0003")
+    assert ft["parent_id"] == "t1-root" and ft["tree_id"] == 1 and ft["tree_name"] == "digits"
+    assert len(ft["classes"]) == 20 and ft["split"] in ("train", "val", "test")
+    assert 0.0 <= ft["test_acc"] <= 1.0 and ft["schedule"] in ("constant", "cosine", "linear")
+    assert "blocks.1.attn.proj.weight" in zoo.manifest["layers"]
+    zoo.verify()
+    # parameter names are exactly timm's
+    from weightspace.nets import make_vit
+
+    sd = zoo.load("t0-0000")
+    make_vit(40).load_state_dict(sd, strict=True)
+
+
+def test_levels_order_and_bad_dags(tmp_path):
+    zoo = Zoo.create(tmp_path / "z", kind="toy", builder="t", params={})
+    jobs = [Job(_toy_job, {"ids": ["c"], "parent": "b"}, ("c",), parents=("b",), name="grandchild"),
+            Job(_toy_job, {"ids": ["a"], "parent": None}, ("a",), name="root"),
+            Job(_toy_job, {"ids": ["b"], "parent": "a"}, ("b",), parents=("a",), name="child")]
+    assert [[j.name for j in lvl] for lvl in job_levels(zoo, jobs)] == [["root"], ["child"], ["grandchild"]]
+    run_jobs(zoo, jobs, executor="inline", progress=False)
+    assert Zoo.open(zoo.path).ids == ["a", "b", "c"]
+    with pytest.raises(ZooError, match="duplicate model id 'x'"):
+        job_levels(zoo, [Job(_toy_job, {}, ("x",)), Job(_toy_job, {}, ("x",))])
+    with pytest.raises(ZooError, match="starts from parent 'nobody', which is neither in the zoo nor made"):
+        job_levels(zoo, [Job(_toy_job, {}, ("y",), parents=("nobody",))])
+
+
+def _toy_job(spec, writer):
+    for i in spec["ids"]:
+        writer.write(i, toy_state_dict(len(i)), dict(parent_id=spec["parent"], tree_id=0, depth=0, split="train"))
+
+
+def _failing_job(spec, writer):
+    raise ValueError("boom")
+
+
+def test_failing_job_names_itself_and_keeps_finished_work(tmp_path):
+    zoo = Zoo.create(tmp_path / "z", kind="toy", builder="t", params={})
+    jobs = [Job(_toy_job, {"ids": ["a"], "parent": None}, ("a",), name="fine"),
+            Job(_failing_job, {}, ("b",), parents=("a",), name="the bad one")]
+    with pytest.raises(RuntimeError, match="job 'the bad one' failed: ValueError: boom"):
+        run_jobs(zoo, jobs, executor="inline", progress=False)
+    assert Zoo.open(zoo.path).ids == ["a"]
+
+
+@pytest.mark.parametrize("executor,options", [
+    ("local", {}),
+    ("dask", {}),
+    ("slurm", {"cluster": "local"}),
+])
+def test_executor_parity(reference, tmp_path, executor, options):
+    """A process pool, a Dask LocalCluster and submitit's local executor give the inline zoo, bit for bit."""
+    if executor == "slurm":
+        options = {**options, "folder": tmp_path / "submitit"}
+    path = tmp_path / "zoo"
+    build_model_trees(path, executor=executor, workers=2, progress=False, **TINY_TREES, **options) \
+        if executor != "slurm" else _build_submitit(path, options)
+    assert _table(path) == _table(reference)
+
+
+def _build_submitit(path, options):
+    from weightspace.zoo.model_trees import DEFAULTS, KIND, plan_jobs
+
+    p = {**DEFAULTS, **TINY_TREES}
+    zoo = Zoo.create(path, kind=KIND, builder="weightspace.zoo.model_trees.build_model_trees", params=p)
+    run_jobs(zoo, plan_jobs(p), executor="slurm", progress=False, **options)
+
+
+BUILD = """
+import sys
+from weightspace.zoo.model_trees import build_model_trees
+build_model_trees(sys.argv[1], executor="inline", progress=False, **{params})
+"""
+
+
+def test_resume_after_kill(tmp_path):
+    """Kill a build mid-way; the re-run finishes, redoes nothing already written, and equals the reference."""
+    params = {**TINY_TREES, "steps": [60, 80]}                     # slow enough to be killed mid-way
+    build_model_trees(tmp_path / "reference", executor="inline", progress=False, **params)
+    path = tmp_path / "zoo"
+    script = BUILD.format(params=repr(params))
+    proc = subprocess.Popen([sys.executable, "-c", script, str(path)])
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (path / TABLE).exists() and len(_table(path).splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rows_before = len(_table(path).splitlines())
+    assert 3 <= rows_before < 14, "the kill should land mid-build"
+    written = {f.name: (f.stat().st_mtime_ns, f.stat().st_ino) for f in (path / "models").glob("*.safetensors")}
+    leftovers = list((path / "models").glob(".*.tmp"))           # a write cut short: never a model file
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+    assert _table(path) == _table(tmp_path / "reference")
+    for name, stamp in written.items():
+        f = path / "models" / name
+        assert (f.stat().st_mtime_ns, f.stat().st_ino) == stamp, f"{name} was rewritten"
+    assert all(not f.name.endswith(".safetensors") for f in leftovers)
+
+
+def test_orphan_files_are_adopted_and_damaged_files_redone(reference, tmp_path):
+    import shutil
+
+    path = tmp_path / "zoo"
+    shutil.copytree(reference, path)
+    lines = _table(path).splitlines()
+    orphan = json.loads(lines[-1])["model_id"]                     # as if killed before recording it
+    (path / TABLE).write_text("\n".join(lines[:-1]) + "\n")
+    stamp = (path / "models" / f"{orphan}.safetensors").stat().st_mtime_ns
+    damaged = path / "models" / "t0-0001.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    build_model_trees(path, executor="inline", progress=False, **TINY_TREES)
+    assert (path / "models" / f"{orphan}.safetensors").stat().st_mtime_ns == stamp
+    assert _table(path) == _table(reference)
+    assert len(list((path / ".quarantine").iterdir())) == 1        # the damaged file was kept aside
+    Zoo.open(path).verify()
+
+
+def test_unknown_builder_parameter(tmp_path):
+    with pytest.raises(TypeError, match=r"unknown parameter\(s\) \['n_per_trees'\]"):
+        build_model_trees(tmp_path / "z", n_per_trees=3)
+
+
+def test_unknown_executor(tmp_path):
+    zoo = Zoo.create(tmp_path / "z", kind="toy", builder="t", params={})
+    with pytest.raises(ValueError, match="unknown executor 'gpu-farm'"):
+        run_jobs(zoo, [Job(_toy_job, {"ids": ["a"], "parent": None}, ("a",))], executor="gpu-farm",
+                 progress=False)
+    assert torch.get_num_threads() >= 1

@@ -1,0 +1,183 @@
+import json
+import pickle
+
+import pandas as pd
+import pytest
+import torch
+from conftest import toy_state_dict
+
+from weightspace.zoo import LazyStateDict, Zoo, ZooError, read_safetensors
+from weightspace.zoo.format import MANIFEST, TABLE
+
+
+def test_round_trip(toy_zoo):
+    zoo = Zoo.open(toy_zoo.path, kind="toy")
+    assert zoo.ids == ["root", "a", "b", "a1", "b1"]
+    table = pd.read_json(zoo.path / TABLE, lines=True)          # readable by plain pandas
+    assert list(table.model_id) == zoo.ids
+    for col in ("model_id", "parent_id", "tree_id", "depth", "split", "file", "sha256"):
+        assert col in table
+    assert zoo.row("a1")["classes"] == [0] and zoo.row("a1")["parent_id"] == "a"
+    sd = zoo.load("b")
+    ref = toy_state_dict(2)
+    assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in ref)
+    assert zoo.select(depth=1) == ["a", "b"]
+    assert zoo.manifest["format"] == "weightspace-zoo" and zoo.manifest["kind"] == "toy"
+    lazy = zoo.lazy("a")
+    assert isinstance(lazy, LazyStateDict) and torch.equal(lazy["blocks.0.mlp.fc1.weight"], toy_state_dict(1)["blocks.0.mlp.fc1.weight"])
+    meta = json.loads(lazy.metadata["row"])                      # each file carries its own row
+    assert meta["model_id"] == "a" and meta["parent_id"] == "root"
+
+
+def test_layer_stack_and_cache(toy_zoo):
+    name = "blocks.0.attn.proj.weight"
+    X = toy_zoo.layer(name)
+    assert X.shape == (5, 6, 6)
+    for i, mid in enumerate(toy_zoo.ids):
+        assert torch.equal(X[i], toy_state_dict(i)[name])
+    cached = list((toy_zoo.path / ".cache" / "layers").glob("*.safetensors"))
+    assert len(cached) == 1
+    assert torch.equal(toy_zoo.layer(name), X)
+    sub = toy_zoo.layer(name, ids=["b1", "a"])
+    assert torch.equal(sub, X[[4, 1]])
+    # a changed model changes the cache key: the stale stack is never returned
+    toy_zoo.add("a", toy_state_dict(9), parent_id="root", depth=1, replace=True)
+    assert torch.equal(toy_zoo.layer(name)[1], toy_state_dict(9)[name])
+
+
+def test_verify_and_sha_mismatch(toy_zoo):
+    assert toy_zoo.verify() == []
+    path = toy_zoo.path / toy_zoo.row("a")["file"]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF                                             # flip bits in the last weight
+    path.write_bytes(bytes(data))
+    with pytest.raises(ZooError, match=r"a\.safetensors: sha256 mismatch"):
+        toy_zoo.verify()
+    with pytest.raises(ZooError, match="sha256 mismatch"):
+        toy_zoo.load("a")
+    assert toy_zoo.verify(raise_errors=False)[0].startswith(str(path))
+    assert toy_zoo.load("b")                                     # the rest is untouched
+
+
+def test_truncated_and_garbage_files(toy_zoo):
+    path = toy_zoo.path / toy_zoo.row("b")["file"]
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(ZooError, match=r"b\.safetensors: .*truncated or corrupted"):
+        toy_zoo.load("b", verify=False)
+    path.write_bytes(b"\x00" * 7)
+    with pytest.raises(ZooError, match=r"b\.safetensors"):
+        read_safetensors(path)
+    with pytest.raises(ZooError, match=r"b\.safetensors"):
+        toy_zoo.layer("blocks.0.attn.proj.weight", cache=False)
+
+
+def test_missing_file(toy_zoo):
+    (toy_zoo.path / toy_zoo.row("a1")["file"]).unlink()
+    with pytest.raises(ZooError, match=r"a1\.safetensors: model file is missing"):
+        toy_zoo.load("a1")
+    with pytest.raises(ZooError, match="missing"):
+        toy_zoo.verify()
+
+
+def test_never_unpickles(toy_zoo, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = toy_zoo.path / toy_zoo.row("a")["file"]
+    path.write_bytes(pickle.dumps({"w": Payload()}))
+    with pytest.raises(ZooError):
+        toy_zoo.load("a", verify=False)
+    assert not marker.exists()
+
+
+def test_wrong_kind_version_and_not_a_zoo(toy_zoo, tmp_path):
+    with pytest.raises(ZooError, match="of kind 'toy', expected 'vit-model-trees'"):
+        Zoo.open(toy_zoo.path, kind="vit-model-trees")
+    m = json.loads((toy_zoo.path / MANIFEST).read_text())
+    m["version"] = 99
+    (toy_zoo.path / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(ZooError, match="format version 99"):
+        Zoo.open(toy_zoo.path)
+    m["format"] = "something-else"
+    (toy_zoo.path / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(ZooError, match="format is 'something-else'"):
+        Zoo.open(toy_zoo.path)
+    (toy_zoo.path / MANIFEST).write_text("{not json")
+    with pytest.raises(ZooError, match="zoo.json: not valid JSON"):
+        Zoo.open(toy_zoo.path)
+    with pytest.raises(ZooError, match="no zoo manifest"):
+        Zoo.open(tmp_path / "nowhere")
+    other = tmp_path / "my-photos"
+    other.mkdir()
+    (other / "cat.jpg").write_bytes(b"meow")
+    with pytest.raises(ZooError, match="not a weightspace zoo"):
+        Zoo.create(other, kind="toy", builder="t", params={})
+    assert (other / "cat.jpg").read_bytes() == b"meow"
+
+
+def test_resume_with_other_parameters_is_refused(toy_zoo):
+    assert len(Zoo.create(toy_zoo.path, kind="toy", builder="tests", params={"n": 5})) == 5
+    with pytest.raises(ZooError, match=r"other parameters \(differ: \['n'\]\)"):
+        Zoo.create(toy_zoo.path, kind="toy", builder="tests", params={"n": 6})
+
+
+def test_duplicate_ids_and_missing_parent(toy_zoo):
+    with pytest.raises(ZooError, match="duplicate model id 'a'"):
+        toy_zoo.add("a", toy_state_dict(7), parent_id="root", depth=1)
+    with pytest.raises(ZooError, match="names parent 'ghost', which is not in the zoo"):
+        toy_zoo.add("c", toy_state_dict(7), parent_id="ghost", depth=1)
+    with pytest.raises(ZooError, match="not a plain file name"):
+        toy_zoo.add("../evil", toy_state_dict(7))
+    assert "c" not in Zoo.open(toy_zoo.path)
+    # a table edited by hand into a bad state is caught on open, naming the table
+    lines = (toy_zoo.path / TABLE).read_text().splitlines()
+    (toy_zoo.path / TABLE).write_text("\n".join(lines + [lines[1]]) + "\n")
+    with pytest.raises(ZooError, match=r"models.jsonl: duplicate model id 'a'"):
+        Zoo.open(toy_zoo.path)
+    (toy_zoo.path / TABLE).write_text("\n".join(lines[:1] + lines[3:]) + "\n")   # drop a and b
+    with pytest.raises(ZooError, match="model 'a1' names parent 'a'"):
+        Zoo.open(toy_zoo.path)
+    (toy_zoo.path / TABLE).write_text(lines[0] + "\n{oops\n")
+    with pytest.raises(ZooError, match="models.jsonl, line 2: not valid JSON"):
+        Zoo.open(toy_zoo.path)
+
+
+def test_layer_errors_name_the_problem(toy_zoo):
+    with pytest.raises(ZooError, match=r"no tensor named 'blocks.0.attn.prj.weight'; close names: \['blocks.0.attn.proj.weight'"):
+        toy_zoo.layer("blocks.0.attn.prj.weight")
+    toy_zoo.add("odd", {**toy_state_dict(5), "blocks.0.attn.proj.weight": torch.zeros(4, 4)}, parent_id="root")
+    with pytest.raises(ZooError, match=r"odd\.safetensors: layer 'blocks.0.attn.proj.weight' has shape \(4, 4\)"):
+        toy_zoo.layer("blocks.0.attn.proj.weight")
+
+
+def test_assets(toy_zoo):
+    toy_zoo.add_asset("base", {"w": torch.ones(3)})
+    again = Zoo.open(toy_zoo.path)
+    assert torch.equal(again.load_asset("base")["w"], torch.ones(3))
+    with pytest.raises(ZooError, match="no asset 'unet'"):
+        again.load_asset("unet")
+
+
+def test_quarantine_moves_never_deletes(toy_zoo):
+    data = (toy_zoo.path / toy_zoo.row("b1")["file"]).read_bytes()
+    moved = toy_zoo.quarantine("b1")
+    assert moved.read_bytes() == data and "b1" not in Zoo.open(toy_zoo.path)
+
+
+def test_safetensors_writer_round_trips_every_dtype_and_is_canonical(tmp_path):
+    from safetensors.torch import load_file
+
+    from weightspace.zoo.format import safetensors_bytes, write_safetensors
+
+    tensors = {"b": torch.randn(3, 2), "a": torch.arange(5), "h": torch.randn(4).half(),
+               "bf": torch.randn(2, 2).bfloat16(), "m": torch.tensor([True, False]), "s": torch.tensor(2.5),
+               "e": torch.zeros(0, 3), "i8": torch.tensor([-1, 2], dtype=torch.int8)}
+    write_safetensors(tmp_path / "t.safetensors", tensors, {"z": "1", "a": "2"})
+    back = load_file(tmp_path / "t.safetensors")                 # read by the safetensors library
+    assert back.keys() == tensors.keys()
+    for k, v in tensors.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+    assert safetensors_bytes(tensors, {"a": "2", "z": "1"}) == safetensors_bytes(dict(reversed(tensors.items())), {"z": "1", "a": "2"})

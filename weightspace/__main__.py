@@ -1,0 +1,32 @@
+"""Command line: python -m weightspace <command> ...
+
+  reproduce   run the notebooks for a preset (see weightspace.reproduce)
+  zoo         inspect a zoo folder: `zoo info DIR`, `zoo verify DIR`
+  mother      recover the model tree of a folder of checkpoints (see weightspace.mother.cli)
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "reproduce": "weightspace.reproduce",
+    "zoo": "weightspace.zoo.cli",
+    "mother": "weightspace.mother.cli",
+}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nerror: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    module = importlib.import_module(COMMANDS[argv[0]])
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

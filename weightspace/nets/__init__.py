@@ -1,0 +1,5 @@
+"""Small architectures and the machinery to train many of them at once."""
+from .batched import BatchedAdamW, Stacked
+from .vit import VIT_TINY, make_vit, split_qkv
+
+__all__ = ["BatchedAdamW", "Stacked", "VIT_TINY", "make_vit", "split_qkv"]

@@ -1,0 +1,142 @@
+"""Run the numbered notebooks in order with papermill, for one preset.
+
+    python -m weightspace reproduce --preset default            # what `make reproduce` runs
+    python -m weightspace reproduce --preset tiny --only 00 01  # a few notebooks, small
+    python -m weightspace reproduce --preset tiny --out /tmp/ws # everything under one folder
+
+Executed copies go to runs/<preset>/ (git-ignored); zoos to zoos/<preset>/. The default preset writes
+figures/ and results/ (the committed ones); other presets write runs/<preset>/figures and .../results,
+so a quick run never overwrites the gallery.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import presets
+
+
+class NotebookFailed(RuntimeError):
+    pass
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The folder holding notebooks/: the working directory if it has one, else the package's parent."""
+    for cand in ([start] if start else []) + [Path.cwd(), Path(__file__).resolve().parents[1]]:
+        if cand and (cand / "notebooks").is_dir():
+            return cand.resolve()
+    raise FileNotFoundError("cannot find the notebooks/ folder; run from the repository root or pass --root")
+
+
+def numbered_notebooks(notebooks_dir: Path) -> list[Path]:
+    return sorted(p for p in notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+
+
+def select(notebooks: list[Path], only: list[str] | None) -> list[Path]:
+    if not only:
+        return notebooks
+    chosen = []
+    for name in only:
+        hits = [p for p in notebooks if p.stem == name or p.stem.startswith(name)]
+        if not hits:
+            raise ValueError(f"--only {name!r} matches no notebook; have {[p.stem for p in notebooks]}")
+        chosen += [h for h in hits if h not in chosen]
+    return [p for p in notebooks if p in chosen]
+
+
+def output_dirs(root: Path, preset: str, out: Path | None) -> dict[str, Path]:
+    if out is not None:
+        out = out.resolve()
+        return dict(zoo_root=out / "zoos", figures_dir=out / "figures", results_dir=out / "results",
+                    executed=out / "notebooks")
+    gallery = preset == "default"
+    return dict(zoo_root=root / "zoos" / preset,
+                figures_dir=root / "figures" if gallery else root / "runs" / preset / "figures",
+                results_dir=root / "results" if gallery else root / "runs" / preset / "results",
+                executed=root / "runs" / preset)
+
+
+def notebook_parameters(path: Path) -> dict:
+    import papermill
+
+    return papermill.inspect_notebook(str(path))
+
+
+def run(preset: str = "default", only: list[str] | None = None, out: Path | None = None,
+        root: Path | None = None, overrides: dict | None = None, progress: bool = True,
+        log=print) -> list[tuple[str, float]]:
+    """Execute the notebooks; returns [(notebook, seconds)]. Raises NotebookFailed naming notebook and cell."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    if preset not in presets.PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {presets.names()}")
+    root = repo_root(root)
+    chosen = select(numbered_notebooks(root / "notebooks"), only)
+    dirs = output_dirs(root, preset, out)
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+
+    # check every parameter before running anything, so a typo fails in a second, not after an hour
+    plans = []
+    for nb in chosen:
+        declared = notebook_parameters(nb)
+        params = {"preset": preset, **{k: str(dirs[k]) for k in ("zoo_root", "figures_dir", "results_dir")},
+                  **presets.parameters(preset, nb.stem), **(overrides or {})}
+        unknown = sorted(set(params) - set(declared))
+        if unknown:
+            raise ValueError(f"{nb}: preset {preset!r} sets parameter(s) {unknown} that the notebook's "
+                             f"`parameters` cell does not declare (it has {sorted(declared)})")
+        plans.append((nb, params))
+
+    timings = []
+    log(f"weightspace reproduce: preset {preset!r}, {len(plans)} notebook(s)")
+    for nb, params in plans:
+        executed = dirs["executed"] / nb.name
+        log(f"▶ {nb.name}")
+        t0 = time.time()
+        try:
+            papermill.execute_notebook(str(nb), str(executed), parameters=params, cwd=str(nb.parent),
+                                       progress_bar=progress, kernel_name="python3", language="python")
+        except PapermillExecutionError as e:
+            raise NotebookFailed(f"{nb.name} failed in cell {e.cell_index} (execution count {e.exec_count}): "
+                                 f"{e.ename}: {e.evalue}\nexecuted copy with the traceback: {executed}") from None
+        dt = time.time() - t0
+        timings.append((nb.stem, dt))
+        log(f"✔ {nb.name} in {dt / 60:.1f} min — executed copy: {executed}")
+    total = sum(t for _, t in timings)
+    log(f"done in {total / 60:.1f} min. figures: {dirs['figures_dir']}  results: {dirs['results_dir']}")
+    return timings
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m weightspace reproduce", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="default", help=f"one of {presets.names()} (default: default)")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks (name or number prefix)")
+    ap.add_argument("--out", type=Path, help="put zoos, figures, results and executed notebooks under this folder")
+    ap.add_argument("--root", type=Path, help="repository root (default: the one holding notebooks/)")
+    ap.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
+                    help="override one notebook parameter (value parsed as Python literal)")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    import ast
+
+    overrides = {}
+    for k, v in args.param:
+        try:
+            overrides[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            overrides[k] = v
+    try:
+        run(args.preset, args.only, args.out, args.root, overrides, progress=not args.no_progress)
+    except (NotebookFailed, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,75 @@
+"""Device choice, seeding and thread control shared by every method.
+
+Code never calls `.cuda()`: it asks `device()` and moves tensors there, so the same notebook runs on
+CUDA, Apple MPS or a laptop CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def device(prefer: str | None = None) -> torch.device:
+    """CUDA, then MPS, then CPU; `prefer` or $WEIGHTSPACE_DEVICE overrides ("cpu", "cuda:1", ...)."""
+    prefer = prefer or os.environ.get("WEIGHTSPACE_DEVICE")
+    if prefer:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast(dev: torch.device | str):
+    """bf16 autocast on CUDA (where it is fast and safe for these small nets); a no-op elsewhere."""
+    dev = torch.device(dev)
+    if dev.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def derive_seed(*keys) -> int:
+    """A stable 63-bit seed from any printable keys, e.g. derive_seed(base_seed, "tree", 3).
+
+    Unlike hash(), it is the same in every process, so a job gets the same randomness whichever
+    executor runs it.
+    """
+    digest = hashlib.sha256("/".join(map(str, keys)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def generator(*keys) -> torch.Generator:
+    """A torch CPU generator seeded with derive_seed(*keys)."""
+    return torch.Generator().manual_seed(derive_seed(*keys))
+
+
+def np_rng(*keys) -> np.random.Generator:
+    return np.random.default_rng(derive_seed(*keys))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run a block with n intra-op threads (restored afterwards).
+
+    Jobs train with one thread each: results are then bit-identical across executors, and two
+    one-thread processes beat one two-thread process on these small nets (environment.md, section 4).
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

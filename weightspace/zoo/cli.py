@@ -1,0 +1,31 @@
+"""python -m weightspace zoo {info,verify} DIR — look at a zoo folder from the shell."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .format import Zoo, ZooError
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m weightspace zoo")
+    ap.add_argument("action", choices=["info", "verify"])
+    ap.add_argument("path")
+    args = ap.parse_args(argv)
+    try:
+        zoo = Zoo.open(args.path)
+        if args.action == "info":
+            m = zoo.manifest
+            print(f"{zoo.path}: kind {m['kind']!r}, {len(zoo)} models, built by {m['builder']} "
+                  f"(weightspace {m['package_version']}, preset {m.get('preset')})")
+            table = zoo.table
+            for col in ("tree_id", "split", "depth"):
+                if col in table:
+                    print(f"  {col}: " + ", ".join(f"{k}={v}" for k, v in table[col].value_counts(dropna=False).sort_index().items()))
+        else:
+            zoo.verify()
+            print(f"{zoo.path}: all {len(zoo)} model files match their sha256")
+    except ZooError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

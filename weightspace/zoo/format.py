@@ -1,0 +1,564 @@
+"""The zoo format: one folder per model zoo.
+
+    <zoo>/zoo.json              manifest: format, version, kind, builder, parameters, preset, command, layers
+    <zoo>/models.jsonl          the models table, one JSON object per line (pandas.read_json(lines=True))
+    <zoo>/models/<id>.safetensors   one file per model (or per checkpoint), with string metadata
+    <zoo>/assets/<name>.safetensors shared weights, e.g. the base UNet a LoRA zoo adapts
+    <zoo>/.cache/                   stacked layers, rebuilt when the models they came from change
+
+Each row has at least `model_id, parent_id, tree_id, depth, split, file, sha256`; builders add labels,
+hyperparameters and metrics as further flat columns. `parent_id` mirrors Hugging Face's `base_model`.
+Several checkpoints of one training run are several rows (with e.g. `run_id` and `epoch` columns).
+
+Writes are atomic (temporary file, then rename; the table last), so a killed build leaves only whole
+files behind, and every model file carries its own row in its metadata so a re-run can adopt it.
+Nothing here ever unpickles: weights are safetensors, everything else JSON.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+FORMAT_NAME = "weightspace-zoo"
+FORMAT_VERSION = 1
+MANIFEST = "zoo.json"
+TABLE = "models.jsonl"
+MODELS_DIR = "models"
+ASSETS_DIR = "assets"
+CACHE_DIR = ".cache"
+QUARANTINE_DIR = ".quarantine"
+REQUIRED_COLUMNS = ("model_id", "parent_id", "tree_id", "depth", "split", "file", "sha256")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ZooError(RuntimeError):
+    """A zoo on disk is missing, damaged or not what was asked for. The message names the file."""
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+           torch.bool: "BOOL"}
+
+
+def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    """Serialise to the safetensors format with a canonical header (sorted names and metadata keys).
+
+    The safetensors library writes metadata in hash-map order, which changes from process to process;
+    this writer gives the same bytes for the same weights, so a zoo's sha256s do not depend on which
+    process wrote it. Read back with safetensors itself.
+    """
+    header: dict = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in sorted(metadata.items())}
+    chunks, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"cannot store tensor {name!r} of dtype {t.dtype} in safetensors")
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    return len(head).to_bytes(8, "little") + head + b"".join(chunks)
+
+
+def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
+                      metadata: Mapping[str, str] | None = None) -> str:
+    """Write tensors atomically as safetensors; returns the file's sha256."""
+    data = safetensors_bytes(tensors, metadata)
+    _atomic_write_bytes(Path(path), data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _open(path: Path):
+    if not path.exists():
+        raise ZooError(f"{path}: model file is missing")
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as e:  # safetensors raises its own error types for truncated or garbled headers
+        raise ZooError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e}); "
+                       "it is truncated or corrupted — delete it and re-run the builder to redo it") from e
+
+
+def read_safetensors(path: str | os.PathLike, keys: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """Read tensors (all, or `keys`) with a clear error for a missing, truncated or corrupted file."""
+    path = Path(path)
+    with _open(path) as f:
+        names = list(f.keys()) if keys is None else list(keys)
+        missing = [k for k in names if k not in f.keys()]
+        if missing:
+            raise ZooError(_missing_key_message(path, missing[0], list(f.keys())))
+        try:
+            return {k: f.get_tensor(k) for k in names}
+        except Exception as e:
+            raise ZooError(f"{path}: tensor data is truncated or corrupted ({e})") from e
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    with _open(Path(path)) as f:
+        return dict(f.metadata() or {})
+
+
+def _missing_key_message(path, key, available) -> str:
+    close = difflib.get_close_matches(key, available, n=5, cutoff=0.5)
+    hint = f"; close names: {close}" if close else f"; it has {len(available)} tensors, e.g. {available[:5]}"
+    return f"{path}: no tensor named {key!r}{hint}"
+
+
+class LazyStateDict(Mapping):
+    """A read-only state dict whose tensors are read from a safetensors file only when asked for.
+
+    Lets code that wants `{name: tensor}` (MoTHer's distances, say) stream one layer at a time from
+    memory-mapped files instead of holding whole models in RAM.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        with _open(self.path) as f:
+            self._keys = list(f.keys())
+            self.metadata = dict(f.metadata() or {})
+            self._shapes = {k: tuple(f.get_slice(k).get_shape()) for k in self._keys}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._shapes:
+            raise KeyError(_missing_key_message(self.path, key, self._keys))
+        return read_safetensors(self.path, [key])[key]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._shapes[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"LazyStateDict({str(self.path)!r}, {len(self)} tensors)"
+
+
+# ------------------------------------------------------------------------------------------------ zoo
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ZooError(f"{path}: not valid JSON ({e})") from e
+
+
+def _jsonable(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        return value.item()  # numpy scalars
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+class Zoo:
+    """A model zoo folder: open or create it, add models, read weights and stacked layers.
+
+    >>> zoo = Zoo.open("zoos/vit-trees")
+    >>> zoo.table.head()                      # one row per model
+    >>> X = zoo.layer("blocks.1.attn.proj.weight")   # [N, 32, 32], cached
+    """
+
+    def __init__(self, path: Path, manifest: dict, rows: list[dict]):
+        self.path = Path(path)
+        self.manifest = manifest
+        self._rows: dict[str, dict] = {r["model_id"]: r for r in rows}
+
+    # -- creating and opening ---------------------------------------------------------------------
+    @classmethod
+    def create(cls, path, *, kind: str, builder: str, params: Mapping, preset: str | None = None,
+               command: str | None = None, layers: Mapping | None = None) -> "Zoo":
+        """Create a zoo folder, or reopen it to resume when it was started with the same parameters."""
+        path = Path(path)
+        params = _jsonable(dict(params))
+        if (path / MANIFEST).exists():
+            zoo = cls.open(path, kind=kind)
+            if zoo.manifest.get("params") != params:
+                old = zoo.manifest.get("params", {})
+                diff = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
+                raise ZooError(f"{path / MANIFEST}: this zoo was started with other parameters "
+                               f"(differ: {diff}); use another folder or delete this one")
+            return zoo
+        if path.exists() and any(p for p in path.iterdir() if not p.name.startswith(".")):
+            raise ZooError(f"{path}: folder exists, is not empty and has no {MANIFEST}; "
+                           "it is not a weightspace zoo (refusing to write into it)")
+        from weightspace import __version__
+
+        manifest = {
+            "format": FORMAT_NAME, "version": FORMAT_VERSION, "kind": kind, "builder": builder,
+            "params": params, "preset": preset, "package_version": __version__,
+            "command": command, "layers": _jsonable(dict(layers or {})),
+            "assets": {}, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        (path / MODELS_DIR).mkdir(parents=True, exist_ok=True)
+        zoo = cls(path, manifest, [])
+        zoo._write_manifest()
+        zoo._write_table()
+        return zoo
+
+    @classmethod
+    def open(cls, path, kind: str | None = None) -> "Zoo":
+        """Open an existing zoo, checking its format, version, kind and table."""
+        path = Path(path)
+        mpath = path / MANIFEST
+        if not mpath.exists():
+            hint = " (the folder does not exist)" if not path.exists() else ""
+            raise ZooError(f"{mpath}: no zoo manifest{hint}; is {path} a weightspace zoo? "
+                           "Build it first (see the notebook that makes it)")
+        manifest = _read_json(mpath)
+        if manifest.get("format") != FORMAT_NAME:
+            raise ZooError(f"{mpath}: format is {manifest.get('format')!r}, not {FORMAT_NAME!r}")
+        if manifest.get("version") != FORMAT_VERSION:
+            raise ZooError(f"{mpath}: format version {manifest.get('version')!r}; this weightspace reads "
+                           f"version {FORMAT_VERSION} (rebuild the zoo or use a matching weightspace)")
+        if kind is not None and manifest.get("kind") != kind:
+            raise ZooError(f"{mpath}: this zoo is of kind {manifest.get('kind')!r}, expected {kind!r}")
+        rows = cls._read_table(path / TABLE)
+        zoo = cls(path, manifest, [])
+        zoo._check_rows(rows, known={})
+        zoo._rows = {r["model_id"]: r for r in rows}
+        return zoo
+
+    @staticmethod
+    def _read_table(tpath: Path) -> list[dict]:
+        if not tpath.exists():
+            raise ZooError(f"{tpath}: the models table is missing")
+        rows = []
+        for i, line in enumerate(tpath.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ZooError(f"{tpath}, line {i}: not valid JSON ({e})") from e
+        return rows
+
+    # -- reading the table --------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def params(self) -> dict:
+        return self.manifest["params"]
+
+    @property
+    def rows(self) -> list[dict]:
+        return list(self._rows.values())
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._rows)
+
+    @property
+    def table(self):
+        """The models table as a pandas DataFrame, in insertion order."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=None if self._rows else list(REQUIRED_COLUMNS))
+
+    def row(self, model_id: str) -> dict:
+        try:
+            return self._rows[model_id]
+        except KeyError:
+            raise ZooError(f"{self.path / TABLE}: no model {model_id!r}") from None
+
+    def select(self, **where) -> list[str]:
+        """Ids of the models whose columns equal the given values, e.g. select(tree_id=0, split='train')."""
+        return [i for i, r in self._rows.items() if all(r.get(k) == v for k, v in where.items())]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, model_id) -> bool:
+        return model_id in self._rows
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.rows)
+
+    def __repr__(self) -> str:
+        return f"Zoo({str(self.path)!r}, kind={self.kind!r}, {len(self)} models)"
+
+    # -- writing ------------------------------------------------------------------------------------
+    def model_path(self, model_id: str) -> Path:
+        return self.path / MODELS_DIR / f"{model_id}.safetensors"
+
+    def add(self, model_id: str, tensors: Mapping[str, torch.Tensor], *, parent_id=None, tree_id=0,
+            depth=0, split="train", replace: bool = False, **columns) -> dict:
+        """Write one model and record its row (convenient for small builds; jobs use write_model)."""
+        row = write_model(self.path, model_id, tensors, dict(parent_id=parent_id, tree_id=tree_id,
+                                                             depth=depth, split=split, **columns))
+        self.record([row], replace=replace)
+        return row
+
+    def record(self, rows: Iterable[dict], replace: bool = False) -> None:
+        """Add rows (whose files are written) to the table, checking ids, parents and files."""
+        rows = [_jsonable(dict(r)) for r in rows]
+        if not rows:
+            return
+        known = {k: v for k, v in self._rows.items()}
+        if replace:
+            for r in rows:
+                known.pop(r.get("model_id"), None)
+        self._check_rows(rows, known=known)
+        for r in rows:
+            f = self.path / r["file"]
+            if not f.exists():
+                raise ZooError(f"{f}: model file is missing (cannot record {r['model_id']!r})")
+            self._rows[r["model_id"]] = r
+        self._write_table()
+
+    def reorder(self, ids: list[str]) -> None:
+        """Store the table in the given order (which must list every model once)."""
+        if sorted(ids) != sorted(self._rows):
+            raise ZooError(f"{self.path / TABLE}: reorder needs every model id exactly once")
+        if ids != self.ids:
+            self._rows = {i: self._rows[i] for i in ids}
+            self._write_table()
+
+    def _check_rows(self, rows: list[dict], known: Mapping[str, dict]) -> None:
+        where = self.path / TABLE
+        seen = dict(known)
+        for r in rows:
+            missing = [c for c in REQUIRED_COLUMNS if c not in r]
+            if missing:
+                raise ZooError(f"{where}: row {r.get('model_id', r)!r} lacks columns {missing}")
+            mid = r["model_id"]
+            if not isinstance(mid, str) or not _ID.match(mid):
+                raise ZooError(f"{where}: model id {mid!r} is not a plain file name "
+                               "(letters, digits, '.', '_', '-')")
+            if mid in seen:
+                raise ZooError(f"{where}: duplicate model id {mid!r}")
+            pid = r["parent_id"]
+            if pid is not None:
+                parent = seen.get(pid)
+                if parent is None:
+                    raise ZooError(f"{where}: model {mid!r} names parent {pid!r}, which is not in the zoo "
+                                   "(parents must be recorded before their children)")
+                if parent["tree_id"] != r["tree_id"]:
+                    raise ZooError(f"{where}: model {mid!r} is in tree {r['tree_id']!r} but its parent "
+                                   f"{pid!r} is in tree {parent['tree_id']!r}")
+            seen[mid] = r
+
+    def _write_manifest(self) -> None:
+        _atomic_write_bytes(self.path / MANIFEST, (json.dumps(self.manifest, indent=2) + "\n").encode())
+
+    def _write_table(self) -> None:
+        text = "".join(json.dumps(r, sort_keys=False) + "\n" for r in self._rows.values())
+        _atomic_write_bytes(self.path / TABLE, text.encode())
+
+    def set_layers(self, layers: Mapping[str, Iterable[int]]) -> None:
+        """Record the layer layout (name -> shape) in the manifest."""
+        self.manifest["layers"] = {k: list(v) for k, v in layers.items()}
+        self._write_manifest()
+
+    # -- assets (weights shared by all models, e.g. a cached base model) -----------------------------
+    def add_asset(self, name: str, tensors: Mapping[str, torch.Tensor], metadata=None) -> None:
+        if not _ID.match(name):
+            raise ZooError(f"{self.path}: asset name {name!r} is not a plain file name")
+        rel = f"{ASSETS_DIR}/{name}.safetensors"
+        sha = write_safetensors(self.path / rel, tensors, metadata)
+        self.manifest.setdefault("assets", {})[name] = {"file": rel, "sha256": sha}
+        self._write_manifest()
+
+    def load_asset(self, name: str, verify: bool = True) -> dict[str, torch.Tensor]:
+        assets = self.manifest.get("assets", {})
+        if name not in assets:
+            raise ZooError(f"{self.path / MANIFEST}: no asset {name!r} (has {sorted(assets)})")
+        path = self.path / assets[name]["file"]
+        if verify:
+            _check_hash(path, assets[name]["sha256"])
+        return read_safetensors(path)
+
+    # -- reading weights ------------------------------------------------------------------------------
+    def load(self, model_id: str, verify: bool = True) -> dict[str, torch.Tensor]:
+        """The state dict of one model (sha256 checked unless verify=False)."""
+        row = self.row(model_id)
+        path = self.path / row["file"]
+        if verify:
+            _check_hash(path, row["sha256"])
+        return read_safetensors(path)
+
+    def lazy(self, model_id: str) -> LazyStateDict:
+        """The model as a LazyStateDict: tensors are read from disk only when indexed."""
+        return LazyStateDict(self.path / self.row(model_id)["file"])
+
+    def state_dicts(self, ids: Iterable[str] | None = None, lazy: bool = True) -> dict[str, Mapping]:
+        """{model_id: state dict} for `ids` (default: all), lazy by default."""
+        ids = self.ids if ids is None else list(ids)
+        return {i: (self.lazy(i) if lazy else self.load(i)) for i in ids}
+
+    def layer_names(self) -> list[str]:
+        if self.manifest.get("layers"):
+            return list(self.manifest["layers"])
+        if not self._rows:
+            return []
+        return list(self.lazy(next(iter(self._rows))))
+
+    def layer(self, name: str, ids: Iterable[str] | None = None, cache: bool = True,
+              progress: bool = False) -> torch.Tensor:
+        """One tensor of every model stacked as [N, ...] (in `ids` order), cached under .cache/.
+
+        The cache key covers the ids and their sha256, so it is rebuilt when any model changes.
+        """
+        ids = self.ids if ids is None else list(ids)
+        if not ids:
+            raise ZooError(f"{self.path}: no models to stack layer {name!r} from")
+        rows = [self.row(i) for i in ids]
+        digest = hashlib.sha256("\n".join(f"{r['model_id']}:{r['sha256']}" for r in rows).encode()).hexdigest()
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+        cpath = self.path / CACHE_DIR / "layers" / f"{safe}--{digest[:16]}.safetensors"
+        if cache and cpath.exists():
+            try:
+                return read_safetensors(cpath, ["stack"])["stack"]
+            except ZooError:
+                pass  # a damaged cache file is simply rebuilt
+        it = rows
+        if progress:
+            from tqdm.auto import tqdm
+
+            it = tqdm(rows, desc=f"reading {name}", unit="model")
+        first_shape, out = None, []
+        for r in it:
+            path = self.path / r["file"]
+            t = read_safetensors(path, [name])[name]
+            if first_shape is None:
+                first_shape = tuple(t.shape)
+            elif tuple(t.shape) != first_shape:
+                raise ZooError(f"{path}: layer {name!r} has shape {tuple(t.shape)}, but the first model "
+                               f"({rows[0]['file']}) has {first_shape}; the zoo mixes architectures")
+            out.append(t)
+        stack = torch.stack(out)
+        if cache:
+            write_safetensors(cpath, {"stack": stack}, {"layer": name, "digest": digest})
+        return stack
+
+    # -- integrity ------------------------------------------------------------------------------------
+    def verify(self, ids: Iterable[str] | None = None, raise_errors: bool = True) -> list[str]:
+        """Recompute every file's sha256; returns (or raises with) the list of problems."""
+        problems = []
+        for i in (self.ids if ids is None else ids):
+            r = self.row(i)
+            try:
+                _check_hash(self.path / r["file"], r["sha256"])
+            except ZooError as e:
+                problems.append(str(e))
+        if problems and raise_errors:
+            more = f"\n... and {len(problems) - 10} more" if len(problems) > 10 else ""
+            raise ZooError(f"{self.path}: {len(problems)} model file(s) failed verification:\n"
+                           + "\n".join(problems[:10]) + more)
+        return problems
+
+    def is_done(self, model_id: str) -> bool:
+        """Recorded, present and matching its sha256."""
+        r = self._rows.get(model_id)
+        if r is None:
+            return False
+        path = self.path / r["file"]
+        return path.exists() and sha256_file(path) == r["sha256"]
+
+    def quarantine(self, model_id: str) -> Path | None:
+        """Move a damaged file aside (never delete) and forget its row, so a builder redoes it."""
+        r = self._rows.pop(model_id, None)
+        path = self.model_path(model_id) if r is None else self.path / r["file"]
+        moved = None
+        if path.exists():
+            qdir = self.path / QUARANTINE_DIR
+            qdir.mkdir(exist_ok=True)
+            moved = qdir / f"{path.name}.{int(time.time())}"
+            shutil.move(str(path), moved)
+        if r is not None:
+            self._write_table()
+        return moved
+
+    def orphans(self) -> list[dict]:
+        """Rows of model files present on disk but not in the table (a build killed before recording).
+
+        Every file written by write_model carries its row, so it can be adopted without retraining.
+        Files that do not parse are skipped here (a builder overwrites them).
+        """
+        out = []
+        mdir = self.path / MODELS_DIR
+        if not mdir.exists():
+            return out
+        for f in sorted(mdir.glob("*.safetensors")):
+            mid = f.name[: -len(".safetensors")]
+            if mid in self._rows:
+                continue
+            try:
+                meta = read_metadata(f)
+                row = json.loads(meta["row"])
+            except (ZooError, KeyError, json.JSONDecodeError):
+                continue
+            if row.get("model_id") != mid:
+                continue
+            row["file"] = f"{MODELS_DIR}/{f.name}"
+            row["sha256"] = sha256_file(f)
+            out.append(row)
+        return out
+
+
+def _check_hash(path: Path, expected: str) -> None:
+    if not path.exists():
+        raise ZooError(f"{path}: model file is missing")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ZooError(f"{path}: sha256 mismatch (table says {expected[:12]}…, file is {actual[:12]}…); "
+                       "the file was changed or damaged after it was written")
+
+
+def write_model(zoo_path, model_id: str, tensors: Mapping[str, torch.Tensor], row: Mapping) -> dict:
+    """Write one model file into a zoo folder and return its complete row (with file and sha256).
+
+    Safe to call from worker processes on other machines (shared file system): it only writes the
+    model's own file, atomically; the driver records the returned row in the table.
+    """
+    if not _ID.match(model_id):
+        raise ZooError(f"model id {model_id!r} is not a plain file name (letters, digits, '.', '_', '-')")
+    row = _jsonable({"model_id": model_id, **dict(row)})
+    for c in ("parent_id", "tree_id", "depth", "split"):
+        row.setdefault(c, None)
+    rel = f"{MODELS_DIR}/{model_id}.safetensors"
+    meta = {"format": f"{FORMAT_NAME}/{FORMAT_VERSION}", "model_id": model_id,
+            "parent_id": str(row.get("parent_id")), "row": json.dumps(row)}
+    sha = write_safetensors(Path(zoo_path) / rel, tensors, meta)
+    return {**row, "file": rel, "sha256": sha}

@@ -1,0 +1,274 @@
+"""Build a zoo as a DAG of jobs, level by level, on any concurrent.futures-shaped executor.
+
+A job trains a group of models (usually many at once, with vmap) and writes their files into the zoo
+folder; the driver records the rows they return. Roots come first, then their children, and so on.
+
+Executors, all giving the same zoo bit for bit (jobs train with one thread, seeded from their spec):
+  "local"   a process pool on this machine (default)
+  "inline"  in this process, one job after another (debugging)
+  "dask"    a Dask cluster (`distributed`): a LocalCluster, or `address="tcp://..."` of a running one
+  "slurm"   SLURM through submitit (`cluster="local"` runs submitit's local executor, for tests)
+or any object with `submit(fn, *args)` returning something with `.result()` and `.done()`.
+
+Re-running resumes: models whose files are recorded and verified are skipped, files written by a
+killed run are adopted from their own metadata, and damaged files are moved aside and redone.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import concurrent.futures.process  # noqa: F401  (BrokenProcessPool)
+import contextlib
+import multiprocessing
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from weightspace.runtime import torch_threads
+
+from .format import Zoo, ZooError, write_model
+
+EXECUTORS = ("local", "inline", "dask", "slurm")
+
+
+@dataclass(frozen=True)
+class Job:
+    """Train `model_ids` with `fn(spec, writer)`; `parents` are the model ids they start from.
+
+    `fn` must be a module-level function (it is pickled to other processes) that calls
+    `writer.write(model_id, tensors, row)` once per model.
+    """
+
+    fn: Callable
+    spec: Mapping
+    model_ids: tuple[str, ...]
+    parents: tuple[str, ...] = ()
+    name: str = ""
+
+
+@dataclass
+class ModelWriter:
+    """Handed to a job: writes model files into the zoo, skipping the ones already done."""
+
+    zoo_path: str
+    skip: frozenset = frozenset()
+    rows: list = field(default_factory=list)
+
+    def write(self, model_id: str, tensors: Mapping[str, torch.Tensor], row: Mapping) -> None:
+        if model_id in self.skip:
+            return
+        self.rows.append(write_model(self.zoo_path, model_id, tensors, row))
+
+
+def _execute(fn, spec, zoo_path, skip, threads):
+    """What runs on the worker: one job, with a fixed thread count so results do not depend on it."""
+    writer = ModelWriter(zoo_path, frozenset(skip))
+    with torch_threads(threads):
+        fn(spec, writer)
+    return writer.rows
+
+
+# ------------------------------------------------------------------------------------------ executors
+
+class InlineExecutor(cf.Executor):
+    """Runs each job at submit time in this process."""
+
+    max_in_flight = 1  # so the runner records each job before starting the next
+
+    def submit(self, fn, /, *args, **kwargs):
+        fut = cf.Future()
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+            fut.set_exception(e)
+        return fut
+
+
+class _SubmititExecutor:
+    def __init__(self, folder, cluster=None, **params):
+        import submitit
+
+        self._ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+        params.setdefault("timeout_min", 60)
+        self._ex.update_parameters(**params)
+
+    def submit(self, fn, *args):
+        return self._ex.submit(fn, *args)
+
+    def shutdown(self, wait=True):
+        pass
+
+
+@contextlib.contextmanager
+def make_executor(kind="local", workers: int | None = None, **options):
+    """Yield an executor of the given kind (see the module docstring); shut it down afterwards."""
+    if not isinstance(kind, str):
+        yield kind
+        return
+    workers = workers or 2
+    if kind == "inline":
+        yield InlineExecutor()
+    elif kind == "local":
+        ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads can hang
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+            yield ex
+    elif kind == "dask":
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError as e:
+            raise ImportError("executor 'dask' needs the dask extra: pip install 'weightspace[dask]'") from e
+        address = options.get("address")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if address:
+                client, cluster = Client(address), None
+            else:
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address=None)
+                client = Client(cluster)
+        try:
+            yield client.get_executor()
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    elif kind == "slurm":
+        try:
+            import submitit  # noqa: F401
+        except ImportError as e:
+            raise ImportError("executor 'slurm' needs the slurm extra: pip install 'weightspace[slurm]'") from e
+        opts = dict(options)
+        folder = opts.pop("folder", None) or Path(".submitit")
+        yield _SubmititExecutor(folder, **opts)
+    else:
+        raise ValueError(f"unknown executor {kind!r}; choose one of {EXECUTORS} or pass an executor object")
+
+
+def _wait_any(pending: dict):
+    """Return the futures among `pending` that are done (blocking until at least one is)."""
+    futs = list(pending)
+    if all(isinstance(f, cf.Future) for f in futs):
+        done, _ = cf.wait(futs, return_when=cf.FIRST_COMPLETED)
+        return list(done)
+    while True:
+        done = [f for f in futs if f.done()]
+        if done:
+            return done
+        time.sleep(0.2)
+
+
+# ----------------------------------------------------------------------------------------------- runner
+
+def job_levels(zoo: Zoo, jobs: list[Job]) -> list[list[Job]]:
+    """Group jobs into levels: a job comes after every job that makes one of its parents."""
+    maker: dict[str, int] = {}
+    for j, job in enumerate(jobs):
+        for mid in job.model_ids:
+            if mid in maker:
+                raise ZooError(f"{zoo.path}: duplicate model id {mid!r} (made by jobs "
+                               f"{jobs[maker[mid]].name or maker[mid]!r} and {job.name or j!r})")
+            maker[mid] = j
+    level: dict[int, int] = {}
+
+    def depth(j, stack=()):
+        if j in level:
+            return level[j]
+        if j in stack:
+            raise ZooError(f"{zoo.path}: jobs depend on each other in a cycle")
+        d = 0
+        for p in jobs[j].parents:
+            if p in maker:
+                if maker[p] == j:
+                    raise ZooError(f"{zoo.path}: job {jobs[j].name!r} makes its own parent {p!r}")
+                d = max(d, depth(maker[p], stack + (j,)) + 1)
+            elif p not in zoo:
+                child = next(m for m in jobs[j].model_ids)
+                raise ZooError(f"{zoo.path}: model {child!r} starts from parent {p!r}, which is neither in "
+                               "the zoo nor made by any job")
+        level[j] = d
+        return d
+
+    for j in range(len(jobs)):
+        depth(j)
+    out = [[] for _ in range(max(level.values(), default=-1) + 1)]
+    for j, job in enumerate(jobs):
+        out[level[j]].append(job)
+    return out
+
+
+def _resume(zoo: Zoo, jobs: list[Job], log) -> None:
+    """Adopt whole files a killed run left unrecorded; move damaged recorded files aside."""
+    wanted = {m for job in jobs for m in job.model_ids}
+    for mid in [m for m in zoo.ids if m in wanted]:
+        if not zoo.is_done(mid):
+            moved = zoo.quarantine(mid)
+            log(f"{zoo.path}: model {mid!r} failed verification; moved to {moved} and will be redone")
+    orphans = {r["model_id"]: r for r in zoo.orphans() if r["model_id"] in wanted}
+    # parents first, so each adopted row finds its parent
+    while orphans:
+        ready = [r for r in orphans.values() if r["parent_id"] is None or r["parent_id"] in zoo]
+        if not ready:
+            break  # the rest wait for their parents to be (re)built; they are re-written then
+        zoo.record(ready)
+        for r in ready:
+            del orphans[r["model_id"]]
+    if orphans:
+        log(f"{zoo.path}: {len(orphans)} unrecorded file(s) wait for their parents and will be redone")
+
+
+def run_jobs(zoo: Zoo, jobs: Iterable[Job], executor="local", workers: int | None = None,
+             threads: int = 1, progress: bool = True, desc: str | None = None, **executor_options) -> Zoo:
+    """Run the jobs that still have work, level by level, recording each job's rows as it finishes."""
+    jobs = list(jobs)
+    log = print
+    levels = job_levels(zoo, jobs)
+    _resume(zoo, jobs, log)
+    todo = [job for lvl in levels for job in lvl if any(m not in zoo for m in job.model_ids)]
+    n_todo = sum(sum(m not in zoo for m in job.model_ids) for job in todo)
+    if not todo:
+        return zoo
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_todo, desc=desc or f"building {zoo.path.name}", unit="model", disable=not progress)
+
+    def finish(fut, job):
+        try:
+            rows = fut.result()
+        except cf.process.BrokenProcessPool as e:
+            raise RuntimeError(
+                f"job {job.name or job.model_ids[0]!r} failed: a worker process died ({e}). "
+                "Workers are started with 'spawn': in a script, call the builder under "
+                "`if __name__ == '__main__':`; or out of memory? Try executor='inline'.") from e
+        except Exception as e:
+            raise RuntimeError(f"job {job.name or job.model_ids[0]!r} failed: {type(e).__name__}: {e}") from e
+        missing = set(job.model_ids) - {r["model_id"] for r in rows} - set(zoo.ids)
+        if missing:
+            raise ZooError(f"{zoo.path}: job {job.name!r} did not write {sorted(missing)[:5]}")
+        zoo.record(sorted(rows, key=lambda r: job.model_ids.index(r["model_id"])), replace=True)
+        bar.update(len(rows))
+
+    try:
+        with make_executor(executor, workers, **executor_options) as ex:
+            limit = getattr(ex, "max_in_flight", None) or len(jobs)
+            for lvl in levels:
+                pending = {}
+                for job in lvl:
+                    skip = [m for m in job.model_ids if m in zoo]
+                    if len(skip) == len(job.model_ids):
+                        continue
+                    while len(pending) >= limit:
+                        for fut in _wait_any(pending):
+                            finish(fut, pending.pop(fut))
+                    pending[ex.submit(_execute, job.fn, dict(job.spec), str(zoo.path), skip, threads)] = job
+                while pending:
+                    for fut in _wait_any(pending):
+                        finish(fut, pending.pop(fut))
+    finally:
+        bar.close()
+    # jobs finish in any order; the table is stored in job order so every executor gives the same file
+    built = [m for lvl in levels for job in lvl for m in job.model_ids]
+    zoo.reorder([m for m in zoo.ids if m not in set(built)] + built)
+    return zoo
