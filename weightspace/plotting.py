@@ -76,6 +76,7 @@ def weight_grid(mats, titles=None, cmap="RdBu_r", ncols: int | None = None, size
     for i, (ax, m) in enumerate(zip(axes.flat, mats)):
         lim = float(np.abs(m).max()) or 1.0
         ax.imshow(m, cmap=cmap, vmin=-lim, vmax=lim, interpolation="nearest")
+        ax.grid(False)
         ax.set_xticks([])
         ax.set_yticks([])
         if titles:
