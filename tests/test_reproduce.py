@@ -1,0 +1,84 @@
+"""The reproduce runner: presets, parameter checks, and its failure path."""
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from weightspace import presets, reproduce
+
+COMMON = 'preset = "default"\nzoo_root = "z"\nfigures_dir = "f"\nresults_dir = "r"\n'
+
+
+def _notebook(path, body: str, params: str = COMMON + "x = 1\n"):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# test"), cell, nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    _notebook(nbs / "00_ok.ipynb",
+              "import pathlib\npathlib.Path(results_dir).mkdir(parents=True, exist_ok=True)\n"
+              "pathlib.Path(results_dir, 'ok.txt').write_text(f'{preset} {x}')")
+    _notebook(nbs / "01_fail.ipynb", "y = 2\nraise ValueError('boom')")
+    return tmp_path
+
+
+def test_runs_notebooks_with_preset_and_common_parameters(repo):
+    out = repo / "out"
+    timings = reproduce.run("tiny", only=["00"], out=out, root=repo, overrides={"x": 7}, progress=False,
+                            log=lambda *a: None)
+    assert [name for name, _ in timings] == ["00_ok"]
+    assert (out / "results" / "ok.txt").read_text() == "tiny 7"
+    executed = nbformat.read(out / "notebooks" / "00_ok.ipynb", as_version=4)
+    assert executed.metadata.papermill.parameters["preset"] == "tiny"
+
+
+def test_failure_names_notebook_and_cell(repo):
+    with pytest.raises(reproduce.NotebookFailed, match=r"01_fail.ipynb failed in cell \d+ .*ValueError: boom"):
+        reproduce.run("tiny", out=repo / "out", root=repo, progress=False, log=lambda *a: None)
+    # the notebook before it ran and left its work
+    assert (repo / "out" / "results" / "ok.txt").exists()
+
+
+def test_cli_exit_status(repo):
+    cmd = [sys.executable, "-m", "weightspace", "reproduce", "--root", str(repo), "--out", str(repo / "o"),
+           "--no-progress", "--preset", "tiny"]
+    failed = subprocess.run(cmd + ["--only", "01"], capture_output=True, text=True)
+    assert failed.returncode == 1
+    assert "01_fail.ipynb failed in cell" in failed.stderr and "ValueError: boom" in failed.stderr
+    ok = subprocess.run(cmd + ["--only", "00_ok", "-p", "x", "5"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert (repo / "o" / "results" / "ok.txt").read_text() == "tiny 5"
+    bad = subprocess.run(cmd[:-1] + ["huge"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "unknown preset 'huge'" in bad.stderr
+
+
+def test_unknown_preset_parameter_or_notebook(repo):
+    quiet = dict(root=repo, progress=False, log=lambda *a: None)
+    with pytest.raises(ValueError, match="unknown preset 'fast'"):
+        reproduce.run("fast", **quiet)
+    with pytest.raises(ValueError, match=r"00_ok.ipynb: .*sets parameter\(s\) \['n_modelz'\]"):
+        reproduce.run("tiny", only=["00"], overrides={"n_modelz": 3}, **quiet)
+    with pytest.raises(ValueError, match="--only '07' matches no notebook"):
+        reproduce.run("tiny", only=["07"], **quiet)
+
+
+def test_default_preset_is_the_notebooks_as_written():
+    assert presets.PRESETS["default"] == {}
+    with pytest.raises(ValueError, match="unknown preset"):
+        presets.parameters("medium", "00_quickstart")
+
+
+def test_output_folders_keep_the_gallery_for_default_only(tmp_path):
+    d = reproduce.output_dirs(tmp_path, "default", None)
+    assert d["figures_dir"] == tmp_path / "figures" and d["results_dir"] == tmp_path / "results"
+    t = reproduce.output_dirs(tmp_path, "tiny", None)
+    assert t["figures_dir"] == tmp_path / "runs" / "tiny" / "figures"
+    assert t["zoo_root"] == tmp_path / "zoos" / "tiny"
