@@ -32,3 +32,25 @@ def test_zoo_cli(toy_zoo):
     (toy_zoo.path / toy_zoo.row("b")["file"]).write_bytes(b"junk")
     bad = run("verify", str(toy_zoo.path))
     assert bad.returncode == 1 and "b.safetensors: sha256 mismatch" in bad.stderr
+
+
+def test_doctor_reports_this_environment_healthy():
+    out = subprocess.run([sys.executable, "-m", "weightspace", "doctor"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout
+    assert "ok   torchvision" in out.stdout and "ok   timm" in out.stdout
+
+
+def test_gallery_is_built_from_results_files(tmp_path):
+    import json
+
+    from weightspace.gallery import write_gallery
+
+    (tmp_path / "f").mkdir()
+    (tmp_path / "r").mkdir()
+    (tmp_path / "f" / "x_01_a.png").write_bytes(b"png")
+    (tmp_path / "f" / "x_02_b.png").write_bytes(b"png")
+    (tmp_path / "r" / "03_x.json").write_text(json.dumps(
+        {"figures": {"x_01_a": "first"}, "headline": [["acc", 0.91234, 0.88]], "n": 5, "sub": {"k": 1.5}}))
+    text = write_gallery(tmp_path / "f", tmp_path / "r").read_text()
+    assert "## 03_x" in text and "| acc | 0.912 | 0.880 |" in text and "**x_01_a** — first" in text
+    assert "| sub.k | 1.500 |" in text and "## Other figures" in text and "x_02_b.png" in text

@@ -3,6 +3,7 @@
   reproduce   run the notebooks for a preset (see weightspace.reproduce)
   zoo         inspect a zoo folder: `zoo info DIR`, `zoo verify DIR`
   mother      recover the model tree of a folder of checkpoints (see weightspace.mother.cli)
+  doctor      check that this machine can run the notebooks
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ COMMANDS = {
     "reproduce": "weightspace.reproduce",
     "zoo": "weightspace.zoo.cli",
     "mother": "weightspace.mother.cli",
+    "doctor": "weightspace.doctor",
 }
 
 

@@ -110,7 +110,11 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
         dt = time.time() - t0
         timings.append((nb.stem, dt))
         log(f"✔ {nb.name} in {dt / 60:.1f} min — executed copy: {executed}")
+    from .gallery import write_gallery
+
+    gallery = write_gallery(dirs["figures_dir"], dirs["results_dir"], preset)
     total = sum(t for _, t in timings)
+    log(f"gallery: {gallery}")
     log(f"done in {total / 60:.1f} min. figures: {dirs['figures_dir']}  results: {dirs['results_dir']}")
     return timings
 
