@@ -1,0 +1,37 @@
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from weightspace import plotting  # noqa: E402
+
+
+def _figure():
+    plotting.style()
+    fig, ax = plt.subplots()
+    ax.plot([0, 1, 2], [1, 0, 2])
+    ax.set_title("same numbers, same bytes")
+    return fig
+
+
+def test_savefig_is_deterministic(tmp_path):
+    a = plotting.savefig(_figure(), tmp_path / "a", "fig").read_bytes()
+    b = plotting.savefig(_figure(), tmp_path / "b", "fig").read_bytes()
+    assert a == b and a[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"matplotlib version" not in a
+    plt.close("all")
+
+
+def test_save_results_rounds_and_sorts(tmp_path):
+    path = plotting.save_results(tmp_path, "07_x", {"b": np.float32(0.1234567891), "a": [np.int64(3)], "n": float("nan")})
+    data = json.loads(path.read_text())
+    assert list(data) == ["a", "b", "n"] and data["b"] == 0.123457 and data["a"] == [3] and data["n"] is None
+
+
+def test_weight_grid_shapes():
+    fig = plotting.weight_grid([np.eye(3), -np.eye(3), np.zeros((3, 3))], titles=["a", "b", "c"], ncols=2)
+    assert len(fig.axes) == 4
+    plt.close(fig)
