@@ -181,3 +181,24 @@ def test_safetensors_writer_round_trips_every_dtype_and_is_canonical(tmp_path):
     for k, v in tensors.items():
         assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
     assert safetensors_bytes(tensors, {"a": "2", "z": "1"}) == safetensors_bytes(dict(reversed(tensors.items())), {"z": "1", "a": "2"})
+
+
+def test_format_holds_lora_adapters_over_a_base_and_per_epoch_checkpoints(tmp_path):
+    """What the SD-LoRA zoo and SANE's CNN zoo need: a shared base asset, and several checkpoints per run."""
+    zoo = Zoo.create(tmp_path / "lora", kind="toy-lora", builder="tests", params={})
+    zoo.add_asset("base_unet", {"down.attn1.to_q.weight": torch.randn(8, 8)})
+    key = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight"
+    zoo.add("lora-0", {key: torch.randn(2, 8), key.replace("lora_A", "lora_B"): torch.zeros(8, 2)},
+            depth=1, split="train", base="base_unet", rank=2, label="a mirrored seven")
+    again = Zoo.open(tmp_path / "lora")
+    assert again.load_asset("base_unet")["down.attn1.to_q.weight"].shape == (8, 8)
+    assert again.row("lora-0")["base"] == "base_unet" and key in again.load("lora-0")
+
+    runs = Zoo.create(tmp_path / "cnn", kind="toy-epochs", builder="tests", params={})
+    for run in range(2):
+        for epoch in range(3):
+            runs.add(f"run{run}-ep{epoch:02d}", toy_state_dict(10 * run + epoch), tree_id=run, depth=epoch,
+                     parent_id=f"run{run}-ep{epoch - 1:02d}" if epoch else None, run_id=run, epoch=epoch)
+    table = Zoo.open(tmp_path / "cnn").table
+    assert table.groupby("run_id").epoch.max().tolist() == [2, 2]
+    assert runs.layer("blocks.0.attn.proj.weight", ids=runs.select(epoch=2)).shape == (2, 6, 6)
