@@ -1,0 +1,186 @@
+"""ProbeX: the formula against a brute-force reference, the layer rules, training, baselines, experts."""
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_TREES
+
+from weightspace.probex import (Dense, LayerData, ProbeX, Ridge, Router, elementwise_accuracy, fit, fit_experts,
+                                fit_ridge, fit_statnn, layer_matrix, lora_matrix, majority, n_params, probex_params,
+                                route_and_evaluate, stack_layer, statnn_features, weight_statistics)
+from weightspace.probex.model import ranks_for
+from weightspace.zoo import Zoo, ZooError
+from weightspace.runtime import torch_threads
+from weightspace.zoo.model_trees import build_model_trees
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny nets train fastest on one thread (and do not fight other processes for the cores)."""
+    with torch_threads(1):
+        yield
+
+
+def test_probex_forward_is_the_paper_formula():
+    """e = Σ_l M_l ReLU(Vᵀ X u_l) + b and y = T e + c, written out probe by probe."""
+    torch.manual_seed(0)
+    d_H, d_W, r_U, r_V, r_T, d_Y = 5, 7, 3, 4, 6, 2
+    net = ProbeX(d_H, d_W, r_U, r_V, r_T, d_Y)
+    X = torch.randn(2, d_H, d_W)
+    U, V = net.U, net.V
+    assert U.shape == (d_W, r_U) and V.shape == (d_H, r_V)
+    for b in range(2):
+        e = net.encoders.bias.clone()
+        for l in range(r_U):
+            e += net.M(l) @ torch.relu(V.T @ X[b] @ U[:, l])
+        y = net.head.weight @ e + net.head.bias
+        assert torch.allclose(net.encode(X)[b], e, atol=1e-5)
+        assert torch.allclose(net(X)[b], y, atol=1e-5)
+
+
+def test_parameter_counts():
+    net = ProbeX(768, 768, 128, 128, 128, 100)
+    assert n_params(net) == probex_params(768, 768, 128, 128, 128, 100)
+    assert abs(n_params(net) - 2.31e6) < 0.01e6                      # spec §2.4
+    assert n_params(Dense(768, 768, 100)) == 768 * 768 * 100 + 100
+    assert probex_params(768, 768, 128, 128, 512, 100) == pytest.approx(8.64e6, rel=0.01)
+
+
+def test_without_relu_probex_is_a_tucker_dense_expert():
+    """Dropping the ReLU, ProbeX equals the dense expert with W = G ×1 T ×2 V ×3 U (spec §2.3)."""
+    torch.manual_seed(1)
+    net = ProbeX(4, 3, 2, 5, 6, 2)
+    X = torch.randn(3, 4, 3)
+    G = torch.stack([net.M(l) for l in range(2)], -1)                  # [r_T, r_V, r_U]
+    W = torch.einsum("yt,tvl,hv,wl->yhw", net.head.weight, G, net.V, net.U)
+    bias = net.head.weight @ net.encoders.bias + net.head.bias
+    Z = (X @ net.U).transpose(1, 2) @ net.V                            # no ReLU
+    linear = net.head(net.encoders(Z.flatten(1)))
+    assert torch.allclose(linear, torch.einsum("yhw,bhw->by", W, X) + bias, atol=1e-5)
+
+
+def test_layer_rules():
+    lin = torch.randn(6, 4)
+    assert torch.equal(layer_matrix(lin), lin)                          # [out, in], no transpose
+    conv1 = torch.randn(8, 5, 1, 1)
+    assert torch.equal(layer_matrix(conv1), conv1[:, :, 0, 0])
+    conv3 = torch.randn(8, 5, 3, 3)
+    X = layer_matrix(conv3)
+    assert X.shape == (45, 8) and torch.equal(X.flatten(), conv3.flatten())   # reshaped, not permuted
+    assert layer_matrix(torch.randn(7)).shape == (7, 1)
+    assert layer_matrix(torch.randn(1, 17, 32)).shape == (17, 32)      # timm pos_embed
+    A, B = torch.randn(4, 10), torch.randn(12, 4)
+    assert torch.allclose(lora_matrix(A, B), B @ A)
+    with pytest.raises(ValueError, match="do not chain"):
+        lora_matrix(torch.randn(3, 10), B)
+    with pytest.raises(ValueError, match="different shapes"):
+        stack_layer([torch.randn(4, 4), torch.randn(4, 5)])
+    bad = torch.randn(3, 4, 4)
+    bad[1, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"1 model\(s\) have NaN or inf weights \(rows \[1\]\)"):
+        stack_layer(bad)
+    assert ranks_for((96, 32), dict(n_probes=64, proj_dim=128, rep_dim=16)) == dict(n_probes=32, proj_dim=96, rep_dim=16)
+
+
+def _planted(n, d=8, classes=6, seed=0):
+    """Layers whose mean row encodes the training classes linearly, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    Y = (torch.rand(n, classes, generator=g) > 0.5).float()
+    P = torch.randn(classes, d, d, generator=g)
+    X = torch.einsum("nc,chw->nhw", Y - 0.5, P) + 0.3 * torch.randn(n, d, d, generator=g)
+    return X, Y
+
+
+def test_training_learns_and_checkpoints_on_validation():
+    X, Y = _planted(300)
+    tr, va, te = (X[:200], Y[:200]), (X[200:250], Y[200:250]), (X[250:], Y[250:])
+    f = fit("probex", tr, va, te, n_probes=8, proj_dim=8, rep_dim=16, epochs=40, eval_every=5, device="cpu")
+    assert f.test_acc > 0.9 and f.val_acc == max(h[2] for h in f.history)
+    assert f.best_epoch in [h[0] for h in f.history]
+    assert elementwise_accuracy(f.predict(te[0]), te[1]) == f.test_acc
+    d = fit("dense", tr, va, te, epochs=40, device="cpu")
+    assert d.test_acc > 0.9 and d.n_params == 8 * 8 * 6 + 6
+    # same seed, same result
+    again = fit("probex", tr, va, te, n_probes=8, proj_dim=8, rep_dim=16, epochs=40, eval_every=5, device="cpu")
+    assert again.test_acc == f.test_acc
+    ridge, _ = fit_ridge(tr, va)
+    assert ridge.score(*te) > 0.9
+
+
+def test_ridge_matches_the_primal_solution():
+    X, Y = _planted(40, d=3)
+    r = Ridge(0.1).fit(X, Y)
+    Xf = X.flatten(1).double()
+    Xc = Xf - Xf.mean(0)
+    lam = 0.1 * float((Xc * Xc).sum(1).mean())
+    W = torch.linalg.solve(Xc.T @ Xc + lam * torch.eye(9, dtype=torch.double), Xc.T @ (Y.double() - Y.double().mean(0)))
+    assert torch.allclose(r.W, W, atol=1e-8)
+
+
+def test_bad_inputs_are_clear():
+    X, Y = _planted(20)
+    with pytest.raises(ValueError, match="the validation split is empty"):
+        fit("probex", (X, Y), (X[:0], Y[:0]))
+    with pytest.raises(ValueError, match="the train split is empty"):
+        fit("dense", (X[:0], Y[:0]), (X, Y))
+    Xn = X.clone()
+    Xn[3, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="train split: 1 model"):
+        fit("probex", (Xn, Y), (X, Y))
+    with pytest.raises(TypeError, match="unknown ProbeX setting"):
+        fit("probex", (X, Y), (X, Y), n_probe=3)
+    with pytest.raises(ValueError, match="unknown model kind"):
+        fit("mlp", (X, Y), (X, Y))
+    with pytest.raises(ValueError, match=r"ProbeX expects \[B, 8, 8\]"):
+        ProbeX(8, 8, 2, 2, 2, 6)(torch.randn(2, 8, 9))
+
+
+def test_baselines():
+    Y = torch.tensor([[1, 0, 1], [1, 0, 0], [1, 1, 0.]])
+    assert majority(Y, torch.tensor([[1, 0, 0.]])) == 1.0
+    assert majority(Y, torch.tensor([[0, 1, 1.]])) == 0.0
+    w = torch.arange(5.0)
+    f = weight_statistics({"w": w}, ["w"])
+    assert torch.allclose(f, torch.tensor([2.0, 2.0, 0, 1, 2, 3, 4]))
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(tmp_path_factory):
+    path = tmp_path_factory.mktemp("probex") / "trees"
+    return build_model_trees(path, executor="inline", progress=False,
+                             **{**TINY_TREES, "n_per_tree": 8, "split": [0.5, 0.25, 0.25]})
+
+
+def test_on_a_tiny_zoo(tiny_zoo):
+    data = LayerData(tiny_zoo)
+    assert len(data.ids) == 16 and data.trees == [0, 1]
+    layers = data.layers()
+    assert "blocks.1.attn.proj.weight" in layers and "patch_embed.proj.weight" in layers
+    assert data.X("patch_embed.proj.weight").shape == (16, 4, 32)        # conv [32,1,2,2] -> [C_in k k, C_out]
+    X, Y = data.split("blocks.0.attn.qkv.weight", 1, "train")
+    assert X.shape == (4, 96, 32) and Y.shape == (4, 40) and (Y.sum(1) == 20).all()
+    experts = fit_experts(data, "blocks.1.attn.proj.weight", epochs=3, eval_every=1, device="cpu")
+    router = Router(["blocks.0.attn.proj.weight"]).fit(data)
+    res = route_and_evaluate(experts, router, data)
+    assert res["routing_acc"] == 1.0 and res["routed_acc"] == res["oracle_acc"]
+    feats = statnn_features(tiny_zoo, data.ids)
+    assert feats.shape[0] == 16 and torch.isfinite(feats).all()
+    m = torch.from_numpy(data.mask(split="train"))
+    mv = torch.from_numpy(data.mask(split="val"))
+    s = fit_statnn((feats[m], data.Y[m]), (feats[mv], data.Y[mv]), epochs=3)
+    assert 0 <= s.val_acc <= 1
+    with pytest.raises(ValueError, match="no models in tree 7"):
+        data.split("blocks.1.attn.proj.weight", 7, "train")
+    with pytest.raises(ZooError, match="close names"):
+        data.X("blocks.1.attn.prj.weight")
+
+
+def test_mismatched_shapes_across_a_zoo(tiny_zoo, tmp_path):
+    zoo = Zoo.create(tmp_path / "mixed", kind="vit-model-trees", builder="t", params={"styles": ["plain", "mirrored", "inverted", "bold"]})
+    zoo.add("r", {"blocks.0.attn.proj.weight": torch.zeros(4, 4)}, split="root", tree_name="x")
+    zoo.add("a", {"blocks.0.attn.proj.weight": torch.zeros(4, 4)}, parent_id="r", depth=1, classes=[0])
+    zoo.add("b", {"blocks.0.attn.proj.weight": torch.zeros(4, 5)}, parent_id="r", depth=1, classes=[1])
+    with pytest.raises(ZooError, match=r"b.safetensors: layer 'blocks.0.attn.proj.weight' has shape \(4, 5\)"):
+        LayerData(zoo).X("blocks.0.attn.proj.weight")
+    zoo.add("c", {"blocks.0.attn.proj.weight": torch.full((4, 4), float("nan"))}, parent_id="r", depth=1, classes=[1])
+    with pytest.raises(ValueError, match="NaN or inf weights"):
+        LayerData(zoo, ids=["a", "c"]).X("blocks.0.attn.proj.weight")

@@ -1,0 +1,18 @@
+"""ProbeX: predict a model's training classes from one of its layers, with one expert per Model Tree.
+
+  model.py       ProbeX (probes U, shared projection V, per-probe encoders M_l, head T), Dense, X rules
+  train.py       BCE/Adam training on a pre-extracted [N, d_H, d_W] tensor, checkpoint on val accuracy
+  baselines.py   chance / majority, ridge (closed-form linear), StatNN
+  experts.py     one expert per tree + a router that finds a model's tree from its weights
+  motivation.py  the paper's four motivating experiments (a)-(d)
+  modelj.py      the real Model-J layout (paper preset)
+"""
+from .baselines import Ridge, StatNN, fit_ridge, fit_statnn, majority, statnn_features, weight_statistics
+from .experts import Router, fit_experts, route_and_evaluate
+from .model import Dense, ProbeX, layer_matrix, lora_matrix, n_params, probex_params, stack_layer
+from .train import PAPER, SMALL, Fit, LayerData, elementwise_accuracy, fit, train
+
+__all__ = ["PAPER", "SMALL", "Dense", "Fit", "LayerData", "ProbeX", "Ridge", "Router", "StatNN",
+           "elementwise_accuracy", "fit", "fit_experts", "fit_ridge", "fit_statnn", "layer_matrix",
+           "lora_matrix", "majority", "n_params", "probex_params", "route_and_evaluate", "stack_layer",
+           "statnn_features", "train", "weight_statistics"]

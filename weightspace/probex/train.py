@@ -1,0 +1,191 @@
+"""Train a ProbeX (or Dense, or any small net) on a pre-extracted layer tensor.
+
+The recipe of the paper's code (spec §3.2): BCE-with-logits over the d_Y classes (d_Y independent binary
+classifiers), Adam with weight decay 1e-5 and constant lr 1e-3, shuffled mini-batches; evaluate every
+`eval_every` epochs and keep the checkpoint with the best validation element-wise accuracy (strictly
+greater, so the earliest best wins); report that checkpoint on the test split. Chance is 50%.
+
+The official loader re-reads one tensor from every checkpoint file each epoch; here the layer of every
+model is read once into an [N, d_H, d_W] tensor (`LayerData`), which gives the same result far faster
+(benchmarks/bench_probex.py measures by how much).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from weightspace.runtime import device as default_device
+from weightspace.runtime import generator
+
+from .model import check_finite, make_model, n_params, ranks_for, stack_layer
+
+# the official code's defaults (spec §3.1), and the scaled-down ones for 32-wide ViTs on a CPU
+PAPER = dict(n_probes=128, proj_dim=128, rep_dim=512, lr=1e-3, weight_decay=1e-5, batch_size=128,
+             epochs=500, eval_every=25)
+SMALL = dict(n_probes=8, proj_dim=8, rep_dim=32, lr=1e-3, weight_decay=1e-5, batch_size=64,
+             epochs=150, eval_every=5)
+RANKS = ("n_probes", "proj_dim", "rep_dim")
+RECIPE = ("lr", "weight_decay", "batch_size", "epochs", "eval_every")
+
+
+def elementwise_accuracy(logits: torch.Tensor, Y: torch.Tensor) -> float:
+    """Fraction of (model, class) pairs predicted right at threshold 0.5 (sigmoid > 0.5 <=> logit > 0)."""
+    return float(((logits > 0) == (Y > 0.5)).float().mean())
+
+
+@dataclass
+class Fit:
+    """A trained expert: the best-on-validation model and its numbers."""
+
+    model: nn.Module
+    train_acc: float
+    val_acc: float
+    test_acc: float | None
+    best_epoch: int
+    n_params: int
+    seconds: float
+    history: list = field(default_factory=list)   # [(epoch, train_loss, val_acc)]
+
+    @torch.no_grad()
+    def predict(self, X: torch.Tensor) -> torch.Tensor:
+        """Logits [N, d_Y] (evaluated in chunks on the model's device)."""
+        return _logits(self.model, X)
+
+
+def _check_split(name: str, X: torch.Tensor, Y: torch.Tensor) -> None:
+    if X is None or len(X) == 0:
+        raise ValueError(f"the {name} split is empty: no models to {'train on' if name == 'train' else 'evaluate'}")
+    if len(X) != len(Y):
+        raise ValueError(f"{name} split: {len(X)} inputs but {len(Y)} label rows")
+    check_finite(X, f"{name} split")
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, X: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    model.eval()
+    dev = next(model.parameters()).device
+    return torch.cat([model(X[i:i + chunk].to(dev)).float().cpu() for i in range(0, len(X), chunk)])
+
+
+def train(model: nn.Module, train: tuple, val: tuple, test: tuple | None = None, *, lr: float = 1e-3,
+          weight_decay: float = 1e-5, batch_size: int = 128, epochs: int = 500, eval_every: int = 25,
+          seed: int = 0, device=None) -> Fit:
+    """Train `model` on (X, Y) tensors with BCE + Adam; select the checkpoint on validation accuracy."""
+    (Xtr, Ytr), (Xva, Yva) = train, val
+    _check_split("train", Xtr, Ytr)
+    _check_split("validation", Xva, Yva)
+    if test is not None:
+        _check_split("test", *test)
+    dev = torch.device(device) if device is not None else default_device()
+    model = model.to(dev)
+    Xtr_d, Ytr_d = Xtr.float().to(dev), Ytr.float().to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    g = generator("probex-train", seed)
+    best = (-1.0, -1, None)
+    history = []
+    t0 = time.time()
+    n = len(Xtr_d)
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(n, generator=g).to(dev)
+        total = 0.0
+        for lo in range(0, n, batch_size):
+            idx = order[lo:lo + batch_size]
+            loss = F.binary_cross_entropy_with_logits(model(Xtr_d[idx]), Ytr_d[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        if epoch % eval_every == 0 or epoch == epochs - 1:
+            val_acc = elementwise_accuracy(_logits(model, Xva), Yva)
+            history.append((epoch, total / n, val_acc))
+            if val_acc > best[0]:
+                best = (val_acc, epoch, copy.deepcopy(model.state_dict()))
+    model.load_state_dict(best[2])
+    fit = Fit(model=model, train_acc=elementwise_accuracy(_logits(model, Xtr), Ytr), val_acc=best[0],
+              test_acc=None, best_epoch=best[1], n_params=n_params(model), seconds=time.time() - t0,
+              history=history)
+    if test is not None:
+        fit.test_acc = elementwise_accuracy(_logits(model, test[0]), test[1])
+    return fit
+
+
+def fit(kind: str, train_split: tuple, val_split: tuple, test_split: tuple | None = None, *, seed: int = 0,
+        device=None, **config) -> Fit:
+    """Build a "probex" or "dense" expert for the layer's shape and train it (config: SMALL's keys)."""
+    cfg = {**SMALL, **config}
+    unknown = sorted(set(cfg) - set(SMALL))
+    if unknown:
+        raise TypeError(f"unknown ProbeX setting(s) {unknown}; known: {sorted(SMALL)}")
+    X, Y = train_split
+    _check_split("train", X, Y)
+    if X.ndim != 3:
+        raise ValueError(f"expected layer tensors [N, d_H, d_W], got {tuple(X.shape)}")
+    ranks = ranks_for(X.shape, {k: cfg[k] for k in RANKS}) if kind == "probex" else {}
+    torch.manual_seed(seed)  # PyTorch's default init draws from the global generator
+    model = make_model(kind, X.shape[1], X.shape[2], Y.shape[1], **ranks)
+    return train(model, train_split, val_split, test_split, seed=seed, device=device,
+                 **{k: cfg[k] for k in RECIPE})
+
+
+# -------------------------------------------------------------------------- a zoo's layers, once in RAM
+
+class LayerData:
+    """The fine-tunes of a model-trees zoo as tensors: `X(layer)` [N, d_H, d_W] read once and kept,
+    labels Y [N, d_Y], and each model's tree and split, so any (tree, split) subset is a cheap index.
+    """
+
+    def __init__(self, zoo, ids: Sequence[str] | None = None, conv_reshape: bool = True):
+        from weightspace.zoo.model_trees import labels
+
+        self.zoo = zoo
+        self.ids = list(ids) if ids is not None else [r["model_id"] for r in zoo.rows if r.get("depth") == 1]
+        if not self.ids:
+            raise ValueError(f"{zoo.path}: no fine-tuned models (depth 1) in this zoo")
+        rows = [zoo.row(i) for i in self.ids]
+        self.tree = np.array([r["tree_id"] for r in rows])
+        self.split_of = np.array([r["split"] for r in rows])
+        self.tree_names = {int(r["tree_id"]): r.get("tree_name", str(r["tree_id"])) for r in rows}
+        self.Y = labels(zoo, self.ids)
+        self.conv_reshape = conv_reshape
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @property
+    def trees(self) -> list[int]:
+        return sorted(self.tree_names)
+
+    def layers(self) -> list[str]:
+        """Every weight matrix of the ViT (2-D weights and the patch-embedding conv), head excluded."""
+        shapes = self.zoo.manifest.get("layers") or {k: self.zoo.lazy(self.ids[0]).shape(k)
+                                                     for k in self.zoo.lazy(self.ids[0])}
+        return [k for k, s in shapes.items() if k.endswith("weight") and len(s) >= 2 and not k.startswith("head")]
+
+    def X(self, layer: str) -> torch.Tensor:
+        if layer not in self._cache:
+            self._cache[layer] = stack_layer(self.zoo.layer(layer, self.ids), conv_reshape=self.conv_reshape,
+                                             name=f"{self.zoo.path}: layer {layer!r}")
+        return self._cache[layer]
+
+    def mask(self, tree=None, split=None) -> np.ndarray:
+        m = np.ones(len(self.ids), dtype=bool)
+        if tree is not None:
+            m &= np.isin(self.tree, np.atleast_1d(tree))
+        if split is not None:
+            m &= np.isin(self.split_of, np.atleast_1d(split))
+        return m
+
+    def split(self, layer: str, tree=None, split="train") -> tuple[torch.Tensor, torch.Tensor]:
+        """(X, Y) of the models of `tree` (an id, a list, or None for all) in `split`."""
+        m = self.mask(tree, split)
+        if not m.any():
+            raise ValueError(f"{self.zoo.path}: no models in tree {tree!r}, split {split!r} "
+                             f"(trees: {self.trees}; splits: {sorted(set(self.split_of))})")
+        idx = torch.from_numpy(np.flatnonzero(m))
+        return self.X(layer)[idx], self.Y[idx]
