@@ -14,9 +14,20 @@ COMMON = ("preset", "zoo_root", "figures_dir", "results_dir")
 PRESETS: dict[str, dict[str, dict]] = {
     "tiny": {
         "00_quickstart": dict(n_per_tree=8, root_steps=150),
+        "01_vit_model_trees": dict(n_per_tree=12, root_steps=200, steps=[20, 40], head_ablation_models=0),
+        "02_probex_motivation": dict(curve_sizes=[2, 4, 7], n_same=4, n_other=[0, 4, 8], seeds=[0], epochs=10),
+        "03_probex": dict(epochs=10, ablation_n_probes=[4, 8], ablation_proj_dim=[4, 8], ablation_rep_dim=[16, 32]),
     },
     "default": {},
-    "paper": {},
+    "paper": {
+        # a Model-J-sized jungle of our own (GPU) ...
+        "01_vit_model_trees": dict(n_per_tree=1000, head_ablation_models=256, workers=8),
+        "02_probex_motivation": dict(curve_sizes=[50, 100, 200, 400, 600], n_same=100,
+                                     n_other=[0, 100, 200, 400, 800, 1600], seeds=[0, 1, 2, 3, 4], epochs=500),
+        # ... and the real Model-J subsets (data_scripts/download_modelj.py), at the paper's sizes
+        "03_probex": dict(epochs=500, modelj_root="~/.cache/huggingface/assets/ProbeX/ModelJ/default/models",
+                          modelj_subsets=["SupViT", "DINO", "MAE", "ResNet"]),
+    },
 }
 
 

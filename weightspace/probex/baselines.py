@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -42,7 +41,7 @@ class Ridge:
     def __init__(self, alpha: float = 1.0):
         self.alpha = alpha
 
-    def fit(self, X: torch.Tensor, Y: torch.Tensor) -> "Ridge":
+    def fit(self, X: torch.Tensor, Y: torch.Tensor) -> Ridge:
         _check_split("train", X, Y)
         X = X.flatten(1).double()
         self.mu, self.ybar = X.mean(0), Y.double().mean(0)
@@ -89,7 +88,7 @@ def statnn_features(zoo, ids: Sequence[str], keys: Sequence[str] | None = None) 
     """StatNN features [N, F] of zoo models (by default every tensor but the classification head)."""
     first = zoo.lazy(ids[0])
     keys = list(keys) if keys is not None else [k for k in first if not k.startswith("head")]
-    feats = torch.stack([weight_statistics(zoo.lazy(i), keys) for i in ids])
+    feats = torch.stack([weight_statistics(zoo.load(i, verify=False), keys) for i in ids])
     if not torch.isfinite(feats).all():
         bad = [ids[i] for i in torch.nonzero(~torch.isfinite(feats).all(1)).flatten()[:5].tolist()]
         raise ValueError(f"{zoo.path}: NaN or inf weights in model(s) {bad}")

@@ -37,7 +37,7 @@ class Router:
         idx = torch.from_numpy(np.flatnonzero(mask))
         return torch.cat([data.X(name)[idx].flatten(1) for name in self.layers], 1)
 
-    def fit(self, data: LayerData, split: str = "train") -> "Router":
+    def fit(self, data: LayerData, split: str = "train") -> Router:
         m = data.mask(split=split)
         F_ = self.features(data, m)
         trees = data.tree[m]

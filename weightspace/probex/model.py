@@ -18,7 +18,6 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-
 # ------------------------------------------------------------------------- layer -> matrix X (spec §2.1)
 
 def layer_matrix(weight: torch.Tensor, *, conv_reshape: bool = True) -> torch.Tensor:

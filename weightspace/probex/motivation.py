@@ -102,3 +102,14 @@ def experts_vs_shared(data: LayerData, layer: str, kind: str = "probex", seed: i
         rows.append(dict(tree=t, model="shared", test_acc=elementwise_accuracy(shared.predict(test[0]), test[1]),
                          n_params=shared.n_params))
     return pd.DataFrame(rows)
+
+
+def ridge_probe(X: torch.Tensor, Y: torch.Tensor, seed: int = 0, fractions=(0.6, 0.2, 0.2)) -> float:
+    """Test accuracy of a ridge probe on a random train / val / test split of the given models (used
+    for quick comparisons of whole zoos, e.g. zero vs random fine-tuning heads in notebook 01)."""
+    n = len(X)
+    order = torch.from_numpy(np_rng(seed, "ridge-probe", n).permutation(n))
+    a, b = int(round(fractions[0] * n)), int(round((fractions[0] + fractions[1]) * n))
+    tr, va, te = order[:a], order[a:b], order[b:]
+    ridge, _ = fit_ridge((X[tr], Y[tr]), (X[va], Y[va]), ALPHAS)
+    return ridge.score(X[te], Y[te])

@@ -1,0 +1,121 @@
+"""ProbeX training from the pre-extracted [N, d_H, d_W] layer tensor vs a loader that re-reads every
+model's checkpoint file each epoch (what the official code does), for one full training run.
+
+    .venv/bin/python benchmarks/bench_probex.py [--zoo zoos/default/vit_model_trees] [--tree 0]
+        [--layer blocks.1.attn.proj.weight] [--epochs 150] [--out results/bench_probex.json]
+
+Both runs train the same ProbeX (same seed, same batches) with the same recipe and must reach the same
+validation accuracy; the first includes the one-time extraction (zoo.layer, uncached) in its time.
+Without --zoo a small zoo is built first in a temporary folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class CheckpointFiles(Dataset):
+    """One item = open the model's safetensors file and read the layer (no caching)."""
+
+    def __init__(self, zoo, ids, layer, Y):
+        self.paths = [zoo.path / zoo.row(i)["file"] for i in ids]
+        self.layer, self.Y = layer, Y
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from safetensors import safe_open
+
+        with safe_open(str(self.paths[i]), framework="pt") as f:
+            return f.get_tensor(self.layer).float(), self.Y[i]
+
+
+def train_from_files(zoo, ids_tr, ids_va, layer, Ytr, Yva, cfg, seed):
+    """The same loop as weightspace.probex.train.train, fed by DataLoaders over checkpoint files."""
+    import torch.nn.functional as F
+
+    from weightspace.probex.model import ProbeX
+    from weightspace.probex.train import elementwise_accuracy
+    from weightspace.runtime import generator
+
+    torch.manual_seed(seed)
+    d_H, d_W = zoo.lazy(ids_tr[0]).shape(layer)
+    model = ProbeX(d_H, d_W, cfg["n_probes"], cfg["proj_dim"], cfg["rep_dim"], Ytr.shape[1])
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    g = generator("probex-train", seed)
+    train_set, val_set = CheckpointFiles(zoo, ids_tr, layer, Ytr), CheckpointFiles(zoo, ids_va, layer, Yva)
+    best = -1.0
+    for epoch in range(cfg["epochs"]):
+        model.train()
+        order = torch.randperm(len(train_set), generator=g)
+        loader = DataLoader(torch.utils.data.Subset(train_set, order.tolist()), batch_size=cfg["batch_size"])
+        for X, Y in loader:
+            loss = F.binary_cross_entropy_with_logits(model(X), Y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if epoch % cfg["eval_every"] == 0 or epoch == cfg["epochs"] - 1:
+            model.eval()
+            with torch.no_grad():
+                logits, ys = zip(*[(model(X), Y) for X, Y in DataLoader(val_set, batch_size=1024)])
+            best = max(best, elementwise_accuracy(torch.cat(logits), torch.cat(ys)))
+    return best
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--zoo", type=Path)
+    ap.add_argument("--tree", type=int, default=0)
+    ap.add_argument("--layer", default="blocks.1.attn.proj.weight")
+    ap.add_argument("--epochs", type=int, default=150)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    from weightspace.probex.model import stack_layer
+    from weightspace.probex.train import SMALL, train
+    from weightspace.probex.model import ProbeX
+    from weightspace.zoo import Zoo
+    from weightspace.zoo.model_trees import build_model_trees, labels
+
+    torch.set_num_threads(1)
+    if args.zoo is None:
+        tmp = tempfile.mkdtemp()
+        zoo = build_model_trees(f"{tmp}/zoo", n_trees=1, n_per_tree=96, root_steps=300, steps=[50, 100],
+                                executor="inline", progress=False)
+    else:
+        zoo = Zoo.open(args.zoo)
+    ids_tr = zoo.select(tree_id=args.tree, split="train")
+    ids_va = zoo.select(tree_id=args.tree, split="val")
+    Ytr, Yva = labels(zoo, ids_tr), labels(zoo, ids_va)
+    cfg = {**SMALL, "epochs": args.epochs}
+
+    t = time.perf_counter()
+    Xtr = stack_layer(zoo.layer(args.layer, ids_tr, cache=False))
+    Xva = stack_layer(zoo.layer(args.layer, ids_va, cache=False))
+    torch.manual_seed(0)
+    model = ProbeX(*Xtr.shape[1:], cfg["n_probes"], cfg["proj_dim"], cfg["rep_dim"], Ytr.shape[1])
+    fit = train(model, (Xtr, Ytr), (Xva, Yva), seed=0, device="cpu",
+                **{k: cfg[k] for k in ("lr", "weight_decay", "batch_size", "epochs", "eval_every")})
+    t_tensor = time.perf_counter() - t
+
+    t = time.perf_counter()
+    val_files = train_from_files(zoo, ids_tr, ids_va, args.layer, Ytr, Yva, cfg, seed=0)
+    t_files = time.perf_counter() - t
+    res = dict(zoo=str(zoo.path), layer=args.layer, n_train=len(ids_tr), n_val=len(ids_va), epochs=args.epochs,
+               pre_extracted_s=round(t_tensor, 2), reread_files_s=round(t_files, 2),
+               speedup=round(t_files / t_tensor, 2), best_val_acc_pre_extracted=fit.val_acc,
+               best_val_acc_reread=val_files)
+    print(json.dumps(res, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Batched (vmap) fine-tuning vs the same recipe one model at a time, on 2 cores.
+
+    .venv/bin/python benchmarks/bench_zoo.py [--models 64] [--steps 150] [--workers 2] [--out results/bench_zoo.json]
+
+Both sides fine-tune the same models (same parent, classes, learning rates, schedules, seeds and batches)
+from a briefly pre-trained root, split over `workers` processes of one thread each, as the zoo builder
+does. "batched" is weightspace.zoo.vit_training.finetune (all of a worker's models in one vmapped step);
+"one at a time" is a plain nn.Module + torch.optim.AdamW loop per model. The script also checks that
+the two give the same weights (up to float rounding, which Adam's normalised steps amplify a little),
+then prints (and writes) the speed ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def plan(n: int, steps: int):
+    from weightspace.runtime import np_rng
+
+    rng = np_rng("bench-zoo")
+    return [dict(classes=sorted(rng.choice(40, 20, replace=False).tolist()),
+                 lr=float(10 ** rng.uniform(-3, -2)), steps=steps,
+                 schedule=["constant", "cosine", "linear"][i % 3], seed=1000 + i) for i in range(n)]
+
+
+def batched(parent, rows):
+    from weightspace.zoo.vit_training import finetune
+
+    from weightspace.data import styled_digits
+
+    torch.set_num_threads(1)
+    styled_digits()
+    t = time.perf_counter()
+    sds, _ = finetune([parent] * len(rows), [r["classes"] for r in rows], [r["lr"] for r in rows],
+                      [r["steps"] for r in rows], [r["schedule"] for r in rows], [r["seed"] for r in rows])
+    return time.perf_counter() - t, sds
+
+
+def one_at_a_time(parent, rows):
+    """The same recipe as vit_training.finetune, written for one nn.Module at a time."""
+    from weightspace.data import styled_digits
+    from weightspace.nets import make_vit
+    from weightspace.nets.batched import SCHEDULES
+    from weightspace.runtime import generator
+    from weightspace.zoo.vit_training import fresh_head
+
+    torch.set_num_threads(1)
+    ds = styled_digits()
+    tr = ds.train
+    out = []
+    t = time.perf_counter()
+    for r in rows:
+        model = make_vit(ds.n_classes)
+        model.load_state_dict(fresh_head(parent, ds.n_classes, r["seed"]))
+        decay = [p for n, p in model.named_parameters() if n.endswith("weight") and p.ndim >= 2]
+        rest = [p for n, p in model.named_parameters() if not (n.endswith("weight") and p.ndim >= 2)]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
+                                lr=r["lr"])
+        pool = torch.nonzero(torch.isin(tr.y, torch.as_tensor(r["classes"]))).flatten()
+        g = generator("finetune-data", r["seed"])
+        kind = SCHEDULES.index(r["schedule"])
+        for step in range(r["steps"]):
+            frac = min(step / r["steps"], 1.0)
+            factor = [1.0, 0.5 * (1 + math.cos(math.pi * frac)), 1 - frac][kind]
+            for group in opt.param_groups:
+                group["lr"] = r["lr"] * factor
+            idx = pool[(torch.rand(32, generator=g) * len(pool)).long()]
+            loss = F.cross_entropy(model(tr.x[idx]), tr.y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        out.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    return time.perf_counter() - t, out
+
+
+def run(fn, parent, rows, workers):
+    parts = [rows[w::workers] for w in range(workers)]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+        results = list(ex.map(fn, [parent] * workers, parts))
+    wall = max(t for t, _ in results)  # the slower worker's training time (imports and start-up excluded)
+    sds = [None] * len(rows)
+    for w, (_, part) in enumerate(results):
+        for j, sd in enumerate(part):
+            sds[w + j * workers] = sd
+    return wall, sds
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    from weightspace.zoo.vit_training import pretrain
+
+    torch.set_num_threads(1)
+    parent, _ = pretrain("supervised", 0, 200)
+    rows = plan(args.models, args.steps)
+    t_b, sd_b = run(batched, parent, rows, args.workers)
+    t_s, sd_s = run(one_at_a_time, parent, rows, args.workers)
+    diff = max(float((sd_b[m][k] - sd_s[m][k]).abs().max()) for m in range(len(rows)) for k in sd_b[m])
+    res = dict(models=args.models, steps=args.steps, workers=args.workers, batched_s=round(t_b, 2),
+               one_at_a_time_s=round(t_s, 2), speedup=round(t_s / t_b, 2),
+               ms_per_model_step_batched=round(1000 * t_b * args.workers / (args.models * args.steps), 2),
+               ms_per_model_step_one_at_a_time=round(1000 * t_s * args.workers / (args.models * args.steps), 2),
+               max_abs_weight_difference=diff)
+    print(json.dumps(res, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
