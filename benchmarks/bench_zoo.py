@@ -1,13 +1,13 @@
 """Batched (vmap) fine-tuning vs the same recipe one model at a time, on 2 cores.
 
-    .venv/bin/python benchmarks/bench_zoo.py [--models 64] [--steps 150] [--workers 2] [--out results/bench_zoo.json]
+    .venv/bin/python benchmarks/bench_zoo.py [--models 128] [--steps 150] [--workers 2] [--out results/bench_zoo.json]
 
 Both sides fine-tune the same models (same parent, classes, learning rates, schedules, seeds and batches)
 from a briefly pre-trained root, split over `workers` processes of one thread each, as the zoo builder
 does. "batched" is weightspace.zoo.vit_training.finetune (all of a worker's models in one vmapped step);
 "one at a time" is a plain nn.Module + torch.optim.AdamW loop per model. The script also checks that
-the two give the same weights (up to float rounding, which Adam's normalised steps amplify a little),
-then prints (and writes) the speed ratio.
+the two give the same weights after one step (up to float rounding, which Adam's normalised steps
+amplify over a run), then prints (and writes) the speed ratio.
 """
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def run(fn, parent, rows, workers):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", type=int, default=64)
+    ap.add_argument("--models", type=int, default=128)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path)
@@ -110,11 +110,17 @@ def main(argv=None):
     t_b, sd_b = run(batched, parent, rows, args.workers)
     t_s, sd_s = run(one_at_a_time, parent, rows, args.workers)
     diff = max(float((sd_b[m][k] - sd_s[m][k]).abs().max()) for m in range(len(rows)) for k in sd_b[m])
+    # same recipe: after one step the two agree to float rounding; over many steps Adam's normalised
+    # updates of the (initially near-zero) hidden-layer gradients amplify rounding differences
+    one = plan(4, 1)
+    (_, a), (_, b) = batched(parent, one), one_at_a_time(parent, one)
+    diff_one_step = max(float((a[m][k] - b[m][k]).abs().max()) for m in range(4) for k in a[m])
     res = dict(models=args.models, steps=args.steps, workers=args.workers, batched_s=round(t_b, 2),
                one_at_a_time_s=round(t_s, 2), speedup=round(t_s / t_b, 2),
                ms_per_model_step_batched=round(1000 * t_b * args.workers / (args.models * args.steps), 2),
                ms_per_model_step_one_at_a_time=round(1000 * t_s * args.workers / (args.models * args.steps), 2),
-               max_abs_weight_difference=diff)
+               max_abs_weight_difference_after_one_step=diff_one_step,
+               max_abs_weight_difference_after_all_steps=diff)
     print(json.dumps(res, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

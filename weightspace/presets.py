@@ -14,9 +14,10 @@ COMMON = ("preset", "zoo_root", "figures_dir", "results_dir")
 PRESETS: dict[str, dict[str, dict]] = {
     "tiny": {
         "00_quickstart": dict(n_per_tree=8, root_steps=150),
-        "01_vit_model_trees": dict(n_per_tree=12, root_steps=200, steps=[20, 40], head_ablation_models=0),
-        "02_probex_motivation": dict(curve_sizes=[2, 4, 7], n_same=4, n_other=[0, 4, 8], seeds=[0], epochs=10),
-        "03_probex": dict(epochs=10, ablation_n_probes=[4, 8], ablation_proj_dim=[4, 8], ablation_rep_dim=[16, 32]),
+        "01_vit_model_trees": dict(n_per_tree=12, root_steps=100, steps=[20, 40], head_ablation_models=8),
+        "02_probex_motivation": dict(curve_sizes=[2, 4, 7], n_same=4, n_other=[0, 4, 8], seeds=[0], epochs=5),
+        "03_probex": dict(epochs=5, ablation_n_probes=[8, 16], ablation_proj_dim=[16], ablation_rep_dim=[32],
+                          wide_models=8, wide_root_steps=30, wide_steps=[5, 10]),
     },
     "default": {},
     "paper": {

@@ -113,7 +113,7 @@ def fit_statnn(train_split, val_split, test_split=None, *, hidden: int = 64, see
     _check_split("train", *train_split)
     torch.manual_seed(seed)
     model = StatNN(train_split[0], train_split[1].shape[1], hidden)
-    cfg = dict(lr=1e-3, weight_decay=1e-5, batch_size=64, epochs=150, eval_every=5) | recipe
+    cfg = dict(lr=1e-3, weight_decay=1e-5, batch_size=32, epochs=200, eval_every=5) | recipe
     return train(model, train_split, val_split, test_split, seed=seed, device="cpu", **cfg)
 
 

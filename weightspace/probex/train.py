@@ -29,8 +29,8 @@ from .model import check_finite, make_model, n_params, ranks_for, stack_layer
 # the official code's defaults (spec §3.1), and the scaled-down ones for 32-wide ViTs on a CPU
 PAPER = dict(n_probes=128, proj_dim=128, rep_dim=512, lr=1e-3, weight_decay=1e-5, batch_size=128,
              epochs=500, eval_every=25)
-SMALL = dict(n_probes=8, proj_dim=8, rep_dim=32, lr=1e-3, weight_decay=1e-5, batch_size=64,
-             epochs=150, eval_every=5)
+SMALL = dict(n_probes=16, proj_dim=16, rep_dim=32, lr=1e-3, weight_decay=1e-5, batch_size=32,
+             epochs=200, eval_every=5)  # ~150 training models: batch 32 x 200 epochs ~ the paper's ~3000 steps
 RANKS = ("n_probes", "proj_dim", "rep_dim")
 RECIPE = ("lr", "weight_decay", "batch_size", "epochs", "eval_every")
 
@@ -162,10 +162,12 @@ class LayerData:
         return sorted(self.tree_names)
 
     def layers(self) -> list[str]:
-        """Every weight matrix of the ViT (2-D weights and the patch-embedding conv), head excluded."""
+        """Every weight matrix of the ViT, head excluded: the 2-D weights, the position embeddings
+        (a matrix once squeezed, as in the paper's layer list) and the patch-embedding conv."""
         shapes = self.zoo.manifest.get("layers") or {k: self.zoo.lazy(self.ids[0]).shape(k)
                                                      for k in self.zoo.lazy(self.ids[0])}
-        return [k for k, s in shapes.items() if k.endswith("weight") and len(s) >= 2 and not k.startswith("head")]
+        return [k for k, s in shapes.items() if not k.startswith("head") and
+                ((k.endswith("weight") and len(s) >= 2) or sum(d != 1 for d in s) == 2)]
 
     def X(self, layer: str) -> torch.Tensor:
         if layer not in self._cache:
