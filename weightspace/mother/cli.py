@@ -1,0 +1,149 @@
+"""python -m weightspace mother DIR — recover the Model Tree(s) of a folder of checkpoints.
+
+DIR may hold
+  *.safetensors files                    one model each, named by the file stem
+  sub-folders with model.safetensors     Hugging Face checkpoints (also sharded: model.safetensors.index.json),
+                                         named by the folder (e.g. a downloaded VTHR split)
+  a weightspace zoo (zoo.json)           all its models; `--split` picks one forest of a vit-forest zoo.
+                                         Its parent_id column is the ground truth: accuracy is printed.
+
+Weights are memory-mapped and read one layer block at a time. The architecture (the preset of layer
+names) is detected from the tensor names unless --layers / --direction-layers say otherwise.
+
+  python -m weightspace mother zoos/default/mother_forests --split lora-v --distance lora
+  python -m weightspace mother my_checkpoints/ --n-trees 2 --json tree.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from weightspace.zoo.format import LazyStateDict, ZooError
+
+from .layers import MotherError, detect_preset
+from .recover import edge_accuracy, format_tree, recover, truth_graph
+
+
+class ShardedStateDict(Mapping):
+    """A sharded HF checkpoint (model.safetensors.index.json) as one lazy state dict."""
+
+    def __init__(self, index_path: Path):
+        index = json.loads(Path(index_path).read_text())
+        self.path = None
+        self._shards: dict[str, LazyStateDict] = {}
+        self._where: dict[str, LazyStateDict] = {}
+        for key, file in index["weight_map"].items():
+            if file not in self._shards:
+                self._shards[file] = LazyStateDict(Path(index_path).parent / file)
+            self._where[key] = self._shards[file]
+
+    def __getitem__(self, key):
+        return self._where[key][key]
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self):
+        return len(self._where)
+
+    def shape(self, key):
+        return self._where[key].shape(key)
+
+    def read_rows(self, key, a, b):
+        from .layers import Layer, read_block
+
+        shard = self._where[key]
+        return read_block(shard, Layer(key, None, key, tuple(shard.shape(key))), a, b)
+
+
+def load_folder(path, split: str | None = None) -> tuple[dict[str, Mapping], dict | None]:
+    """({name: lazy state dict}, ground-truth parents or None) for a folder (see the module docstring)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise MotherError(f"{path}: not a folder")
+    if (path / "zoo.json").exists():
+        from weightspace.zoo import Zoo
+
+        zoo = Zoo.open(path)
+        ids = zoo.ids
+        if zoo.kind == "vit-forest":
+            from weightspace.zoo.forests import SPLITS, forest
+
+            if split is None:
+                raise MotherError(f"{path} holds one forest per split ({', '.join(SPLITS)}) sharing their roots; "
+                                  "pick one with --split")
+            ids = forest(zoo, split)
+        elif split is not None:
+            ids = [i for i in ids if zoo.row(i).get("split") in (split, "root")]
+        return zoo.state_dicts(ids), {i: zoo.row(i)["parent_id"] for i in ids}
+    models: dict[str, Mapping] = {}
+    sources: dict[str, Path] = {}
+
+    def add(name, sd, src):
+        if name in models:
+            raise MotherError(f"duplicate model name {name!r}: {sources[name]} and {src}")
+        models[name], sources[name] = sd, src
+
+    for f in sorted(path.glob("*.safetensors")):
+        add(f.stem, LazyStateDict(f), f)
+    for d in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if (d / "model.safetensors").exists():
+            add(d.name, LazyStateDict(d / "model.safetensors"), d)
+        elif (d / "model.safetensors.index.json").exists():
+            add(d.name, ShardedStateDict(d / "model.safetensors.index.json"), d)
+    if not models:
+        raise MotherError(f"{path}: no *.safetensors files, checkpoint sub-folders or zoo.json found")
+    return models, None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m weightspace mother", description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("dir", help="folder of checkpoints or a weightspace zoo")
+    ap.add_argument("--distance", choices=["ft", "lora"], default="ft",
+                    help="ft: mean RMS of weight differences; lora: sum of ranks of value differences")
+    ap.add_argument("--layers", default=None, help="preset (timm-vit, hf-vit, bert, llama, sd-unet[:group]) or regex")
+    ap.add_argument("--direction-layers", default=None, help="layers whose kurtosis gives the direction")
+    ap.add_argument("--lam", type=float, default=0.3, help="weight of the kurtosis prior (default 0.3)")
+    ap.add_argument("--stage", choices=["finetune", "pretrain"], default="finetune")
+    ap.add_argument("--n-trees", type=int, default=None, help="number of Model Trees (default: from the dendrogram)")
+    ap.add_argument("--split", default=None, help="for a forest zoo: which split (ft, lora-v, lora-f)")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--json", default=None, help="also write the edges and trees to this JSON file")
+    args = ap.parse_args(argv)
+    try:
+        models, parents = load_folder(args.dir, args.split)
+        preset = None
+        if args.layers is None or args.direction_layers is None:
+            preset = detect_preset(list(next(iter(models.values()))))
+        layers = args.layers or preset
+        direction = args.direction_layers or preset
+        g = recover(models, layers=layers, distance=args.distance, direction_layers=direction, lam=args.lam,
+                    stage=args.stage, n_trees=args.n_trees, device=args.device)
+    except (MotherError, ZooError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    n_trees = len(g.graph["trees"])
+    print(f"{len(models)} models, {n_trees} tree(s); distance {args.distance} over {len(g.graph['layers'])} "
+          f"matrices, direction from {len(g.graph['direction_layers'])} ({layers} / {direction}), "
+          f"lambda {args.lam}, stage {args.stage}\n")
+    wrong = set()
+    if parents is not None:
+        truth = truth_graph(parents)
+        wrong = set(g.edges()) - set(truth.edges())
+    print(format_tree(g, wrong))
+    if parents is not None:
+        print(f"\ndirected-edge accuracy vs the zoo's parent_id: {edge_accuracy(g, truth):.3f} "
+              f"({len(wrong)} wrong edge(s), marked (x))")
+    if args.json:
+        out = {"edges": sorted(g.edges()), "trees": [t["names"] for t in g.graph["trees"]],
+               "kurtosis": {n: g.nodes[n]["kurtosis"] for n in g.nodes}}
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

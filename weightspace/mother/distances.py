@@ -1,0 +1,262 @@
+"""MoTHer's two weight statistics for all models at once: the distance D and the direction score.
+
+    l_FT(u, v)   = 1/L  sum_l  RMS(W_u,l - W_v,l)             (mean over the L chosen matrices)
+    l_LoRA(u, v) = sum_l  rank(W_u,l - W_v,l)                  (over the value matrices)
+    kurt(u)      = sum_l  m4(W_u,l) / m2(W_u,l)^2 - 3          (excess kurtosis, population moments)
+
+All pairs at once (the Gram trick). Stack one layer of the N models as rows of X [N, P]; then
+
+    ||x_u - x_v||^2 = G_uu + G_vv - 2 G_uv,   G = X X^T
+
+one matrix product instead of N^2 / 2 differences. Models of one tree differ by ~1% of their norm, so
+in float32 the three terms cancel and about three digits are lost. Centring fixes this: subtracting any
+fixed row c from every row changes no distance, and with c = the mean model the rows of X - c are as
+small as the spread of the models, so G is as accurate as the differences themselves (float32 and
+within 1e-6 of a float64 pair loop). Pairs that are still far closer together than the spread (two
+trees at once, each tight) are detected from G itself and recomputed directly.
+
+Memory stays bounded: layers are read one block of rows at a time from every model (memory-mapped
+safetensors when models are `LazyStateDict`s), so at most `chunk_bytes` of weights are held at once.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .layers import Layer, MotherError, check_models, read_block
+
+EPS32 = float(torch.finfo(torch.float32).eps)
+CHUNK_BYTES = 256 << 20
+
+
+def _device(device) -> torch.device:
+    from weightspace.runtime import device as default_device
+
+    return torch.device(device) if device is not None else default_device()
+
+
+def _row_chunks(layer: Layer, n_models: int, chunk_bytes: int):
+    rows, cols = layer.shape
+    step = max(1, chunk_bytes // max(1, n_models * cols * 4))
+    for r0 in range(0, rows, step):
+        yield r0, min(rows, r0 + step)
+
+
+def _stack(models: Mapping[str, Mapping], layer: Layer, r0: int, r1: int, dev) -> torch.Tensor:
+    """Rows [r0, r1) of `layer` from every model -> [N, (r1-r0)*cols] float32 on `dev`; NaN/inf checked."""
+    X = torch.stack([read_block(sd, layer, r0, r1).reshape(-1) for sd in models.values()]).to(dev)
+    bad = ~torch.isfinite(X).all(1)
+    if bad.any():
+        who = [n for n, b in zip(models, bad.tolist()) if b]
+        raise MotherError(f"layer {layer.name!r} has NaN or inf weights in model(s) {who[:5]}")
+    return X
+
+
+def gram_sq_distances(X: torch.Tensor, tol: float = 1e-6, centre: bool = True, stats: dict | None = None
+                      ) -> torch.Tensor:
+    """||x_u - x_v||^2 for all rows of X [N, P] (float64 [N, N] on the CPU) by one matrix product.
+
+    `centre=False` is the plain Gram trick (kept to show what centring buys). Entries whose float32
+    rounding could exceed `tol` relative error in the distance are recomputed from the differences.
+    """
+    Xc = X - X.mean(0, keepdim=True) if centre else X
+    G = (Xc @ Xc.T).double().cpu()
+    n = G.diagonal()
+    sq = (n[:, None] + n[None, :] - 2 * G).clamp_min_(0)
+    sq.fill_diagonal_(0)
+    if centre and tol:
+        # rounding in G is ~ a few eps * (n_u + n_v); relative error of the distance is half that of sq
+        risky = 8 * EPS32 * (n[:, None] + n[None, :]) > 2 * tol * sq
+        risky.fill_diagonal_(False)
+        iu, iv = torch.nonzero(torch.triu(risky, 1), as_tuple=True)
+        if len(iu):
+            step = max(1, (64 << 20) // (4 * Xc.shape[1]))
+            for lo in range(0, len(iu), step):
+                a, b = iu[lo:lo + step], iv[lo:lo + step]
+                diff = (Xc[a.to(Xc.device)] - Xc[b.to(Xc.device)]).double()
+                exact = (diff * diff).sum(1).cpu()
+                sq[a, b] = exact
+                sq[b, a] = exact
+        if stats is not None:
+            stats["recomputed_pairs"] = stats.get("recomputed_pairs", 0) + len(iu)
+    return sq
+
+
+def rms_distances(models: Mapping[str, Mapping], layers: Sequence[Layer], *, device=None,
+                  chunk_bytes: int = CHUNK_BYTES, tol: float = 1e-6, centre: bool = True,
+                  stats: dict | None = None) -> np.ndarray:
+    """D[u, v] = l_FT(u, v) = mean over layers of RMS(W_u,l - W_v,l), as float64 [N, N].
+
+    Streams each layer in row blocks of at most `chunk_bytes` (all models at once), on `device`.
+    """
+    check_models(models, layers)
+    dev = _device(device)
+    N = len(models)
+    D = torch.zeros(N, N, dtype=torch.float64)
+    for layer in layers:
+        sq = torch.zeros(N, N, dtype=torch.float64)
+        for r0, r1 in _row_chunks(layer, N, chunk_bytes):
+            sq += gram_sq_distances(_stack(models, layer, r0, r1, dev), tol=tol, centre=centre, stats=stats)
+        D += (sq / layer.numel).sqrt()
+    return (D / len(layers)).numpy()
+
+
+def rms_distances_pairloop(models: Mapping[str, Mapping], layers: Sequence[Layer],
+                           dtype=torch.float64) -> np.ndarray:
+    """The straightforward way (the official code's): for every pair, for every layer, RMS of the
+    difference. O(N^2) reads of every layer; the reference the Gram trick is tested against."""
+    check_models(models, layers)
+    names = list(models)
+    N = len(names)
+    mats = {n: [read_block(models[n], lay).to(dtype) for lay in layers] for n in names}
+    D = np.zeros((N, N))
+    for i in range(N):
+        for j in range(i + 1, N):
+            d = sum(float(((a - b) ** 2).mean().sqrt()) for a, b in zip(mats[names[i]], mats[names[j]]))
+            D[i, j] = D[j, i] = d / len(layers)
+    return D
+
+
+# ------------------------------------------------------------------------------------------ LoRA ranks
+
+def _factor_keys(layer: Layer) -> tuple[str, str]:
+    stem = layer.key[: -len(".weight")] if layer.key.endswith(".weight") else layer.key
+    return f"{stem}.lora_U", f"{stem}.lora_V"
+
+
+def _factors(sd: Mapping, layer: Layer, d_in: int):
+    """(U [rows, R], V [R, cols]) with W = base + U V for this layer's rows, or None without factors."""
+    ku, kv = _factor_keys(layer)
+    if ku not in sd or kv not in sd:
+        return None
+    U, V = sd[ku].to(torch.float32), sd[kv].to(torch.float32)
+    if layer.rows:
+        U = U[layer.rows[0]:layer.rows[1]]
+    if U.shape[0] != layer.shape[0] or V.shape != (U.shape[1], d_in):
+        raise MotherError(f"LoRA factors {ku!r} {list(U.shape)} / {kv!r} {list(V.shape)} do not fit layer "
+                          f"{layer.name!r} of shape {list(layer.shape)}")
+    return U, V
+
+
+def matrix_rank(diff: torch.Tensor) -> torch.Tensor:
+    """numpy's default rank: singular values above s_max * max(m, n) * eps (the paper's choice)."""
+    s = torch.linalg.svdvals(diff)
+    eps = torch.finfo(diff.dtype).eps
+    tol = s[..., :1] * max(diff.shape[-2:]) * eps
+    return (s > tol).sum(-1)
+
+
+def _factor_rank(Us, Vs, m: int, n: int) -> torch.Tensor:
+    """rank(U_a V_a - U_b V_b) for stacked pairs without forming the [m, n] difference.
+
+    The difference is [U_a, -U_b] [V_a; V_b] = (Q1 R1)(Q2 R2)^T, so its singular values are those of
+    the small R1 R2^T (at most 2R x 2R): O(m R^2) instead of the O(m n^2) SVD. Tolerance as numpy's for
+    an [m, n] float32 matrix.
+    """
+    L = torch.cat(Us, -1).double()                    # [P, m, R]
+    Rt = torch.cat(Vs, -2).double().transpose(-1, -2)  # [P, n, R]
+    if L.shape[-1] == 0:
+        return torch.zeros(L.shape[0], dtype=torch.long)
+    R1 = torch.linalg.qr(L, mode="r")[1]
+    R2 = torch.linalg.qr(Rt, mode="r")[1]
+    s = torch.linalg.svdvals(R1 @ R2.transpose(-1, -2))
+    tol = s[..., :1] * max(m, n) * EPS32
+    return (s > tol).sum(-1)
+
+
+def rank_distances(models: Mapping[str, Mapping], layers: Sequence[Layer], *, use_factors: bool = True,
+                   device=None, pair_chunk: int = 64, stats: dict | None = None) -> np.ndarray:
+    """D[u, v] = l_LoRA(u, v) = sum over layers of rank(W_u,l - W_v,l), as an int64 [N, N] array.
+
+    With LoRA factors stored beside the merged weights (`<key>.lora_U`, `<key>.lora_V`, W = base + U V,
+    see zoo.forests), pairs whose models verifiably share a base (W - U V equal) get their rank from the
+    factors; every other pair from an SVD of the merged difference. Both give the same number.
+    """
+    check_models(models, layers)
+    dev = _device(device)
+    names = list(models)
+    N = len(names)
+    D = torch.zeros(N, N, dtype=torch.long)
+    iu, iv = torch.triu_indices(N, N, 1)
+    for layer in layers:
+        W = torch.stack([read_block(models[n], layer) for n in names])              # [N, m, n]
+        if not torch.isfinite(W).all():
+            who = [n for n, ok in zip(names, torch.isfinite(W).flatten(1).all(1).tolist()) if not ok]
+            raise MotherError(f"layer {layer.name!r} has NaN or inf weights in model(s) {who[:5]}")
+        m, n = layer.shape
+        use = torch.zeros(len(iu), dtype=torch.bool)
+        if use_factors:
+            facs = [_factors(models[x], layer, n) for x in names]
+            # models without factors are their own base (U V = 0)
+            facs = [f if f is not None else (torch.zeros(m, 0), torch.zeros(0, n)) for f in facs]
+            base = torch.stack([W[i] - facs[i][0] @ facs[i][1] for i in range(N)])
+            scale = float(W.abs().max()) or 1.0
+            group = torch.full((N,), -1, dtype=torch.long)
+            reps: list[int] = []
+            for i in range(N):
+                for g, r in enumerate(reps):
+                    if float((base[i] - base[r]).abs().max()) <= 1e-5 * scale:
+                        group[i] = g
+                        break
+                else:
+                    group[i] = len(reps)
+                    reps.append(i)
+            use = (group[iu] == group[iv]) & torch.tensor([facs[a][0].shape[1] + facs[b][0].shape[1] < min(m, n)
+                                                           for a, b in zip(iu.tolist(), iv.tolist())])
+            pairs = torch.nonzero(use).flatten().tolist()
+            for lo in range(0, len(pairs), pair_chunk):
+                chunk = pairs[lo:lo + pair_chunk]
+                width = max(facs[iu[p]][0].shape[1] + facs[iv[p]][0].shape[1] for p in chunk)
+                Us, Vs = [], []
+                for p in chunk:
+                    (Ua, Va), (Ub, Vb) = facs[iu[p]], facs[iv[p]]
+                    pad = width - Ua.shape[1] - Ub.shape[1]
+                    Us.append(torch.cat([Ua, -Ub, torch.zeros(m, pad)], 1))
+                    Vs.append(torch.cat([Va, Vb, torch.zeros(pad, n)], 0))
+                r = _factor_rank([torch.stack(Us)], [torch.stack(Vs)], m, n)
+                D[iu[chunk], iv[chunk]] += r
+        rest = torch.nonzero(~use).flatten()
+        Wd = W.to(dev)
+        for lo in range(0, len(rest), pair_chunk):
+            p = rest[lo:lo + pair_chunk]
+            D[iu[p], iv[p]] += matrix_rank(Wd[iu[p].to(dev)] - Wd[iv[p].to(dev)]).cpu()
+        if stats is not None:
+            stats["factor_pairs"] = stats.get("factor_pairs", 0) + int(use.sum())
+            stats["svd_pairs"] = stats.get("svd_pairs", 0) + len(rest)
+    D = D + D.T
+    return D.numpy()
+
+
+# ----------------------------------------------------------------------------------------- direction
+
+def kurtosis_scores(models: Mapping[str, Mapping], layers: Sequence[Layer], *,
+                    chunk_bytes: int = CHUNK_BYTES) -> np.ndarray:
+    """kurt(u) = sum over layers of the excess kurtosis (Fisher, population moments) of W_u,l, [N].
+
+    Streams each layer of each model in row blocks: power sums about the block mean of the first
+    block, in float64, give the central moments exactly enough (weights have |mean| << std).
+    """
+    check_models(models, layers)
+    out = np.zeros(len(models))
+    for i, (name, sd) in enumerate(models.items()):
+        for layer in layers:
+            s = torch.zeros(5, dtype=torch.float64)
+            shift = None
+            for r0, r1 in _row_chunks(layer, 1, chunk_bytes):
+                x = read_block(sd, layer, r0, r1).double().reshape(-1)
+                if not torch.isfinite(x).all():
+                    raise MotherError(f"layer {layer.name!r} has NaN or inf weights in model {name!r}")
+                shift = x.mean() if shift is None else shift
+                y = x - shift
+                s += torch.stack([torch.tensor(float(len(y)), dtype=torch.float64), y.sum(), (y ** 2).sum(),
+                                  (y ** 3).sum(), (y ** 4).sum()])
+            cnt, s1, s2, s3, s4 = s.tolist()
+            mu = s1 / cnt
+            m2 = s2 / cnt - mu ** 2
+            m4 = s4 / cnt - 4 * mu * s3 / cnt + 6 * mu ** 2 * s2 / cnt - 3 * mu ** 4
+            if m2 <= 0:
+                raise MotherError(f"layer {layer.name!r} of model {name!r} is constant: kurtosis undefined")
+            out[i] += m4 / m2 ** 2 - 3.0
+    return out
