@@ -1,15 +1,32 @@
 """ProbeX: the formula against a brute-force reference, the layer rules, training, baselines, experts."""
-import numpy as np
 import pytest
 import torch
 from conftest import TINY_TREES
 
-from weightspace.probex import (Dense, LayerData, ProbeX, Ridge, Router, elementwise_accuracy, fit, fit_experts,
-                                fit_ridge, fit_statnn, layer_matrix, lora_matrix, majority, n_params, probex_params,
-                                route_and_evaluate, stack_layer, statnn_features, weight_statistics)
+from weightspace.probex import (
+    Dense,
+    LayerData,
+    ProbeX,
+    Ridge,
+    Router,
+    elementwise_accuracy,
+    fit,
+    fit_experts,
+    fit_ridge,
+    fit_statnn,
+    layer_matrix,
+    lora_matrix,
+    majority,
+    n_params,
+    probex_params,
+    route_and_evaluate,
+    stack_layer,
+    statnn_features,
+    weight_statistics,
+)
 from weightspace.probex.model import ranks_for
-from weightspace.zoo import Zoo, ZooError
 from weightspace.runtime import torch_threads
+from weightspace.zoo import Zoo, ZooError
 from weightspace.zoo.model_trees import build_model_trees
 
 

@@ -7,8 +7,16 @@ import torch
 from safetensors.torch import save_file
 
 from weightspace.probex import ProbeX
-from weightspace.probex.modelj import (CIFAR100_CLASSES, SUBSETS, ModelJSubset, hf_vit_shapes, layer_names,
-                                       load_extracted, parse_targets, repo_folder)
+from weightspace.probex.modelj import (
+    CIFAR100_CLASSES,
+    SUBSETS,
+    ModelJSubset,
+    hf_vit_shapes,
+    layer_names,
+    load_extracted,
+    parse_targets,
+    repo_folder,
+)
 from weightspace.zoo import ZooError
 
 
