@@ -45,43 +45,77 @@ def _row_chunks(layer: Layer, n_models: int, chunk_bytes: int):
 
 
 def _stack(models: Mapping[str, Mapping], layer: Layer, r0: int, r1: int, dev) -> torch.Tensor:
-    """Rows [r0, r1) of `layer` from every model -> [N, (r1-r0)*cols] float32 on `dev`; NaN/inf checked."""
-    X = torch.stack([read_block(sd, layer, r0, r1).reshape(-1) for sd in models.values()]).to(dev)
+    """Rows [r0, r1) of `layer` from every model -> [N, (r1-r0)*cols] float32 on `dev`."""
+    return torch.stack([read_block(sd, layer, r0, r1).reshape(-1) for sd in models.values()]).to(dev)
+
+
+def _check_finite(X: torch.Tensor, models: Mapping, layer: Layer) -> None:
     bad = ~torch.isfinite(X).all(1)
     if bad.any():
         who = [n for n, b in zip(models, bad.tolist()) if b]
         raise MotherError(f"layer {layer.name!r} has NaN or inf weights in model(s) {who[:5]}")
-    return X
+
+
+def _centred_gram(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared distances and squared norms of the rows of X after subtracting their mean (float64, CPU)."""
+    Xc = X - X.mean(0, keepdim=True)
+    G = (Xc @ Xc.T).double().cpu()
+    n = G.diagonal().clone()
+    return (n[:, None] + n[None, :] - 2 * G).clamp_min_(0), n
 
 
 def gram_sq_distances(X: torch.Tensor, tol: float = 1e-6, centre: bool = True, stats: dict | None = None
                       ) -> torch.Tensor:
     """||x_u - x_v||^2 for all rows of X [N, P] (float64 [N, N] on the CPU) by one matrix product.
 
-    `centre=False` is the plain Gram trick (kept to show what centring buys). Entries whose float32
-    rounding could exceed `tol` relative error in the distance are recomputed from the differences.
+    The float32 rounding of G_uv is a few eps * (n_u + n_v), n = squared norms of the centred rows, so a
+    pair is at risk when its distance is small next to those norms: models of one tight tree inside a
+    forest of distant trees. Such pairs are grouped (connected components) and each group gets its own
+    Gram matrix, centred on the group's mean; whatever is still at risk after two levels is computed
+    from the differences. `centre=False` is the plain Gram trick (kept to show what centring buys).
     """
-    Xc = X - X.mean(0, keepdim=True) if centre else X
-    G = (Xc @ Xc.T).double().cpu()
-    n = G.diagonal()
-    sq = (n[:, None] + n[None, :] - 2 * G).clamp_min_(0)
-    sq.fill_diagonal_(0)
-    if centre and tol:
-        # rounding in G is ~ a few eps * (n_u + n_v); relative error of the distance is half that of sq
-        risky = 8 * EPS32 * (n[:, None] + n[None, :]) > 2 * tol * sq
+    if not centre:
+        G = (X @ X.T).double().cpu()
+        n = G.diagonal()
+        return (n[:, None] + n[None, :] - 2 * G).clamp_min_(0).fill_diagonal_(0)
+    from scipy.sparse.csgraph import connected_components
+
+    sq, n = _centred_gram(X)
+    scale = n[:, None] + n[None, :]             # what the rounding of each entry is proportional to
+    redone = 0
+    for level in range(3):
+        # relative error of the distance is half that of its square
+        risky = (8 * EPS32 * scale > 2 * tol * sq) if tol else torch.zeros_like(sq, dtype=torch.bool)
         risky.fill_diagonal_(False)
-        iu, iv = torch.nonzero(torch.triu(risky, 1), as_tuple=True)
-        if len(iu):
-            step = max(1, (64 << 20) // (4 * Xc.shape[1]))
+        if not risky.any():
+            break
+        if level < 2:
+            k, comp = connected_components(risky.numpy(), directed=False)
+            for c in range(k):
+                idx = torch.from_numpy(np.flatnonzero(comp == c))
+                if len(idx) < 2:
+                    continue
+                sq_c, n_c = _centred_gram(X[idx.to(X.device)])
+                block = risky[idx][:, idx]
+                sub = sq[idx][:, idx]
+                sub[block] = sq_c[block]
+                sq[idx[:, None], idx[None, :]] = sub
+                sc = scale[idx][:, idx]
+                sc[block] = (n_c[:, None] + n_c[None, :])[block]
+                scale[idx[:, None], idx[None, :]] = sc
+                redone += int(block.sum()) // 2
+        else:   # the last resort: differences, pair by pair (in batches)
+            iu, iv = torch.nonzero(torch.triu(risky, 1), as_tuple=True)
+            step = max(1, (64 << 20) // (4 * X.shape[1]))
             for lo in range(0, len(iu), step):
                 a, b = iu[lo:lo + step], iv[lo:lo + step]
-                diff = (Xc[a.to(Xc.device)] - Xc[b.to(Xc.device)]).double()
+                diff = (X[a.to(X.device)] - X[b.to(X.device)]).double()
                 exact = (diff * diff).sum(1).cpu()
-                sq[a, b] = exact
-                sq[b, a] = exact
-        if stats is not None:
-            stats["recomputed_pairs"] = stats.get("recomputed_pairs", 0) + len(iu)
-    return sq
+                sq[a, b], sq[b, a] = exact, exact
+            redone += len(iu)
+    if stats is not None:
+        stats["recomputed_pairs"] = stats.get("recomputed_pairs", 0) + redone
+    return sq.fill_diagonal_(0)
 
 
 def rms_distances(models: Mapping[str, Mapping], layers: Sequence[Layer], *, device=None,
@@ -98,7 +132,11 @@ def rms_distances(models: Mapping[str, Mapping], layers: Sequence[Layer], *, dev
     for layer in layers:
         sq = torch.zeros(N, N, dtype=torch.float64)
         for r0, r1 in _row_chunks(layer, N, chunk_bytes):
-            sq += gram_sq_distances(_stack(models, layer, r0, r1, dev), tol=tol, centre=centre, stats=stats)
+            X = _stack(models, layer, r0, r1, dev)
+            block = gram_sq_distances(X, tol=tol, centre=centre, stats=stats)
+            if not torch.isfinite(block).all():     # NaN/inf weights poison G: find whose
+                _check_finite(X, models, layer)
+            sq += block
         D += (sq / layer.numel).sqrt()
     return (D / len(layers)).numpy()
 
@@ -148,21 +186,24 @@ def matrix_rank(diff: torch.Tensor) -> torch.Tensor:
     return (s > tol).sum(-1)
 
 
-def _factor_rank(Us, Vs, m: int, n: int) -> torch.Tensor:
-    """rank(U_a V_a - U_b V_b) for stacked pairs without forming the [m, n] difference.
+def _factor_rank(L: torch.Tensor, Rt: torch.Tensor, m: int, n: int) -> torch.Tensor:
+    """rank(L Rt^T) for stacked pairs, L [P, m, k] = [U_a, -U_b], Rt [P, n, k] = [V_a; V_b]^T, without
+    forming the [m, n] difference U_a V_a - U_b V_b.
 
-    The difference is [U_a, -U_b] [V_a; V_b] = (Q1 R1)(Q2 R2)^T, so its singular values are those of
-    the small R1 R2^T (at most 2R x 2R): O(m R^2) instead of the O(m n^2) SVD. Tolerance as numpy's for
-    an [m, n] float32 matrix.
+    Its squared singular values are the eigenvalues of A^(1/2) B A^(1/2) with the k x k Gram matrices
+    A = L^T L and B = Rt^T Rt (k <= the two ranks summed): O(m k^2) instead of the O(m n^2) SVD. In
+    float64 the squaring costs nothing at numpy's float32 tolerance (s > s_max * max(m, n) * eps32).
     """
-    L = torch.cat(Us, -1).double()                    # [P, m, R]
-    Rt = torch.cat(Vs, -2).double().transpose(-1, -2)  # [P, n, R]
     if L.shape[-1] == 0:
         return torch.zeros(L.shape[0], dtype=torch.long)
-    R1 = torch.linalg.qr(L, mode="r")[1]
-    R2 = torch.linalg.qr(Rt, mode="r")[1]
-    s = torch.linalg.svdvals(R1 @ R2.transpose(-1, -2))
-    tol = s[..., :1] * max(m, n) * EPS32
+    L, Rt = L.double(), Rt.double()
+    A = L.transpose(-1, -2) @ L
+    B = Rt.transpose(-1, -2) @ Rt
+    lam, Q = torch.linalg.eigh(A)
+    half = Q * lam.clamp_min(0).sqrt()[..., None, :] @ Q.transpose(-1, -2)
+    s2 = torch.linalg.eigvalsh(half @ B @ half).clamp_min(0)
+    s = s2.sqrt()
+    tol = s.amax(-1, keepdim=True) * max(m, n) * EPS32
     return (s > tol).sum(-1)
 
 
@@ -203,20 +244,23 @@ def rank_distances(models: Mapping[str, Mapping], layers: Sequence[Layer], *, us
                 else:
                     group[i] = len(reps)
                     reps.append(i)
+            # (when the two ranks add up to the full width, the SVD is no dearer: use it)
             use = (group[iu] == group[iv]) & torch.tensor([facs[a][0].shape[1] + facs[b][0].shape[1] < min(m, n)
                                                            for a, b in zip(iu.tolist(), iv.tolist())])
             pairs = torch.nonzero(use).flatten().tolist()
+            width = {p: facs[iu[p]][0].shape[1] + facs[iv[p]][0].shape[1] for p in pairs}
+            pairs.sort(key=width.get)                          # similar widths share a batch: little padding
             for lo in range(0, len(pairs), pair_chunk):
                 chunk = pairs[lo:lo + pair_chunk]
-                width = max(facs[iu[p]][0].shape[1] + facs[iv[p]][0].shape[1] for p in chunk)
-                Us, Vs = [], []
-                for p in chunk:
+                k = max(width[p] for p in chunk)
+                L = torch.zeros(len(chunk), m, k)
+                Rt = torch.zeros(len(chunk), n, k)
+                for i, p in enumerate(chunk):
                     (Ua, Va), (Ub, Vb) = facs[iu[p]], facs[iv[p]]
-                    pad = width - Ua.shape[1] - Ub.shape[1]
-                    Us.append(torch.cat([Ua, -Ub, torch.zeros(m, pad)], 1))
-                    Vs.append(torch.cat([Va, Vb, torch.zeros(pad, n)], 0))
-                r = _factor_rank([torch.stack(Us)], [torch.stack(Vs)], m, n)
-                D[iu[chunk], iv[chunk]] += r
+                    ra, rb = Ua.shape[1], Ub.shape[1]
+                    L[i, :, :ra], L[i, :, ra:ra + rb] = Ua, -Ub
+                    Rt[i, :, :ra], Rt[i, :, ra:ra + rb] = Va.T, Vb.T
+                D[iu[chunk], iv[chunk]] += _factor_rank(L.to(dev), Rt.to(dev), m, n).cpu()
         rest = torch.nonzero(~use).flatten()
         Wd = W.to(dev)
         for lo in range(0, len(rest), pair_chunk):

@@ -55,12 +55,18 @@ PRESETS: dict[str, dict[str, list[tuple[str, str | None]]]] = {
         "mlp": [(r"blocks\.\d+\.mlp\.fc[12]\.weight$", None)],
         "hidden": [(_QKV, "qkv"), (r"blocks\.\d+\.(attn\.proj|mlp\.fc[12])\.weight$", None)],
     },
+    # checkpoint files (VTHR's) use encoder.layer.{i}.attention.attention.query; transformers >= 5 names
+    # the same weights layers.{i}.attention.q_proj in memory: both are accepted
     "hf-vit": {
-        "attention": [(r"encoder\.layer\.\d+\.attention\.(attention\.(query|key|value)|output\.dense)\.weight$", None)],
-        "value": [(r"encoder\.layer\.\d+\.attention\.attention\.value\.weight$", None)],
-        "output": [(r"encoder\.layer\.\d+\.attention\.output\.dense\.weight$", None)],
-        "mlp": [(r"encoder\.layer\.\d+\.(intermediate|output)\.dense\.weight$", None)],
-        "hidden": [(r"encoder\.layer\.\d+\..*\.weight$", None)],
+        "attention": [(r"encoder\.layer\.\d+\.attention\.(attention\.(query|key|value)|output\.dense)\.weight$", None),
+                      (r"(^|\.)layers\.\d+\.attention\.[qkvo]_proj\.weight$", None)],
+        "value": [(r"encoder\.layer\.\d+\.attention\.attention\.value\.weight$", None),
+                  (r"(^|\.)layers\.\d+\.attention\.v_proj\.weight$", None)],
+        "output": [(r"encoder\.layer\.\d+\.attention\.output\.dense\.weight$", None),
+                   (r"(^|\.)layers\.\d+\.attention\.o_proj\.weight$", None)],
+        "mlp": [(r"encoder\.layer\.\d+\.(intermediate|output)\.dense\.weight$", None),
+                (r"(^|\.)layers\.\d+\.mlp\.fc[12]\.weight$", None)],
+        "hidden": [(r"encoder\.layer\.\d+\..*\.weight$", None), (r"(^|\.)layers\.\d+\..*\.weight$", None)],
     },
     "bert": {
         "attention": [(r"encoder\.layer\.\d+\.attention\.(self\.(query|key|value)|output\.dense)\.weight$", None)],
@@ -96,6 +102,7 @@ DEFAULT_GROUPS_SD = {"ft": {"distance": "attention", "direction": "square"},
 
 # one key that identifies each preset's layout (for the CLI's auto-detection)
 _SIGNATURES = [("timm-vit", _QKV), ("hf-vit", r"encoder\.layer\.\d+\.attention\.attention\.value\.weight$"),
+               ("hf-vit", r"(^|\.)layers\.\d+\.attention\.v_proj\.weight$"),
                ("bert", r"encoder\.layer\.\d+\.attention\.self\.value\.weight$"),
                ("llama", r"layers\.\d+\.self_attn\.o_proj\.weight$"), ("sd-unet", r"attn1\.to_v\.weight$")]
 

@@ -1,0 +1,120 @@
+"""The VTHR-shaped forest builder on a tiny forest: structure, tasks, LoRA merging and factors, logs."""
+import numpy as np
+import pytest
+import torch
+
+from weightspace.nets.vit import split_qkv
+from weightspace.zoo import Zoo
+from weightspace.zoo.forests import (DEFAULTS, SPLITS, TASKS, build_forests, forest, forest_plan, kurtosis_of,
+                                     parents, train_nodes)
+
+TINY_FOREST = dict(n_trees=2, n_children=2, root_steps=12, steps=6, log_every=3, chunk=8,
+                   vit=dict(embed_dim=16, num_heads=2))
+
+
+@pytest.fixture(scope="module")
+def tiny_forest(tmp_path_factory):
+    return build_forests(tmp_path_factory.mktemp("forest") / "f", executor="inline", progress=False, **TINY_FOREST)
+
+
+def test_plan_has_the_vthr_shape_and_task_rules():
+    p = {**DEFAULTS, "n_trees": 5}
+    for split in SPLITS:
+        rows = forest_plan(p, split)
+        assert len(rows) == 5 * (4 + 16)                     # 21 per tree with the root
+        by_id = {r["model_id"]: r for r in rows}
+        for r in rows:
+            kids = [c for c in rows if c["parent_id"] == r["model_id"]]
+            assert len(kids) == (4 if r["depth"] == 1 else 0)
+            assert len({c["task"] for c in kids}) == len(kids)              # siblings differ
+            assert all(c["task"] != r["task"] for c in kids)                # never the parent's task
+            if r["depth"] == 2:
+                assert by_id[r["parent_id"]]["tree_id"] == r["tree_id"]
+        ranks = {r["rank"] for r in rows}
+        assert ranks == {0} if split == "ft" else (ranks <= set(p["ranks_v"]) if split == "lora-v"
+                                                   else ranks == {p["rank_f"]})
+    assert len({r["rank"] for r in forest_plan(p, "lora-v")}) > 1
+
+
+def test_tiny_forest_rows_and_ground_truth(tiny_forest):
+    zoo = tiny_forest
+    assert len(zoo) == 2 + 3 * 2 * (2 + 4)
+    for split in SPLITS:
+        ids = forest(zoo, split)
+        assert len(ids) == 2 * 7
+        par = parents(zoo, ids)
+        assert sum(p is None for p in par.values()) == 2
+        assert all(p is None or p in ids for p in par.values())
+    row = zoo.row("lorav-t1-c0-g1")
+    assert row["parent_id"] == "lorav-t1-c0" and row["tree_id"] == 1 and row["depth"] == 2
+    assert row["classes"] == TASKS[row["task"]]
+    root = zoo.row("t0-root")
+    assert root["kurtosis_log"]["step"] == [0, 3, 6, 9, 12]
+    assert len(row["kurtosis_log"]["value"]) == len(row["kurtosis_log"]["step"]) == 3   # steps 0, 3, 6
+    # the logged final kurtosis is the stored model's
+    sd = zoo.load("ft-t0-c1")
+    k = sum(float(kurtosis_of(sd[f"blocks.{b}.attn.proj.weight"])) for b in range(2))
+    assert zoo.row("ft-t0-c1")["kurtosis_log"]["proj"][-1] == pytest.approx(k, rel=1e-5)
+
+
+def test_lora_models_are_merged_with_cumulative_factors(tiny_forest):
+    zoo = tiny_forest
+    root = zoo.load("t0-root")
+    for mid in ["lorav-t0-c1", "lorav-t0-c1-g0", "loraf-t0-c0-g1"]:
+        sd = zoo.load(mid)
+        parent = zoo.load(zoo.row(mid)["parent_id"])
+        path_ranks = zoo.row(mid)["rank"] + (zoo.row(zoo.row(mid)["parent_id"])["rank"] if zoo.row(mid)["depth"] == 2 else 0)
+        for b in range(2):
+            key = f"blocks.{b}.attn.qkv"
+            U, V = sd[f"{key}.lora_U"], sd[f"{key}.lora_V"]
+            assert U.shape[1] == 2 * path_ranks                          # q and v adapters along the path
+            assert torch.allclose(sd[f"{key}.weight"], root[f"{key}.weight"] + U @ V, atol=1e-5)
+            # the key block is never adapted; the value block changes by a rank-r update
+            assert torch.equal(split_qkv(sd[f"{key}.weight"])[1], split_qkv(root[f"{key}.weight"])[1])
+            dv = split_qkv(sd[f"{key}.weight"])[2] - split_qkv(parent[f"{key}.weight"])[2]
+            assert np.linalg.matrix_rank(dv.numpy()) == zoo.row(mid)["rank"]
+            # everything else is frozen
+            assert torch.equal(sd[f"blocks.{b}.attn.proj.weight"], root[f"blocks.{b}.attn.proj.weight"])
+            assert torch.equal(sd[f"blocks.{b}.mlp.fc1.weight"], root[f"blocks.{b}.mlp.fc1.weight"])
+    ft = zoo.load("ft-t0-c0")
+    assert not any(k.endswith("lora_U") for k in ft)
+    assert not torch.equal(ft["blocks.0.mlp.fc1.weight"], root["blocks.0.mlp.fc1.weight"])
+
+
+def test_forest_recovers_through_the_public_api(tiny_forest):
+    from weightspace.mother import recover
+
+    ids = forest(tiny_forest, "lora-f")
+    g = recover(tiny_forest.state_dicts(ids), layers="timm-vit", distance="lora", direction_layers="timm-vit",
+                n_trees=2, lam=0)
+    truth = {(p, c) for c, p in parents(tiny_forest, ids).items() if p}
+    assert {frozenset(e) for e in g.edges()} == {frozenset(e) for e in truth}   # ranks place every edge
+
+
+def test_rebuild_resumes_and_rejects_other_parameters(tiny_forest):
+    again = build_forests(tiny_forest.path, executor="inline", progress=False, **TINY_FOREST)
+    assert again.ids == Zoo.open(tiny_forest.path).ids
+    from weightspace.zoo import ZooError
+
+    with pytest.raises(ZooError, match="other parameters"):
+        build_forests(tiny_forest.path, executor="inline", progress=False, **{**TINY_FOREST, "steps": 7})
+    with pytest.raises(TypeError, match="unknown parameter"):
+        build_forests(tiny_forest.path, n_roots=3)
+
+
+def test_train_nodes_lora_ranks_are_exact_per_model():
+    from weightspace.nets.vit import make_vit
+
+    torch.manual_seed(0)
+    root = make_vit(10).state_dict()
+    names = list(TASKS)
+    sds, deltas, metrics = train_nodes([root] * 3, [TASKS[names[i]] for i in range(3)], [1, 2, 3], mode="lora",
+                                       ranks=[1, 3, 2], steps=5, lr=1e-2)
+    for sd, d, r in zip(sds, deltas, [1, 3, 2]):
+        dv = split_qkv(sd["blocks.1.attn.qkv.weight"])[2] - split_qkv(root["blocks.1.attn.qkv.weight"])[2]
+        assert np.linalg.matrix_rank(dv.numpy()) == r
+        U, V = d["blocks.1.attn.qkv.weight"]
+        assert torch.allclose(sd["blocks.1.attn.qkv.weight"], root["blocks.1.attn.qkv.weight"] + U @ V, atol=1e-6)
+    assert all(0 <= m["test_acc"] <= 1 for m in metrics)
+    with pytest.raises(ValueError, match="fine-tuning mode"):
+        train_nodes([root], [TASKS[names[0]]], [1], mode="adapter")

@@ -1,0 +1,268 @@
+"""MoTHer on real layouts: preset layer names of HF ViT / BERT / Llama / SD UNet, memory-mapped streaming
+in bounded memory, the CLI on folders and zoos, and the VTHR paper path on look-alike files."""
+import json
+import pickle
+import subprocess
+import sys
+import textwrap
+import types
+
+import pytest
+import torch
+
+from weightspace.mother import MotherError, detect_preset, edge_accuracy, recover, select_layers, truth_graph
+from weightspace.mother import vthr
+from weightspace.mother.cli import main as cli_main
+from weightspace.zoo import write_safetensors
+
+
+def _heavy(g, *shape):
+    return torch.randn(*shape, generator=g) / torch.rand(*shape, generator=g).clamp_min(0.05).sqrt()
+
+
+def _family(g, root, n_children=2, rel=0.3):
+    """root -> children -> grandchildren; each a dense Gaussian perturbation of its parent (tails dilute)."""
+    out, parents = {"root": root}, {"root": None}
+    for i in range(n_children):
+        out[f"c{i}"] = {k: v + rel * v.std() * torch.randn(v.shape, generator=g) for k, v in root.items()}
+        parents[f"c{i}"] = "root"
+        for j in range(n_children):
+            out[f"c{i}g{j}"] = {k: v + rel * v.std() * torch.randn(v.shape, generator=g)
+                                for k, v in out[f"c{i}"].items()}
+            parents[f"c{i}g{j}"] = f"c{i}"
+    return out, parents
+
+
+# ------------------------------------------------------------------------------------------- presets
+
+def _hf_vit(n_labels=3):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                    image_size=8, patch_size=2, num_channels=1, num_labels=n_labels)
+    return ViTForImageClassification(cfg)
+
+
+def test_presets_pick_the_papers_matrices_in_real_architectures(tmp_path):
+    from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+
+    import safetensors.torch
+
+    model = _hf_vit()
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    on_disk = safetensors.torch.load_file(tmp_path / "model.safetensors")    # VTHR's (classic) names
+    for vit in (on_disk, model.state_dict()):                               # and transformers 5's in memory
+        assert detect_preset(list(vit)) == "hf-vit"
+        att = select_layers(vit, "hf-vit", "ft")
+        assert len(att) == 8 and all(x.shape == (16, 16) for x in att)
+        assert len(select_layers(vit, "hf-vit", "ft", "direction")) == 2
+        assert len(select_layers(vit, "hf-vit:mlp", "ft")) == 4
+    assert [x.key for x in select_layers(on_disk, "hf-vit", "ft", "direction")] == \
+        [f"vit.encoder.layer.{i}.attention.output.dense.weight" for i in range(2)]
+    assert [x.key for x in select_layers(on_disk, "hf-vit", "lora", "direction")] == \
+        [f"vit.encoder.layer.{i}.attention.attention.value.weight" for i in range(2)]
+
+    bert = BertModel(BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                                vocab_size=30)).state_dict()
+    assert detect_preset(list(bert)) == "bert"
+    assert len(select_layers(bert, "bert", "ft")) == 8
+    assert len(select_layers(bert, "bert:mlp", "ft")) == 4
+
+    llama = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, vocab_size=30)).state_dict()
+    assert detect_preset(list(llama)) == "llama"
+    assert [x.key for x in select_layers(llama, "llama", "ft", "direction")] == \
+        [f"model.layers.{i}.self_attn.o_proj.weight" for i in range(2)]
+
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                                block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
+                                attention_head_dim=4, norm_num_groups=8).state_dict()
+    assert detect_preset(list(unet)) == "sd-unet"
+    att = select_layers(unet, "sd-unet", "ft")
+    assert att and all(x.shape[0] == x.shape[1] for x in att)
+    assert not any("attn2.to_k" in x.key for x in att)          # cross-attention k/v are 16x8: not square
+    square = select_layers(unet, "sd-unet", "ft", "direction")   # SD: every square 2-D weight
+    assert len(square) > len(att)
+
+
+# ----------------------------------------------------------------------------------- bounded memory
+
+_MEMORY_PROBE = textwrap.dedent("""
+    import resource, sys, torch
+    from weightspace.zoo import LazyStateDict
+    from weightspace.mother import rms_distances, kurtosis_scores, select_layers
+    folder, n = sys.argv[1], int(sys.argv[2])
+    models = {f"m{i}": LazyStateDict(f"{folder}/m{i}.safetensors") for i in range(n)}
+    layers = select_layers(models["m0"], r"layer\\d+\\.weight")
+    warm = dict(list(models.items())[:2])
+    rms_distances(warm, layers[:1], chunk_bytes=4 << 20, device="cpu"); kurtosis_scores(warm, layers[:1], chunk_bytes=4 << 20)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    D = rms_distances(models, layers, chunk_bytes=4 << 20, device="cpu")
+    k = kurtosis_scores(models, layers, chunk_bytes=4 << 20)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print((after - before) * 1024, float(D[0, 1]), float(k[0]))
+""")
+
+
+def test_distances_stream_a_forest_larger_than_the_memory_cap(tmp_path):
+    """24 models x 8 layers of 512x512 float32 = 192 MB on disk; peak memory growth must stay under 64 MB."""
+    n, cap = 24, 64 << 20
+    g = torch.Generator().manual_seed(0)
+    base = {f"layer{i}.weight": torch.randn(512, 512, generator=g) for i in range(8)}
+    for m in range(n):
+        write_safetensors(tmp_path / f"m{m}.safetensors",
+                          {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in base.items()})
+    total = sum(f.stat().st_size for f in tmp_path.glob("*.safetensors"))
+    assert total > 2.5 * cap
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(tmp_path), str(n)], capture_output=True,
+                         text=True, check=True).stdout.split()
+    grew, d01 = int(out[0]), float(out[1])
+    assert grew < cap, f"peak memory grew by {grew / 2**20:.0f} MB reading a {total / 2**20:.0f} MB forest"
+    assert d01 > 0
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+def _timm_like(g, d=16):
+    sd = {}
+    for b in range(2):
+        sd[f"blocks.{b}.attn.qkv.weight"] = _heavy(g, 3 * d, d)
+        sd[f"blocks.{b}.attn.proj.weight"] = _heavy(g, d, d)
+        sd[f"blocks.{b}.mlp.fc1.weight"] = _heavy(g, 4 * d, d)
+    return sd
+
+
+def test_cli_on_a_folder_of_safetensors(tmp_path, capsys):
+    g = torch.Generator().manual_seed(1)
+    models, parents = _family(g, _timm_like(g))
+    for name, sd in models.items():
+        write_safetensors(tmp_path / f"{name}.safetensors", sd)
+    out_json = tmp_path / "tree.json"
+    code = cli_main([str(tmp_path), "--n-trees", "1", "--direction-layers", "timm-vit:hidden", "--json", str(out_json)])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "7 models, 1 tree(s)" in text and "└── " in text
+    edges = {tuple(e) for e in json.loads(out_json.read_text())["edges"]}
+    assert edge_accuracy(edges, truth_graph(parents)) == 1.0
+
+
+def test_cli_on_a_zoo_prints_accuracy_and_marks_wrong_edges(toy_zoo, capsys):
+    code = cli_main([str(toy_zoo.path), "--n-trees", "1", "--layers", r"proj\.weight", "--direction-layers", r"fc1"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "directed-edge accuracy vs the zoo's parent_id" in text
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert cli_main([str(tmp_path)]) == 2
+    assert "no *.safetensors files" in capsys.readouterr().err
+    g = torch.Generator().manual_seed(2)
+    write_safetensors(tmp_path / "a.safetensors", _timm_like(g))
+    assert cli_main([str(tmp_path)]) == 2
+    assert "at least 2 models" in capsys.readouterr().err
+    (tmp_path / "a").mkdir()
+    write_safetensors(tmp_path / "a" / "model.safetensors", _timm_like(g))
+    assert cli_main([str(tmp_path)]) == 2
+    assert "duplicate model name 'a'" in capsys.readouterr().err
+
+
+def test_cli_reads_sharded_hf_checkpoints(tmp_path, capsys):
+    g = torch.Generator().manual_seed(3)
+    models, parents = _family(g, _timm_like(g), n_children=1)
+    for name, sd in models.items():
+        d = tmp_path / name
+        d.mkdir()
+        keys = sorted(sd)
+        half = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+        for file, ks in half.items():
+            write_safetensors(d / file, {k: sd[k] for k in ks})
+        (d / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {}, "weight_map": {k: f for f, ks in half.items() for k in ks}}))
+    assert cli_main([str(tmp_path), "--n-trees", "1", "--direction-layers", "timm-vit:hidden"]) == 0
+    assert "3 models" in capsys.readouterr().out
+
+
+# -------------------------------------------------------------------------------------- VTHR paper path
+
+def _lookalike_graph_pkl(path, nodes):
+    """Pickle a graph the way the official code does: objects of module `model_graph`'s classes."""
+    mod = types.ModuleType("model_graph")
+    src = textwrap.dedent("""
+        class ModelGraphNodeMetadata:
+            def __init__(self, component_id, depth, dataset_name, num_classes, dataset_short_name, seed, uuid):
+                self.component_id = component_id; self.depth = depth; self.dataset_name = dataset_name
+                self.num_classes = num_classes; self.dataset_short_name = dataset_short_name
+                self.seed = seed; self.uuid = uuid; self.model_path = f"out/{dataset_short_name}__{uuid}"
+        class ModelGraphNode:
+            def __init__(self, parent, metadata, is_root=False, is_leaf=False):
+                self.is_root = is_root; self.is_leaf = is_leaf; self.metadata = metadata
+                self.children = []; self.parent = parent
+        class ModelGraph:
+            def __init__(self, roots):
+                self.roots = roots
+    """)
+    exec(src, mod.__dict__)
+    for cls in ("ModelGraphNodeMetadata", "ModelGraphNode", "ModelGraph"):
+        getattr(mod, cls).__module__ = "model_graph"
+    sys.modules["model_graph"] = mod
+    try:
+        objs, roots = {}, []
+        for uuid, parent, tree, depth in nodes:
+            md = mod.ModelGraphNodeMetadata(tree, depth, None if parent is None else "vtab-cifar100", 100, "c100", 0, uuid)
+            node = mod.ModelGraphNode(objs.get(parent), md, is_root=parent is None)
+            objs[uuid] = node
+            if parent is None:
+                roots.append(node)
+            else:
+                objs[parent].children.append(node)
+        with open(path, "wb") as f:
+            pickle.dump(mod.ModelGraph(roots), f)
+    finally:
+        del sys.modules["model_graph"]
+
+
+def test_vthr_names():
+    name = vthr.repo_name("lora-v", 3, 2, "ab12CD34")
+    assert name == "VTHR-LoRA-V-ModelTree_3-Depth_2-Node_ab12CD34"
+    assert vthr.parse_repo_name("MoTHer-VTHR/" + name) == dict(split="lora-v", tree=3, depth=2, uuid="ab12CD34")
+    with pytest.raises(MotherError, match="not a VTHR model name"):
+        vthr.parse_repo_name("VTHR-XX-ModelTree_1-Depth_0-Node_abcdefgh")
+
+
+def test_vthr_split_lookalike_end_to_end(tmp_path):
+    """A downloaded-split look-alike: HF ViTForImageClassification checkpoints in the real folder layout,
+    and the official-format ground-truth pickle converted to JSON; MoTHer with the hf-vit preset."""
+    g = torch.Generator().manual_seed(4)
+    root_model = _hf_vit()
+    root = {k: v.detach().clone() for k, v in root_model.state_dict().items()}
+    for k in root:
+        if k.endswith("weight") and root[k].ndim == 2:
+            root[k] = _heavy(g, *root[k].shape) * 0.02
+    models, parents = _family(g, root)
+    uuids = {n: f"{i:02d}abcdef" for i, n in enumerate(models)}
+    nodes = [(uuids[n], uuids[p] if p else None, 1, n.count("c") + n.count("g")) for n, p in parents.items()]
+    pkl = tmp_path / vthr.GRAPH_FILES["ft"]
+    _lookalike_graph_pkl(pkl, nodes)
+    rows = vthr.read_graph_pkl(pkl)
+    assert {r["uuid"]: r["parent"] for r in rows} == {u: p for u, p, _, _ in nodes}
+    split_dir = tmp_path / "vthr" / "ft"
+    split_dir.mkdir(parents=True)
+    vthr.write_graph_json(rows, split_dir / vthr.GRAPH_JSON)
+    for n, sd in models.items():
+        depth = n.count("c") + n.count("g")
+        root_model.load_state_dict(sd)
+        root_model.save_pretrained(split_dir / vthr.repo_name("ft", 1, depth, uuids[n]), safe_serialization=True)
+    loaded, truth = vthr.load_split(tmp_path / "vthr", "ft")
+    assert len(loaded) == 7 and sum(p is None for p in truth.values()) == 1
+    pred = recover(loaded, layers="hf-vit", distance="ft", direction_layers="hf-vit:hidden", n_trees=1)
+    assert edge_accuracy(pred, truth_graph(truth)) == 1.0
+
+
+def test_vthr_pickle_reader_refuses_other_objects(tmp_path):
+    bad = tmp_path / "evil.pkl"
+    bad.write_bytes(pickle.dumps(subprocess.Popen))
+    with pytest.raises(MotherError, match="refusing to load subprocess.Popen"):
+        vthr.read_graph_pkl(bad)
