@@ -18,6 +18,9 @@ PRESETS: dict[str, dict[str, dict]] = {
         "02_probex_motivation": dict(curve_sizes=[2, 4, 7], n_same=4, n_other=[0, 4, 8], seeds=[0], epochs=5),
         "03_probex": dict(epochs=5, ablation_n_probes=[8, 16], ablation_proj_dim=[16], ablation_rep_dim=[32],
                           wide_models=8, wide_root_steps=30, wide_steps=[5, 10]),
+        "04_mother_forests": dict(n_trees=3, n_children=2, root_steps=150, steps=40, embed_dim=32, num_heads=2,
+                                  ranks_v=[1, 2, 4], rank_f=2),
+        "05_mother_recovery": dict(n_draws=5, tie_seeds=3, fractions=[1.0, 0.6, 0.3]),
     },
     "default": {},
     "paper": {
@@ -28,6 +31,10 @@ PRESETS: dict[str, dict[str, dict]] = {
         # ... and the real Model-J subsets (data_scripts/download_modelj.py), at the paper's sizes
         "03_probex": dict(epochs=500, modelj_root="~/.cache/huggingface/assets/ProbeX/ModelJ/default/models",
                           modelj_subsets=["SupViT", "DINO", "MAE", "ResNet"]),
+        # MoTHer: wider forests of our own, and the real VTHR splits (data_scripts/download_vthr.py)
+        "04_mother_forests": dict(root_steps=5000, steps=1000, embed_dim=192, num_heads=6, ranks_v=[4, 8, 16, 32],
+                                  rank_f=8, workers=8),
+        "05_mother_recovery": dict(vthr_root="~/.cache/weightspace/vthr"),
     },
 }
 

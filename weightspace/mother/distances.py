@@ -28,7 +28,7 @@ import torch
 from .layers import Layer, MotherError, check_models, read_block
 
 EPS32 = float(torch.finfo(torch.float32).eps)
-CHUNK_BYTES = 256 << 20
+CHUNK_BYTES = 8 << 20   # weights held at once per layer block (small enough to stay in cache)
 
 
 def _device(device) -> torch.device:
@@ -56,10 +56,23 @@ def _check_finite(X: torch.Tensor, models: Mapping, layer: Layer) -> None:
         raise MotherError(f"layer {layer.name!r} has NaN or inf weights in model(s) {who[:5]}")
 
 
+GRAM_BLOCK = 4096   # columns per float32 product; blocks are summed in float64
+
+
+def _gram(X: torch.Tensor) -> torch.Tensor:
+    """X X^T as float64 on the CPU: float32 products over column blocks, summed in float64, so the
+    rounding stays a couple of eps whatever the number of columns (one long float32 dot product of
+    2^18 terms is ~10x worse)."""
+    G = torch.zeros(X.shape[0], X.shape[0], dtype=torch.float64)
+    for j in range(0, X.shape[1], GRAM_BLOCK):
+        B = X[:, j:j + GRAM_BLOCK]
+        G += (B @ B.T).double().cpu()
+    return G
+
+
 def _centred_gram(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Squared distances and squared norms of the rows of X after subtracting their mean (float64, CPU)."""
-    Xc = X - X.mean(0, keepdim=True)
-    G = (Xc @ Xc.T).double().cpu()
+    G = _gram(X - X.mean(0, keepdim=True))
     n = G.diagonal().clone()
     return (n[:, None] + n[None, :] - 2 * G).clamp_min_(0), n
 
@@ -68,14 +81,14 @@ def gram_sq_distances(X: torch.Tensor, tol: float = 1e-6, centre: bool = True, s
                       ) -> torch.Tensor:
     """||x_u - x_v||^2 for all rows of X [N, P] (float64 [N, N] on the CPU) by one matrix product.
 
-    The float32 rounding of G_uv is a few eps * (n_u + n_v), n = squared norms of the centred rows, so a
+    The float32 rounding of G_uv is ~2 eps * (n_u + n_v), n = squared norms of the centred rows, so a
     pair is at risk when its distance is small next to those norms: models of one tight tree inside a
     forest of distant trees. Such pairs are grouped (connected components) and each group gets its own
     Gram matrix, centred on the group's mean; whatever is still at risk after two levels is computed
     from the differences. `centre=False` is the plain Gram trick (kept to show what centring buys).
     """
     if not centre:
-        G = (X @ X.T).double().cpu()
+        G = _gram(X)
         n = G.diagonal()
         return (n[:, None] + n[None, :] - 2 * G).clamp_min_(0).fill_diagonal_(0)
     from scipy.sparse.csgraph import connected_components
@@ -85,7 +98,7 @@ def gram_sq_distances(X: torch.Tensor, tol: float = 1e-6, centre: bool = True, s
     redone = 0
     for level in range(3):
         # relative error of the distance is half that of its square
-        risky = (8 * EPS32 * scale > 2 * tol * sq) if tol else torch.zeros_like(sq, dtype=torch.bool)
+        risky = (4 * EPS32 * scale > 2 * tol * sq) if tol else torch.zeros_like(sq, dtype=torch.bool)
         risky.fill_diagonal_(False)
         if not risky.any():
             break
