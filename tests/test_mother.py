@@ -378,3 +378,39 @@ def test_regex_layers_are_used_whole_and_2d_only():
     assert [x.key for x in layers] == ["blocks.0.attn.qkv.weight", "blocks.1.attn.qkv.weight"]
     assert layers[0].rows is None and layers[0].shape == (48, 16)
     assert isinstance(layers[0], Layer)
+
+
+# ------------------------------------------------------------------------------------------ analyses
+
+def test_analysis_helpers_by_hand():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from weightspace.mother.analysis import (clustering_curve, draw_tree, edge_hops, falls_fraction,
+                                             lambda_sweep, method_accuracies)
+
+    par = {"r": None, "a": "r", "b": "r", "a1": "a", "s": None}
+    names = ["r", "a", "b", "a1", "s"]
+    H = edge_hops(par, names)
+    assert H[0, 3] == 2 and H[2, 3] == 3 and H[1, 2] == 2 and H[0, 4] == -1
+    assert falls_fraction({"r": 3, "a": 2, "b": 4, "a1": 1, "s": 0}, par) == pytest.approx(2 / 3)
+    # one 4-node tree placed exactly by D, kurtosis falling along every edge
+    D = np.array([[0, 1, 1, 2], [1, 0, 2, 1], [1, 2, 0, 3], [2, 1, 3, 0.0]])
+    tree = [{"tree": 0, "names": ["r", "a", "b", "a1"], "D": D, "k": np.array([4.0, 3.0, 2.0, 1.0])}]
+    acc = method_accuracies(tree, par, tie_seeds=6)
+    mother = next(v for k, v in acc.items() if k.startswith("MoTHer"))
+    assert mother["mean"] == 1.0 and mother["root_found"] == 1.0 and mother["placed"] == 1.0
+    assert acc["lambda = 0 (distance only)"]["placed"] == 1.0
+    assert acc["MST from highest kurtosis"]["mean"] == 1.0
+    sweep = lambda_sweep(tree, par, [0.0, 0.3], tie_seeds=6)
+    assert sweep["accuracy"][1] == 1.0 and sweep["root_found"][1] == 1.0
+    pts = np.concatenate([np.zeros((6, 2)), np.full((6, 2), 10.0)]) + np.random.default_rng(0).normal(size=(12, 2)) * 0.1
+    Dc = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
+    curve = clustering_curve(Dc, [0] * 6 + [1] * 6, [1.0, 0.5], n_draws=5, n_trees=2)
+    assert curve[1.0] == (1.0, 0.0)
+    fig, ax = plt.subplots()
+    assert draw_tree(ax, {k: par[k] for k in ["r", "a", "b", "a1"]}, [("r", "a"), ("a", "b"), ("a", "a1")],
+                     ["r", "a", "b", "a1"]) == 1
+    plt.close(fig)

@@ -266,3 +266,21 @@ def test_vthr_pickle_reader_refuses_other_objects(tmp_path):
     bad.write_bytes(pickle.dumps(subprocess.Popen))
     with pytest.raises(MotherError, match="refusing to load subprocess.Popen"):
         vthr.read_graph_pkl(bad)
+
+
+def test_download_script_skips_only_complete_files(tmp_path):
+    f = tmp_path / "model.safetensors"
+    write_safetensors(f, {"w": torch.randn(64, 64)})
+    assert vthr.safetensors_complete(f)
+    f.write_bytes(f.read_bytes()[:-100])          # an interrupted download
+    assert not vthr.safetensors_complete(f)
+    assert not vthr.safetensors_complete(tmp_path / "missing.safetensors")
+    import importlib.util
+
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "data_scripts" / "download_vthr.py"
+    spec = importlib.util.spec_from_file_location("download_vthr", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)                  # imports cleanly; the download itself needs the Hub
+    assert mod.FILES == ("model.safetensors", "config.json")

@@ -115,6 +115,25 @@ def write_graph_json(rows: list[dict], path) -> None:
 
 # -------------------------------------------------------------------------------- a downloaded split
 
+def safetensors_complete(path) -> bool:
+    """Whether a safetensors file is whole: its header parses and the file is as long as it says
+    (how the download script skips finished models without asking the network)."""
+    import struct
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            if n > size - 8:
+                return False
+            header = json.loads(f.read(n))
+    except (OSError, struct.error, ValueError):
+        return False
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    return size == 8 + n + end
+
+
 def load_split(root, split: str) -> tuple[dict[str, LazyStateDict], dict[str, str | None]]:
     """({repo name: LazyStateDict}, {repo name: parent repo name or None}) for one downloaded split."""
     if split not in SPLITS:
