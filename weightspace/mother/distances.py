@@ -44,9 +44,22 @@ def _row_chunks(layer: Layer, n_models: int, chunk_bytes: int):
         yield r0, min(rows, r0 + step)
 
 
-def _stack(models: Mapping[str, Mapping], layer: Layer, r0: int, r1: int, dev) -> torch.Tensor:
-    """Rows [r0, r1) of `layer` from every model -> [N, (r1-r0)*cols] float32 on `dev`."""
-    return torch.stack([read_block(sd, layer, r0, r1).reshape(-1) for sd in models.values()]).to(dev)
+def _stack(models: Mapping[str, Mapping], layer: Layer, r0: int, r1: int, dev, minus_first: bool = False
+           ) -> torch.Tensor:
+    """Rows [r0, r1) of `layer` from every model -> [N, (r1-r0)*cols] float32 on `dev`, optionally minus
+    the first model's, written straight into one buffer (a single pass over the weights)."""
+    it = iter(models.values())
+    first = read_block(next(it), layer, r0, r1).reshape(-1).to(dev)
+    X = torch.empty(len(models), first.numel(), device=dev)
+    if minus_first:
+        X[0].zero_()
+        for i, sd in enumerate(it, 1):
+            torch.sub(read_block(sd, layer, r0, r1).reshape(-1).to(dev), first, out=X[i])
+    else:
+        X[0] = first
+        for i, sd in enumerate(it, 1):
+            X[i] = read_block(sd, layer, r0, r1).reshape(-1)
+    return X
 
 
 def _check_finite(X: torch.Tensor, models: Mapping, layer: Layer) -> None:
@@ -56,30 +69,38 @@ def _check_finite(X: torch.Tensor, models: Mapping, layer: Layer) -> None:
         raise MotherError(f"layer {layer.name!r} has NaN or inf weights in model(s) {who[:5]}")
 
 
-GRAM_BLOCK = 4096   # columns per float32 product; blocks are summed in float64
+GRAM_BLOCK = 4096   # columns per float32 product; the products are summed in float64
 
 
 def _gram(X: torch.Tensor) -> torch.Tensor:
-    """X X^T as float64 on the CPU: float32 products over column blocks, summed in float64, so the
-    rounding stays a couple of eps whatever the number of columns (one long float32 dot product of
-    2^18 terms is ~10x worse)."""
-    G = torch.zeros(X.shape[0], X.shape[0], dtype=torch.float64)
-    for j in range(0, X.shape[1], GRAM_BLOCK):
-        B = X[:, j:j + GRAM_BLOCK]
-        G += (B @ B.T).double().cpu()
+    """X X^T as float64 on the CPU: float32 products over blocks of 4096 columns (one batched matmul),
+    summed in float64, so the rounding stays ~2 eps whatever the number of columns (a single float32
+    dot product of 2^18 terms is ~10x worse)."""
+    N, P = X.shape
+    nb = P // GRAM_BLOCK
+    G = torch.zeros(N, N, dtype=torch.float64)
+    if nb:
+        V = X.as_strided((nb, N, GRAM_BLOCK), (GRAM_BLOCK, X.stride(0), 1))
+        G += torch.bmm(V, V.transpose(1, 2)).double().sum(0).cpu()
+    if nb * GRAM_BLOCK < P:
+        T = X[:, nb * GRAM_BLOCK:]
+        G += (T @ T.T).double().cpu()
     return G
 
 
-def _centred_gram(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared distances and squared norms of the rows of X after subtracting their mean (float64, CPU)."""
-    G = _gram(X - X.mean(0, keepdim=True))
+def _sq_dists(Xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared distances and squared norms of rows already centred on a reference (float64, CPU)."""
+    G = _gram(Xc)
     n = G.diagonal().clone()
     return (n[:, None] + n[None, :] - 2 * G).clamp_min_(0), n
 
 
-def gram_sq_distances(X: torch.Tensor, tol: float = 1e-6, centre: bool = True, stats: dict | None = None
-                      ) -> torch.Tensor:
+def gram_sq_distances(X: torch.Tensor, tol: float = 1e-6, centre: bool = True, stats: dict | None = None,
+                      raw=None) -> torch.Tensor:
     """||x_u - x_v||^2 for all rows of X [N, P] (float64 [N, N] on the CPU) by one matrix product.
+
+    Centring: the rows minus the first row (a reference model; any fixed row leaves every distance
+    unchanged). `raw`: X is then already centred and raw(idx) returns the original rows idx.
 
     The float32 rounding of G_uv is ~2 eps * (n_u + n_v), n = squared norms of the centred rows, so a
     pair is at risk when its distance is small next to those norms: models of one tight tree inside a
@@ -88,12 +109,14 @@ def gram_sq_distances(X: torch.Tensor, tol: float = 1e-6, centre: bool = True, s
     from the differences. `centre=False` is the plain Gram trick (kept to show what centring buys).
     """
     if not centre:
-        G = _gram(X)
-        n = G.diagonal()
-        return (n[:, None] + n[None, :] - 2 * G).clamp_min_(0).fill_diagonal_(0)
+        sq, _ = _sq_dists(X)
+        return sq.fill_diagonal_(0)
     from scipy.sparse.csgraph import connected_components
 
-    sq, n = _centred_gram(X)
+    if raw is None:
+        raw = X.__getitem__
+        X = X - X[:1]
+    sq, n = _sq_dists(X)
     scale = n[:, None] + n[None, :]             # what the rounding of each entry is proportional to
     redone = 0
     for level in range(3):
@@ -103,28 +126,33 @@ def gram_sq_distances(X: torch.Tensor, tol: float = 1e-6, centre: bool = True, s
         if not risky.any():
             break
         if level < 2:
+            # every group centred on its own mean, all groups in one Gram matrix (pairs of one group are
+            # exact in it; pairs across groups are not used)
             k, comp = connected_components(risky.numpy(), directed=False)
-            for c in range(k):
-                idx = torch.from_numpy(np.flatnonzero(comp == c))
-                if len(idx) < 2:
-                    continue
-                sq_c, n_c = _centred_gram(X[idx.to(X.device)])
-                block = risky[idx][:, idx]
-                sub = sq[idx][:, idx]
-                sub[block] = sq_c[block]
-                sq[idx[:, None], idx[None, :]] = sub
-                sc = scale[idx][:, idx]
-                sc[block] = (n_c[:, None] + n_c[None, :])[block]
-                scale[idx[:, None], idx[None, :]] = sc
-                redone += int(block.sum()) // 2
+            sizes = np.bincount(comp, minlength=k)
+            idx = torch.from_numpy(np.flatnonzero(sizes[comp] >= 2))
+            lab = torch.from_numpy(comp[idx.numpy()]).to(X.device)
+            R = raw(idx.to(X.device))
+            means = torch.zeros(k, R.shape[1], device=R.device).index_add_(0, lab, R)
+            means /= torch.from_numpy(np.maximum(sizes, 1)).to(R)[:, None]
+            sq_c, n_c = _sq_dists(R - means[lab])
+            lab = lab.cpu()
+            block = risky[idx][:, idx] & (lab[:, None] == lab[None, :])
+            sub = sq[idx][:, idx]
+            sub[block] = sq_c[block]
+            sq[idx[:, None], idx[None, :]] = sub
+            sc = scale[idx][:, idx]
+            sc[block] = (n_c[:, None] + n_c[None, :])[block]
+            scale[idx[:, None], idx[None, :]] = sc
+            redone += int(block.sum()) // 2
         else:   # the last resort: differences, pair by pair (in batches)
             iu, iv = torch.nonzero(torch.triu(risky, 1), as_tuple=True)
             step = max(1, (64 << 20) // (4 * X.shape[1]))
             for lo in range(0, len(iu), step):
-                a, b = iu[lo:lo + step], iv[lo:lo + step]
-                diff = (X[a.to(X.device)] - X[b.to(X.device)]).double()
+                a, b = iu[lo:lo + step].to(X.device), iv[lo:lo + step].to(X.device)
+                diff = (raw(a) - raw(b)).double()
                 exact = (diff * diff).sum(1).cpu()
-                sq[a, b], sq[b, a] = exact, exact
+                sq[a.cpu(), b.cpu()], sq[b.cpu(), a.cpu()] = exact, exact
             redone += len(iu)
     if stats is not None:
         stats["recomputed_pairs"] = stats.get("recomputed_pairs", 0) + redone
@@ -145,10 +173,16 @@ def rms_distances(models: Mapping[str, Mapping], layers: Sequence[Layer], *, dev
     for layer in layers:
         sq = torch.zeros(N, N, dtype=torch.float64)
         for r0, r1 in _row_chunks(layer, N, chunk_bytes):
-            X = _stack(models, layer, r0, r1, dev)
-            block = gram_sq_distances(X, tol=tol, centre=centre, stats=stats)
+            # one pass: every model's block minus the first model's, the original rows re-read on demand
+            X = _stack(models, layer, r0, r1, dev, minus_first=centre)
+            names = list(models)
+
+            def raw(idx, r0=r0, r1=r1):
+                return _stack({names[i]: models[names[i]] for i in idx.tolist()}, layer, r0, r1, dev)
+
+            block = gram_sq_distances(X, tol=tol, centre=centre, stats=stats, raw=raw if centre else None)
             if not torch.isfinite(block).all():     # NaN/inf weights poison G: find whose
-                _check_finite(X, models, layer)
+                _check_finite(_stack(models, layer, r0, r1, dev), models, layer)
             sq += block
         D += (sq / layer.numel).sqrt()
     return (D / len(layers)).numpy()
