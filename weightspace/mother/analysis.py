@@ -116,7 +116,8 @@ def clustering_curve(D: np.ndarray, labels: Sequence, fractions: Sequence[float]
     return out
 
 
-def _layered_positions(parents: Mapping[str, str | None], names: Sequence[str]) -> dict[str, tuple[float, float]]:
+def _layered_positions(parents: Mapping[str, str | None], names: Sequence[str]
+                       ) -> dict[str, tuple[float, float]]:
     """Root on top, each generation a row below, children under their parent (leaves evenly spaced)."""
     kids: dict[str, list[str]] = {n: [] for n in names}
     roots = []

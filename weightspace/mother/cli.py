@@ -2,7 +2,8 @@
 
 DIR may hold
   *.safetensors files                    one model each, named by the file stem
-  sub-folders with model.safetensors     Hugging Face checkpoints (also sharded: model.safetensors.index.json),
+  sub-folders with model.safetensors     Hugging Face checkpoints (also sharded, with
+                                         model.safetensors.index.json),
                                          named by the folder (e.g. a downloaded VTHR split)
   a weightspace zoo (zoo.json)           all its models; `--split` picks one forest of a vit-forest zoo.
                                          Its parent_id column is the ground truth: accuracy is printed.
@@ -73,7 +74,8 @@ def load_folder(path, split: str | None = None) -> tuple[dict[str, Mapping], dic
             from weightspace.zoo.forests import SPLITS, forest
 
             if split is None:
-                raise MotherError(f"{path} holds one forest per split ({', '.join(SPLITS)}) sharing their roots; "
+                raise MotherError(f"{path} holds one forest per split ({', '.join(SPLITS)}) sharing their "
+                                  "roots; "
                                   "pick one with --split")
             ids = forest(zoo, split)
         elif split is not None:
@@ -105,11 +107,13 @@ def main(argv=None) -> int:
     ap.add_argument("dir", help="folder of checkpoints or a weightspace zoo")
     ap.add_argument("--distance", choices=["ft", "lora"], default="ft",
                     help="ft: mean RMS of weight differences; lora: sum of ranks of value differences")
-    ap.add_argument("--layers", default=None, help="preset (timm-vit, hf-vit, bert, llama, sd-unet[:group]) or regex")
+    ap.add_argument("--layers", default=None,
+                    help="preset (timm-vit, hf-vit, bert, llama, sd-unet[:group]) or regex")
     ap.add_argument("--direction-layers", default=None, help="layers whose kurtosis gives the direction")
     ap.add_argument("--lam", type=float, default=0.3, help="weight of the kurtosis prior (default 0.3)")
     ap.add_argument("--stage", choices=["finetune", "pretrain"], default="finetune")
-    ap.add_argument("--n-trees", type=int, default=None, help="number of Model Trees (default: from the dendrogram)")
+    ap.add_argument("--n-trees", type=int, default=None,
+                    help="number of Model Trees (default: from the dendrogram)")
     ap.add_argument("--split", default=None, help="for a forest zoo: which split (ft, lora-v, lora-f)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", default=None, help="also write the edges and trees to this JSON file")

@@ -292,8 +292,8 @@ def rank_distances(models: Mapping[str, Mapping], layers: Sequence[Layer], *, us
                     group[i] = len(reps)
                     reps.append(i)
             # (when the two ranks add up to the full width, the SVD is no dearer: use it)
-            use = (group[iu] == group[iv]) & torch.tensor([facs[a][0].shape[1] + facs[b][0].shape[1] < min(m, n)
-                                                           for a, b in zip(iu.tolist(), iv.tolist())])
+            width = torch.tensor([facs[a][0].shape[1] + facs[b][0].shape[1] for a, b in zip(iu.tolist(), iv.tolist())])
+            use = (group[iu] == group[iv]) & (width < min(m, n))
             pairs = torch.nonzero(use).flatten().tolist()
             width = {p: facs[iu[p]][0].shape[1] + facs[iv[p]][0].shape[1] for p in pairs}
             pairs.sort(key=width.get)                          # similar widths share a batch: little padding

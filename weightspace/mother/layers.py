@@ -58,7 +58,8 @@ PRESETS: dict[str, dict[str, list[tuple[str, str | None]]]] = {
     # checkpoint files (VTHR's) use encoder.layer.{i}.attention.attention.query; transformers >= 5 names
     # the same weights layers.{i}.attention.q_proj in memory: both are accepted
     "hf-vit": {
-        "attention": [(r"encoder\.layer\.\d+\.attention\.(attention\.(query|key|value)|output\.dense)\.weight$", None),
+        "attention": [(r"encoder\.layer\.\d+\.attention\.(attention\.(query|key|value)|output\.dense)\.weight$",
+                       None),
                       (r"(^|\.)layers\.\d+\.attention\.[qkvo]_proj\.weight$", None)],
         "value": [(r"encoder\.layer\.\d+\.attention\.attention\.value\.weight$", None),
                   (r"(^|\.)layers\.\d+\.attention\.v_proj\.weight$", None)],
@@ -69,7 +70,8 @@ PRESETS: dict[str, dict[str, list[tuple[str, str | None]]]] = {
         "hidden": [(r"encoder\.layer\.\d+\..*\.weight$", None), (r"(^|\.)layers\.\d+\..*\.weight$", None)],
     },
     "bert": {
-        "attention": [(r"encoder\.layer\.\d+\.attention\.(self\.(query|key|value)|output\.dense)\.weight$", None)],
+        "attention": [(r"encoder\.layer\.\d+\.attention\.(self\.(query|key|value)|output\.dense)\.weight$",
+                       None)],
         "value": [(r"encoder\.layer\.\d+\.attention\.self\.value\.weight$", None)],
         "output": [(r"encoder\.layer\.\d+\.attention\.output\.dense\.weight$", None)],
         "mlp": [(r"encoder\.layer\.\d+\.(intermediate|output)\.dense\.weight$", None)],
@@ -131,7 +133,8 @@ def resolve(spec: str, distance: str, role: str) -> tuple[str | None, str | None
                 raise MotherError(f"unknown distance {distance!r}; choose 'ft' or 'lora'")
             group = defaults[distance][role]
         if group not in PRESETS[name]:
-            raise MotherError(f"preset {name!r} has no layer group {group!r}; groups: {sorted(PRESETS[name])}")
+            raise MotherError(f"preset {name!r} has no layer group {group!r}; "
+                              f"groups: {sorted(PRESETS[name])}")
         return name, group, ""
     try:
         re.compile(spec)
@@ -190,7 +193,8 @@ def check_models(models: Mapping[str, Mapping], layers: Sequence[Layer]) -> None
                                   "the models have different layer sets")
             s0, s1 = _shape(models[first], layer.key), _shape(sd, layer.key)
             if s0 != s1:
-                raise MotherError(f"layer {layer.key!r} has shape {list(s1)} in model {n!r} but {list(s0)} in "
+                raise MotherError(f"layer {layer.key!r} has shape {list(s1)} in model {n!r} but {list(s0)} "
+                                  "in "
                                   f"model {first!r}; MoTHer compares models of one architecture")
 
 

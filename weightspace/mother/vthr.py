@@ -33,7 +33,8 @@ GRAPH_FILES = {"ft": "full_ft_model_graph.pkl", "lora-v": "lora_v_model_graph.pk
                "lora-f": "lora_f_model_graph.pkl"}
 GRAPH_URL = "https://raw.githubusercontent.com/eliahuhorwitz/MoTHer/main/dataset/{file}"
 GRAPH_JSON = "model_graph.json"
-_NAME = re.compile(r"^(?:MoTHer-VTHR/)?VTHR-(FT|LoRA-V|LoRA-F)-ModelTree_(\d+)-Depth_(\d+)-Node_([A-Za-z0-9]{8})$")
+_NAME = re.compile(r"^(?:MoTHer-VTHR/)?VTHR-(FT|LoRA-V|LoRA-F)-ModelTree_(\d+)-Depth_(\d+)"
+                   r"-Node_([A-Za-z0-9]{8})$")
 
 
 def repo_name(split: str, tree: int, depth: int, uuid: str) -> str:
@@ -47,7 +48,8 @@ def parse_repo_name(name: str) -> dict:
     """'MoTHer-VTHR/VTHR-LoRA-V-ModelTree_3-Depth_2-Node_ab12cd34' -> {split, tree, depth, uuid}."""
     m = _NAME.match(name)
     if not m:
-        raise MotherError(f"{name!r} is not a VTHR model name (VTHR-{{FT|LoRA-V|LoRA-F}}-ModelTree_t-Depth_d-Node_uuid8)")
+        raise MotherError(f"{name!r} is not a VTHR model name "
+                          "(VTHR-{FT|LoRA-V|LoRA-F}-ModelTree_t-Depth_d-Node_uuid8)")
     split = {v: k for k, v in SPLITS.items()}[m.group(1)]
     return dict(split=split, tree=int(m.group(2)), depth=int(m.group(3)), uuid=m.group(4))
 
@@ -97,7 +99,8 @@ def read_graph_pkl(path) -> list[dict]:
         md = node.metadata
         parent = node.parent.metadata.uuid if getattr(node, "parent", None) is not None else None
         rows.append(dict(uuid=md.uuid, parent=parent, tree=int(md.component_id), depth=int(md.depth),
-                         dataset=getattr(md, "dataset_name", None), num_classes=getattr(md, "num_classes", None),
+                         dataset=getattr(md, "dataset_name", None),
+                         num_classes=getattr(md, "num_classes", None),
                          seed=getattr(md, "seed", None)))
         for c in getattr(node, "children", []):
             visit(c)

@@ -172,7 +172,8 @@ def train_nodes(parents: Sequence[Mapping[str, torch.Tensor]], classes: Sequence
                 seeds: Sequence[int], *, mode: str = "ft", ranks: Sequence[int] | None = None,
                 lr: float | Sequence[float] = 1e-3, steps: int | Sequence[int] = 300, styles=ALL_STYLES,
                 vit: Mapping | None = None, batch_size: int = 32, weight_decay: float = 0.01,
-                targets: Sequence[str] = ("q", "v"), head_lr_mult: float = 1.0, callback: Callable | None = None,
+                targets: Sequence[str] = ("q", "v"), head_lr_mult: float = 1.0,
+                callback: Callable | None = None,
                 callback_every: int = 0, device="cpu"):
     """Fine-tune M models at once (vmap), model m from parents[m] on the images of classes[m].
 
@@ -275,7 +276,8 @@ def train_nodes(parents: Sequence[Mapping[str, torch.Tensor]], classes: Sequence
                 V = torch.zeros(r * len(targets), d)
                 for ti, blk in enumerate(targets):
                     bi = "qkv".index(blk)
-                    U[bi * d:(bi + 1) * d, ti * r:(ti + 1) * r] = lora[f"{k}|{blk}|B"][m, :, :r].detach().cpu()
+                    B = lora[f"{k}|{blk}|B"][m, :, :r].detach().cpu()
+                    U[bi * d:(bi + 1) * d, ti * r:(ti + 1) * r] = B
                     V[ti * r:(ti + 1) * r] = lora[f"{k}|{blk}|A"][m, :r].detach().cpu()
                 per[k] = (U, V)
             deltas.append(per)
@@ -312,7 +314,8 @@ def _kurtosis_logger(log: dict) -> Callable:
 def _root_job(spec, writer) -> None:
     log = {"step": [], "proj": [], "value": []}
     cb = _kurtosis_logger(log)
-    sd, metrics = pretrain(spec["recipe"], spec["seed"], spec["steps"], vit=spec["vit"], styles=spec["styles"],
+    sd, metrics = pretrain(spec["recipe"], spec["seed"], spec["steps"], vit=spec["vit"],
+                           styles=spec["styles"],
                            lr=spec["lr"], weight_decay=spec["weight_decay"],
                            callback=lambda t, m: cb(t, {k: v[None] for k, v in m.state_dict().items()}),
                            callback_every=spec["log_every"])
