@@ -8,7 +8,8 @@ steps, schedule and seed. Train / val / test is a split by model, inside each tr
 The new classification head of each fine-tune starts at zero (`head_init_std=0`, timm's "jax" head
 init). With a random head the class signal in the hidden layers is buried under the head's random
 rotation (a linear probe on one layer drops from ~0.85 to ~0.65 element-wise accuracy); see
-notebook 01.
+notebook 01. All trees pool the patch tokens (timm's `global_pool="avg"`): the masked-reconstruction
+root never trains its CLS token, and its fine-tunes reached ~24% accuracy through it, vs ~60% pooled.
 """
 from __future__ import annotations
 
@@ -31,16 +32,16 @@ DEFAULTS = dict(
     n_trees=4,                 # one per recipe below (recipes repeat, with new seeds, beyond 4)
     n_per_tree=256,            # fine-tunes per tree
     recipes=list(RECIPES),
-    root_steps=1500,           # pre-training steps of each root (batch 128)
+    root_steps=3000,           # pre-training steps of each root (batch 128)
     steps=[100, 300],          # fine-tuning steps, uniform
-    lr=[3e-4, 3e-3],           # fine-tuning learning rate, log-uniform
+    lr=[1e-3, 1e-2],           # fine-tuning learning rate, log-uniform
     schedules=list(SCHEDULES),
     batch_size=32,
     head_init_std=0.0,
     split=[0.6, 0.15, 0.25],   # train / val / test fractions of each tree's fine-tunes
     chunk=64,                  # models trained together in one job
     styles=list(styled_digits().styles),
-    vit={},                    # overrides of nets.vit.VIT_TINY
+    vit={"global_pool": "avg"},  # overrides of nets.vit.VIT_TINY: pool the patch tokens (see below)
     seed=0,
 )
 
