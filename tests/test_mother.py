@@ -8,10 +8,10 @@ import pytest
 import scipy.stats
 import torch
 
-from weightspace.mother import (Layer, MotherError, arborescence, clustering_accuracy, direction_matrix,
+from weightspace.mother import (Layer, MotherError, arborescence, clustering_accuracy, count_trees, direction_matrix,
                                 edge_accuracy, kurtosis_only, kurtosis_scores, merged_prior, mst_from_top,
-                                rank_distances, recover, rms_distances, rms_distances_pairloop, select_layers,
-                                solve, truth_graph, ward_clusters)
+                                rank_distances, recover, relative_distance, rms_distances, rms_distances_pairloop,
+                                select_layers, solve, truth_graph, ward_clusters)
 from weightspace.mother.distances import gram_sq_distances, matrix_rank
 
 
@@ -286,17 +286,24 @@ def test_baselines():
     assert set(kurtosis_only(k, names)) == {("b", "d"), ("d", "a"), ("a", "c")}
 
 
-def test_ward_clusters_known_and_from_the_dendrogram():
+def test_ward_clusters_and_counting_trees():
     g = np.random.default_rng(0)
     pts = np.concatenate([c + 0.05 * g.standard_normal((7, 3)) for c in np.eye(3) * 10])
     D = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
     truth = np.repeat([0, 1, 2], 7)
     assert clustering_accuracy(ward_clusters(D, 3), truth) == 1.0
-    assert clustering_accuracy(ward_clusters(D), truth) == 1.0          # 3 read off the dendrogram
-    one = np.linalg.norm(pts[:7, None] - pts[None, :7], axis=-1)
-    assert (ward_clusters(one) == 0).all()                              # one blob stays one tree
     with pytest.raises(MotherError, match="n_trees"):
         ward_clusters(D, 50)
+    # relative distances: independent weight sets sit at ~1, a tree's fine-tunes well below
+    gen = torch.Generator().manual_seed(11)
+    roots_ = [torch.randn(2000, generator=gen) for _ in range(3)]
+    W = torch.stack([r + 0.2 * torch.randn(2000, generator=gen) for r in roots_ for _ in range(4)])
+    Dw = (torch.cdist(W[None], W[None])[0] / 2000 ** 0.5).numpy()
+    norms = (W.pow(2).mean(1).sqrt()).numpy()
+    R = relative_distance(Dw, "ft", norms=norms)
+    assert np.allclose(R[0, 4:], 1.0, atol=0.1) and R[0, 1:4].max() < 0.4
+    assert count_trees(R) == 3 and count_trees(R[:4, :4]) == 1
+    assert count_trees(relative_distance(np.array([[0, 8], [8, 0.0]]), "lora", full_rank=64)) == 1
 
 
 # ------------------------------------------------------------------------------------ recover, end to end

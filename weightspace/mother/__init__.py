@@ -13,14 +13,14 @@ Given only the weights of a collection of models, recover who was fine-tuned fro
 `python -m weightspace mother DIR` does the same for a folder of checkpoints (cli.py); vthr.py reads
 the paper's VTHR benchmark.
 """
-from .distances import kurtosis_scores, rank_distances, rms_distances, rms_distances_pairloop
+from .distances import kurtosis_scores, rank_distances, rms_distances, rms_distances_pairloop, rms_norms
 from .layers import PRESETS, Layer, MotherError, detect_preset, select_layers
-from .recover import (arborescence, clustering_accuracy, direction_matrix, direction_scores, distance_matrix,
-                      edge_accuracy, format_tree, kurtosis_only, merged_prior, mst_from_top, recover, roots,
-                      solve, truth_graph, ward_clusters)
+from .recover import (arborescence, clustering_accuracy, count_trees, direction_matrix, direction_scores,
+                      distance_matrix, edge_accuracy, format_tree, kurtosis_only, merged_prior, mst_from_top,
+                      recover, relative_distance, roots, solve, truth_graph, ward_clusters)
 
-__all__ = ["Layer", "MotherError", "PRESETS", "arborescence", "clustering_accuracy", "detect_preset",
+__all__ = ["Layer", "MotherError", "PRESETS", "arborescence", "clustering_accuracy", "count_trees", "detect_preset",
            "direction_matrix", "direction_scores", "distance_matrix", "edge_accuracy", "format_tree",
            "kurtosis_only", "kurtosis_scores", "merged_prior", "mst_from_top", "rank_distances", "recover",
-           "rms_distances", "rms_distances_pairloop", "roots", "select_layers", "solve", "truth_graph",
-           "ward_clusters"]
+           "relative_distance", "rms_distances", "rms_distances_pairloop", "rms_norms", "roots", "select_layers",
+           "solve", "truth_graph", "ward_clusters"]

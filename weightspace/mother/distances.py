@@ -320,6 +320,18 @@ def rank_distances(models: Mapping[str, Mapping], layers: Sequence[Layer], *, us
     return D.numpy()
 
 
+def rms_norms(models: Mapping[str, Mapping], layers: Sequence[Layer], *, chunk_bytes: int = CHUNK_BYTES
+              ) -> np.ndarray:
+    """n(u) = mean over layers of RMS(W_u,l), [N] — the scale l_FT is compared with (recover.relative_distance)."""
+    out = np.zeros(len(models))
+    for i, sd in enumerate(models.values()):
+        for layer in layers:
+            s = sum(float((read_block(sd, layer, r0, r1).double() ** 2).sum())
+                    for r0, r1 in _row_chunks(layer, 1, chunk_bytes))
+            out[i] += (s / layer.numel) ** 0.5
+    return out / len(layers)
+
+
 # ----------------------------------------------------------------------------------------- direction
 
 def kurtosis_scores(models: Mapping[str, Mapping], layers: Sequence[Layer], *,

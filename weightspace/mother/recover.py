@@ -1,6 +1,7 @@
 """MoTHer, end to end: weights -> Model Graph (who was fine-tuned from whom).
 
-    1. cluster the models into trees      Ward linkage on D, cut at n_trees (or at the dendrogram's gap)
+    1. cluster the models into trees      Ward linkage on D, cut at n_trees (given, or counted: models
+                                           closer than half the distance of unrelated ones share a tree)
     2. per tree, the distance matrix D     l_FT or l_LoRA (distances.py), diag 0
     3. the direction matrix K              K[p, c] = 1 if kurt(c) > kurt(p)   (stage "finetune":
                                            fine-tuning lowers kurtosis; "pretrain" flips the test)
@@ -19,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import networkx as nx
 import numpy as np
 
-from .distances import CHUNK_BYTES, kurtosis_scores, rank_distances, rms_distances
+from .distances import CHUNK_BYTES, kurtosis_scores, rank_distances, rms_distances, rms_norms
 from .layers import MotherError, as_models, check_models, select_layers
 
 STAGES = ("finetune", "pretrain")
@@ -68,36 +69,48 @@ def solve(D: np.ndarray, k: np.ndarray, names: Sequence[str], lam: float = 0.3, 
     return arborescence(merged_prior(D, direction_matrix(k, stage), lam), list(names), seed)
 
 
-def ward_clusters(D: np.ndarray, n_trees: int | None = None, gap: float = 2.0) -> np.ndarray:
-    """Tree labels 0..T-1 from Ward linkage on D.
-
-    With `n_trees` the dendrogram is cut into that many clusters (fcluster maxclust, as the paper).
-    Without it, the cut goes at the largest ratio between consecutive merge heights, if that ratio is at
-    least `gap` (models of different roots are far apart); otherwise everything is one tree.
-    """
+def ward_clusters(D: np.ndarray, n_trees: int) -> np.ndarray:
+    """Tree labels 0..T-1: Ward linkage on D, the dendrogram cut into `n_trees` clusters (fcluster
+    maxclust), as the paper."""
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
 
     N = len(D)
-    if n_trees is not None and (n_trees < 1 or n_trees > N):
+    if n_trees < 1 or n_trees > N:
         raise MotherError(f"n_trees={n_trees} must be between 1 and the number of models ({N})")
     if N < 2 or n_trees == 1:
         return np.zeros(N, dtype=int)
     D = np.asarray(D, dtype=float)
     Z = linkage(squareform((D + D.T) / 2, checks=False), method="ward")
-    if n_trees is None:
-        h = np.maximum(Z[:, 2], 1e-300)
-        ratios = h[1:] / h[:-1]
-        i = int(np.argmax(ratios))
-        if ratios[i] < gap:
-            return np.zeros(N, dtype=int)
-        n_trees = N - 1 - i
     labels = fcluster(Z, n_trees, criterion="maxclust") - 1
-    # number clusters by first appearance so labels are stable
-    remap = {}
+    remap = {}   # number clusters by first appearance so labels are stable
     for lab in labels:
         remap.setdefault(lab, len(remap))
     return np.array([remap[lab] for lab in labels])
+
+
+def relative_distance(D: np.ndarray, distance: str, *, norms: np.ndarray | None = None,
+                      full_rank: int | None = None) -> np.ndarray:
+    """D relative to what two UNRELATED models would show: ~1 across trees, well below 1 within one.
+
+    ft    l_FT(u, v) / sqrt(n_u^2 + n_v^2), n = mean RMS of a model's matrices: two independently trained
+          weight sets are uncorrelated, so their RMS difference is the root of their summed squares.
+    lora  l_LoRA(u, v) / full_rank, the summed rank of a difference with nothing in common.
+    """
+    D = np.asarray(D, dtype=float)
+    if distance == "ft":
+        n = np.asarray(norms, dtype=float)
+        return D / np.sqrt(n[:, None] ** 2 + n[None, :] ** 2)
+    return D / float(full_rank)
+
+
+def count_trees(R: np.ndarray, threshold: float = 0.5) -> int:
+    """The number of Model Trees read off the single-linkage dendrogram of a relative distance R: models
+    are in one tree when a chain of pairs links them that are each closer than `threshold` (unrelated
+    models sit near 1)."""
+    from scipy.sparse.csgraph import connected_components
+
+    return int(connected_components(np.asarray(R) < threshold, directed=False)[0])
 
 
 # ---------------------------------------------------------------------------------- baselines
@@ -196,7 +209,7 @@ def recover(models, *, layers, distance: str, direction_layers, lam: float = 0.3
     direction_layers  matrices whose summed kurtosis orders parent and child (preset or regex)
     lam               weight of the direction prior (0.3 in the paper)
     stage             "finetune" (kurtosis falls parent -> child) or "pretrain" (it rises)
-    n_trees           how many Model Trees; None: read off the dendrogram; 1: skip clustering
+    n_trees           how many Model Trees; None: read off the dendrogram (`count_trees`); 1: no clustering
 
     Returns a networkx.DiGraph with edges parent -> child (attribute `distance`), node attributes
     `tree` and `kurtosis`, and graph attributes with the per-tree matrices (`trees`: list of
@@ -222,6 +235,11 @@ def recover(models, *, layers, distance: str, direction_layers, lam: float = 0.3
     else:
         # clustering needs only coarse distances (trees are far apart): no exact refinement here
         D_all = distance_matrix(models, d_layers, distance, device=device, chunk_bytes=chunk_bytes, tol=1e-3)
+        if n_trees is None:
+            R = relative_distance(D_all, distance, full_rank=sum(min(x.shape) for x in d_layers),
+                                  norms=rms_norms(models, d_layers, chunk_bytes=chunk_bytes) if distance == "ft"
+                                  else None)
+            n_trees = count_trees(R)
         labels = ward_clusters(D_all, n_trees)
 
     G = nx.DiGraph(distance=distance, lam=lam, stage=stage, layers=[x.name for x in d_layers],
