@@ -20,6 +20,7 @@ safetensors when models are `LazyStateDict`s), so at most `chunk_bytes` of weigh
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -28,6 +29,14 @@ import torch
 from .layers import Layer, MotherError, check_models, read_block
 
 EPS32 = float(torch.finfo(torch.float32).eps)
+SMALL = 1 << 22   # below this many numbers per operation, one thread: the small batched ops gain nothing
+                  # from a second one, and under CPU contention OpenMP barriers make them many times slower
+
+
+def _threads(numel: int):
+    from weightspace.runtime import torch_threads
+
+    return torch_threads(1) if numel < SMALL else contextlib.nullcontext()
 CHUNK_BYTES = 8 << 20   # weights held at once per layer block (small enough to stay in cache)
 
 
@@ -180,7 +189,8 @@ def rms_distances(models: Mapping[str, Mapping], layers: Sequence[Layer], *, dev
             def raw(idx, r0=r0, r1=r1):
                 return _stack({names[i]: models[names[i]] for i in idx.tolist()}, layer, r0, r1, dev)
 
-            block = gram_sq_distances(X, tol=tol, centre=centre, stats=stats, raw=raw if centre else None)
+            with _threads(X.numel()):
+                block = gram_sq_distances(X, tol=tol, centre=centre, stats=stats, raw=raw if centre else None)
             if not torch.isfinite(block).all():     # NaN/inf weights poison G: find whose
                 _check_finite(_stack(models, layer, r0, r1, dev), models, layer)
             sq += block
@@ -269,53 +279,54 @@ def rank_distances(models: Mapping[str, Mapping], layers: Sequence[Layer], *, us
     D = torch.zeros(N, N, dtype=torch.long)
     iu, iv = torch.triu_indices(N, N, 1)
     for layer in layers:
-        W = torch.stack([read_block(models[n], layer) for n in names])              # [N, m, n]
-        if not torch.isfinite(W).all():
-            who = [n for n, ok in zip(names, torch.isfinite(W).flatten(1).all(1).tolist()) if not ok]
-            raise MotherError(f"layer {layer.name!r} has NaN or inf weights in model(s) {who[:5]}")
-        m, n = layer.shape
-        use = torch.zeros(len(iu), dtype=torch.bool)
-        if use_factors:
-            facs = [_factors(models[x], layer, n) for x in names]
-            # models without factors are their own base (U V = 0)
-            facs = [f if f is not None else (torch.zeros(m, 0), torch.zeros(0, n)) for f in facs]
-            base = torch.stack([W[i] - facs[i][0] @ facs[i][1] for i in range(N)])
-            scale = float(W.abs().max()) or 1.0
-            group = torch.full((N,), -1, dtype=torch.long)
-            reps: list[int] = []
-            for i in range(N):
-                for g, r in enumerate(reps):
-                    if float((base[i] - base[r]).abs().max()) <= 1e-5 * scale:
-                        group[i] = g
-                        break
-                else:
-                    group[i] = len(reps)
-                    reps.append(i)
-            # (when the two ranks add up to the full width, the SVD is no dearer: use it)
-            width = torch.tensor([facs[a][0].shape[1] + facs[b][0].shape[1] for a, b in zip(iu.tolist(), iv.tolist())])
-            use = (group[iu] == group[iv]) & (width < min(m, n))
-            pairs = torch.nonzero(use).flatten().tolist()
-            width = {p: facs[iu[p]][0].shape[1] + facs[iv[p]][0].shape[1] for p in pairs}
-            pairs.sort(key=width.get)                          # similar widths share a batch: little padding
-            for lo in range(0, len(pairs), pair_chunk):
-                chunk = pairs[lo:lo + pair_chunk]
-                k = max(width[p] for p in chunk)
-                L = torch.zeros(len(chunk), m, k)
-                Rt = torch.zeros(len(chunk), n, k)
-                for i, p in enumerate(chunk):
-                    (Ua, Va), (Ub, Vb) = facs[iu[p]], facs[iv[p]]
-                    ra, rb = Ua.shape[1], Ub.shape[1]
-                    L[i, :, :ra], L[i, :, ra:ra + rb] = Ua, -Ub
-                    Rt[i, :, :ra], Rt[i, :, ra:ra + rb] = Va.T, Vb.T
-                D[iu[chunk], iv[chunk]] += _factor_rank(L.to(dev), Rt.to(dev), m, n).cpu()
-        rest = torch.nonzero(~use).flatten()
-        Wd = W.to(dev)
-        for lo in range(0, len(rest), pair_chunk):
-            p = rest[lo:lo + pair_chunk]
-            D[iu[p], iv[p]] += matrix_rank(Wd[iu[p].to(dev)] - Wd[iv[p].to(dev)]).cpu()
-        if stats is not None:
-            stats["factor_pairs"] = stats.get("factor_pairs", 0) + int(use.sum())
-            stats["svd_pairs"] = stats.get("svd_pairs", 0) + len(rest)
+        with _threads(pair_chunk * layer.numel):
+            W = torch.stack([read_block(models[n], layer) for n in names])              # [N, m, n]
+            if not torch.isfinite(W).all():
+                who = [n for n, ok in zip(names, torch.isfinite(W).flatten(1).all(1).tolist()) if not ok]
+                raise MotherError(f"layer {layer.name!r} has NaN or inf weights in model(s) {who[:5]}")
+            m, n = layer.shape
+            use = torch.zeros(len(iu), dtype=torch.bool)
+            if use_factors:
+                facs = [_factors(models[x], layer, n) for x in names]
+                # models without factors are their own base (U V = 0)
+                facs = [f if f is not None else (torch.zeros(m, 0), torch.zeros(0, n)) for f in facs]
+                base = torch.stack([W[i] - facs[i][0] @ facs[i][1] for i in range(N)])
+                scale = float(W.abs().max()) or 1.0
+                group = torch.full((N,), -1, dtype=torch.long)
+                reps: list[int] = []
+                for i in range(N):
+                    for g, r in enumerate(reps):
+                        if float((base[i] - base[r]).abs().max()) <= 1e-5 * scale:
+                            group[i] = g
+                            break
+                    else:
+                        group[i] = len(reps)
+                        reps.append(i)
+                # (when the two ranks add up to the full width, the SVD is no dearer: use it)
+                width = torch.tensor([facs[a][0].shape[1] + facs[b][0].shape[1] for a, b in zip(iu.tolist(), iv.tolist())])
+                use = (group[iu] == group[iv]) & (width < min(m, n))
+                pairs = torch.nonzero(use).flatten().tolist()
+                width = {p: facs[iu[p]][0].shape[1] + facs[iv[p]][0].shape[1] for p in pairs}
+                pairs.sort(key=width.get)                          # similar widths share a batch: little padding
+                for lo in range(0, len(pairs), pair_chunk):
+                    chunk = pairs[lo:lo + pair_chunk]
+                    k = max(width[p] for p in chunk)
+                    L = torch.zeros(len(chunk), m, k)
+                    Rt = torch.zeros(len(chunk), n, k)
+                    for i, p in enumerate(chunk):
+                        (Ua, Va), (Ub, Vb) = facs[iu[p]], facs[iv[p]]
+                        ra, rb = Ua.shape[1], Ub.shape[1]
+                        L[i, :, :ra], L[i, :, ra:ra + rb] = Ua, -Ub
+                        Rt[i, :, :ra], Rt[i, :, ra:ra + rb] = Va.T, Vb.T
+                    D[iu[chunk], iv[chunk]] += _factor_rank(L.to(dev), Rt.to(dev), m, n).cpu()
+            rest = torch.nonzero(~use).flatten()
+            Wd = W.to(dev)
+            for lo in range(0, len(rest), pair_chunk):
+                p = rest[lo:lo + pair_chunk]
+                D[iu[p], iv[p]] += matrix_rank(Wd[iu[p].to(dev)] - Wd[iv[p].to(dev)]).cpu()
+            if stats is not None:
+                stats["factor_pairs"] = stats.get("factor_pairs", 0) + int(use.sum())
+                stats["svd_pairs"] = stats.get("svd_pairs", 0) + len(rest)
     D = D + D.T
     return D.numpy()
 
@@ -324,11 +335,12 @@ def rms_norms(models: Mapping[str, Mapping], layers: Sequence[Layer], *, chunk_b
               ) -> np.ndarray:
     """n(u) = mean over layers of RMS(W_u,l), [N] — the scale l_FT is compared with (recover.relative_distance)."""
     out = np.zeros(len(models))
-    for i, sd in enumerate(models.values()):
-        for layer in layers:
-            s = sum(float((read_block(sd, layer, r0, r1).double() ** 2).sum())
-                    for r0, r1 in _row_chunks(layer, 1, chunk_bytes))
-            out[i] += (s / layer.numel) ** 0.5
+    with _threads(max(lay.numel for lay in layers)):
+        for i, sd in enumerate(models.values()):
+            for layer in layers:
+                s = sum(float((read_block(sd, layer, r0, r1).double() ** 2).sum())
+                        for r0, r1 in _row_chunks(layer, 1, chunk_bytes))
+                out[i] += (s / layer.numel) ** 0.5
     return out / len(layers)
 
 
@@ -343,23 +355,29 @@ def kurtosis_scores(models: Mapping[str, Mapping], layers: Sequence[Layer], *,
     """
     check_models(models, layers)
     out = np.zeros(len(models))
-    for i, (name, sd) in enumerate(models.items()):
-        for layer in layers:
-            s = torch.zeros(5, dtype=torch.float64)
-            shift = None
-            for r0, r1 in _row_chunks(layer, 1, chunk_bytes):
-                x = read_block(sd, layer, r0, r1).double().reshape(-1)
-                if not torch.isfinite(x).all():
-                    raise MotherError(f"layer {layer.name!r} has NaN or inf weights in model {name!r}")
-                shift = x.mean() if shift is None else shift
-                y = x - shift
-                s += torch.stack([torch.tensor(float(len(y)), dtype=torch.float64), y.sum(), (y ** 2).sum(),
-                                  (y ** 3).sum(), (y ** 4).sum()])
-            cnt, s1, s2, s3, s4 = s.tolist()
-            mu = s1 / cnt
-            m2 = s2 / cnt - mu ** 2
-            m4 = s4 / cnt - 4 * mu * s3 / cnt + 6 * mu ** 2 * s2 / cnt - 3 * mu ** 4
-            if m2 <= 0:
-                raise MotherError(f"layer {layer.name!r} of model {name!r} is constant: kurtosis undefined")
-            out[i] += m4 / m2 ** 2 - 3.0
+    with _threads(max(lay.numel for lay in layers)):
+        for i, (name, sd) in enumerate(models.items()):
+            for layer in layers:
+                out[i] += _kurtosis(sd, layer, name, chunk_bytes)
     return out
+
+
+def _kurtosis(sd: Mapping, layer: Layer, name: str, chunk_bytes: int) -> float:
+    """Excess kurtosis of one matrix from float64 power sums about the first block's mean."""
+    s = torch.zeros(5, dtype=torch.float64)
+    shift = None
+    for r0, r1 in _row_chunks(layer, 1, chunk_bytes):
+        x = read_block(sd, layer, r0, r1).double().reshape(-1)
+        if not torch.isfinite(x).all():
+            raise MotherError(f"layer {layer.name!r} has NaN or inf weights in model {name!r}")
+        shift = x.mean() if shift is None else shift
+        y = x - shift
+        s += torch.stack([torch.tensor(float(len(y)), dtype=torch.float64), y.sum(), (y ** 2).sum(),
+                          (y ** 3).sum(), (y ** 4).sum()])
+    cnt, s1, s2, s3, s4 = s.tolist()
+    mu = s1 / cnt
+    m2 = s2 / cnt - mu ** 2
+    m4 = s4 / cnt - 4 * mu * s3 / cnt + 6 * mu ** 2 * s2 / cnt - 3 * mu ** 4
+    if m2 <= 0:
+        raise MotherError(f"layer {layer.name!r} of model {name!r} is constant: kurtosis undefined")
+    return m4 / m2 ** 2 - 3.0
