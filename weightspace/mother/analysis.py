@@ -2,6 +2,7 @@
 
     edge_hops            number of tree edges between two models (Property 1: distance tracks it)
     falls_fraction       on how many true edges the direction score drops from parent to child
+    falls_by             the same, per group of edges (LoRA rank, tree, depth)
     tree_inputs          per true tree: names, D and kurtosis (recovery without clustering)
     method_accuracies    MoTHer and the baselines on those trees (lambda = 0 over several tie-breaks)
     clustering_curve     Ward clustering accuracy on random subsets of the models
@@ -31,6 +32,17 @@ def falls_fraction(k: Mapping[str, float], parents: Mapping[str, str | None]) ->
     """Fraction of the true edges parent -> child with kurt(child) < kurt(parent)."""
     edges = [(p, c) for c, p in parents.items() if p is not None]
     return float(np.mean([k[c] < k[p] for p, c in edges]))
+
+
+def falls_by(k: Mapping[str, float], parents: Mapping[str, str | None], group: Mapping[str, object]
+             ) -> dict[object, tuple[float, int]]:
+    """{group value: (fraction of true edges whose child's kurtosis is below its parent's, edges)}, edges
+    grouped by a property of the child (its LoRA rank, its tree ...)."""
+    out: dict[object, list[bool]] = {}
+    for c, p in parents.items():
+        if p is not None:
+            out.setdefault(group[c], []).append(k[c] < k[p])
+    return {g: (float(np.mean(v)), len(v)) for g, v in sorted(out.items())}
 
 
 def tree_inputs(models: Mapping[str, Mapping], tree_of: Mapping[str, int], *, layers, distance: str,
