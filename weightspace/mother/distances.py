@@ -10,10 +10,12 @@ All pairs at once (the Gram trick). Stack one layer of the N models as rows of X
 
 one matrix product instead of N^2 / 2 differences. Models of one tree differ by ~1% of their norm, so
 in float32 the three terms cancel and about three digits are lost. Centring fixes this: subtracting any
-fixed row c from every row changes no distance, and with c = the mean model the rows of X - c are as
-small as the spread of the models, so G is as accurate as the differences themselves (float32 and
-within 1e-6 of a float64 pair loop). Pairs that are still far closer together than the spread (two
-trees at once, each tight) are detected from G itself and recomputed directly.
+fixed row c from every row changes no distance, and with c = one of the models (subtracted while the
+rows are stacked, in the same pass) the rows of X - c are as small as the spread of the models, so G is
+as accurate as the differences themselves: float32, within 1e-6 of a float64 pair loop. The products
+are summed over blocks of 4096 columns in float64, so that bound does not degrade with the layer size.
+Pairs that are still far closer together than their centred norms (a tight tree inside a forest of
+distant ones) are detected from G itself and redone with each group centred on its own mean.
 
 Memory stays bounded: layers are read one block of rows at a time from every model (memory-mapped
 safetensors when models are `LazyStateDict`s), so at most `chunk_bytes` of weights are held at once.
@@ -37,6 +39,8 @@ def _threads(numel: int):
     from weightspace.runtime import torch_threads
 
     return torch_threads(1) if numel < SMALL else contextlib.nullcontext()
+
+
 CHUNK_BYTES = 8 << 20   # weights held at once per layer block (small enough to stay in cache)
 
 
