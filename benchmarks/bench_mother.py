@@ -6,6 +6,7 @@
 1. forest   all-pairs l_FT on a 105-model forest: centred Gram trick (weightspace.mother.rms_distances)
             vs the pair-by-pair loop over layers (the official code's way, float32). Ratio, and max error
             against the same loop in float64.
+            Also a synthetic forest of 25 trees (525 models), to show how the ratio grows with N.
 2. exact    near-identical models (1% apart): max relative error of the plain float32 Gram trick and
             of ours (centred) against a float64 pair loop.
 3. vitb     21 ViT-B/16-sized models (48 attention matrices of 768x768, ~2.4 GB, made in memory):
@@ -183,6 +184,9 @@ def main(argv=None):
         lora = None
     res["forest"] = bench_forest(ft)
     print("forest   ", json.dumps(res["forest"]), flush=True)
+    # the same with 25 trees (525 models): the pair loop grows with N^2, our per-model costs with N
+    res["forest_525"] = bench_forest(synthetic_forest(n_trees=25))
+    print("forest525", json.dumps(res["forest_525"]), flush=True)
     res["exact"] = bench_exact()
     print("exact    ", json.dumps(res["exact"]), flush=True)
     if not args.skip_vitb:
