@@ -9,10 +9,15 @@ does. "batched" is weightspace.zoo.vit_training.finetune (all of a worker's mode
 the two give the same weights after one step (up to float rounding, which Adam's normalised steps
 amplify over a run), then prints (and writes) the speed ratio.
 
+A third run, "one process", is what a user without the zoo builder writes: the same per-model loop in
+a single process, torch using both cores (2 threads) for each model's small matrix products.
+
 What to expect: at batch 32 one tiny-ViT model step is mostly arithmetic (~2.7 MFLOP per image, forward
-and backward), so batching M models with vmap only removes the per-model Python/dispatch overhead.
-Measured here, 2 one-thread workers with 64 models each, on a machine shared with other jobs (load ~4 on
-2 cores): 1.25x (11.1 vs 13.8 ms per model-step); environment.md measured 1.78x for timm, uncontended.
+and backward), so batching M models with vmap only removes the per-model Python/dispatch overhead; most
+of the gain over a naive loop comes from running one model per core instead of splitting each model's
+small products over two threads. Measured here on an idle machine (2 cores, 128 models x 150 steps):
+batched 6.8 ms per model-step; one at a time in the same two one-thread workers 8.4 ms (1.24x); one
+process with 2 threads 2.29x slower than batched. Under load (~4 on 2 cores) the first ratio was 1.25x.
 """
 from __future__ import annotations
 
@@ -37,12 +42,11 @@ def plan(n: int, steps: int):
                  schedule=["constant", "cosine", "linear"][i % 3], seed=1000 + i) for i in range(n)]
 
 
-def batched(parent, rows):
+def batched(parent, rows, threads=1):
+    from weightspace.data import styled_digits
     from weightspace.zoo.vit_training import finetune
 
-    from weightspace.data import styled_digits
-
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     styled_digits()
     t = time.perf_counter()
     sds, _ = finetune([parent] * len(rows), [r["classes"] for r in rows], [r["lr"] for r in rows],
@@ -50,7 +54,7 @@ def batched(parent, rows):
     return time.perf_counter() - t, sds
 
 
-def one_at_a_time(parent, rows):
+def one_at_a_time(parent, rows, threads=1):
     """The same recipe as vit_training.finetune, written for one nn.Module at a time."""
     from weightspace.data import styled_digits
     from weightspace.nets import make_vit
@@ -58,7 +62,7 @@ def one_at_a_time(parent, rows):
     from weightspace.runtime import generator
     from weightspace.zoo.vit_training import fresh_head
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     ds = styled_digits()
     tr = ds.train
     out = []
@@ -87,11 +91,12 @@ def one_at_a_time(parent, rows):
     return time.perf_counter() - t, out
 
 
-def run(fn, parent, rows, workers):
+def run(fn, parent, rows, workers, threads=1):
+    """`workers` spawned processes of `threads` torch threads each, models dealt round-robin."""
     parts = [rows[w::workers] for w in range(workers)]
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
-        results = list(ex.map(fn, [parent] * workers, parts))
+        results = list(ex.map(fn, [parent] * workers, parts, [threads] * workers))
     wall = max(t for t, _ in results)  # the slower worker's training time (imports and start-up excluded)
     sds = [None] * len(rows)
     for w, (_, part) in enumerate(results):
@@ -114,6 +119,8 @@ def main(argv=None):
     rows = plan(args.models, args.steps)
     t_b, sd_b = run(batched, parent, rows, args.workers)
     t_s, sd_s = run(one_at_a_time, parent, rows, args.workers)
+    # what a user without the zoo builder runs: one process, torch using all the cores for each model
+    t_n, _ = run(one_at_a_time, parent, rows, 1, threads=args.workers)
     diff = max(float((sd_b[m][k] - sd_s[m][k]).abs().max()) for m in range(len(rows)) for k in sd_b[m])
     # same recipe: after one step the two agree to float rounding; over many steps Adam's normalised
     # updates of the (initially near-zero) hidden-layer gradients amplify rounding differences
@@ -122,6 +129,7 @@ def main(argv=None):
     diff_one_step = max(float((a[m][k] - b[m][k]).abs().max()) for m in range(4) for k in a[m])
     res = dict(models=args.models, steps=args.steps, workers=args.workers, batched_s=round(t_b, 2),
                one_at_a_time_s=round(t_s, 2), speedup=round(t_s / t_b, 2),
+               one_process_all_threads_s=round(t_n, 2), speedup_vs_one_process=round(t_n / t_b, 2),
                ms_per_model_step_batched=round(1000 * t_b * args.workers / (args.models * args.steps), 2),
                ms_per_model_step_one_at_a_time=round(1000 * t_s * args.workers / (args.models * args.steps), 2),
                max_abs_weight_difference_after_one_step=diff_one_step,

@@ -1,0 +1,32 @@
+"""Smoke tests of the benchmark scripts (the real entry points, tiny budgets): they run, write their
+results file, and their two implementations agree."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import TINY_TREES
+
+from weightspace.zoo.model_trees import build_model_trees
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script, *args, out):
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, "--out", str(out)],
+                   check=True, cwd=ROOT, capture_output=True, text=True)
+    return json.loads(out.read_text())
+
+
+def test_bench_zoo(tmp_path):
+    res = run("bench_zoo.py", "--models", "4", "--steps", "2", out=tmp_path / "zoo.json")
+    assert res["models"] == 4 and res["speedup"] > 0 and res["speedup_vs_one_process"] > 0
+    assert res["max_abs_weight_difference_after_one_step"] < 1e-5  # same recipe on both sides
+
+
+def test_bench_probex(tmp_path):
+    zoo = build_model_trees(tmp_path / "trees", executor="inline", progress=False,
+                            **{**TINY_TREES, "n_per_tree": 8, "split": [0.5, 0.25, 0.25]})
+    res = run("bench_probex.py", "--zoo", str(zoo.path), "--epochs", "3", out=tmp_path / "probex.json")
+    assert res["n_train"] == 4 and res["speedup"] > 0
+    assert res["best_val_acc_pre_extracted"] == res["best_val_acc_reread"]  # same model, same batches
