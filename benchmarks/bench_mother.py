@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from weightspace.plotting import save_results
+
 
 def timed(fn, repeat=1):
     best, out = float("inf"), None
@@ -198,8 +200,7 @@ def main(argv=None):
     res["rank_vitb"] = bench_rank(lora_models(), "hf-vit")
     print("rank vitb", json.dumps(res["rank_vitb"]), flush=True)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        save_results(Path(args.out).parent, Path(args.out).stem, res)
     return res
 
 

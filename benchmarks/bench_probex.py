@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from weightspace.plotting import save_results
+
 
 class CheckpointFiles(Dataset):
     """One item = open the model's safetensors file and read the layer (no caching)."""
@@ -113,8 +115,7 @@ def main(argv=None):
                best_val_acc_reread=val_files)
     print(json.dumps(res, indent=2))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2) + "\n")
+        save_results(args.out.parent, args.out.stem, res)
 
 
 if __name__ == "__main__":

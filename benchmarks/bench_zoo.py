@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from weightspace.plotting import save_results
+
 
 def plan(n: int, steps: int):
     from weightspace.runtime import np_rng
@@ -136,8 +138,7 @@ def main(argv=None):
                max_abs_weight_difference_after_all_steps=diff)
     print(json.dumps(res, indent=2))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2) + "\n")
+        save_results(args.out.parent, args.out.stem, res)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""environment.yml mirrors pyproject.toml; the package imports without its optional extras."""
+"""environment.yml mirrors pyproject.toml; the package imports without its optional extras; the README's two
+commands are real."""
 import re
 import subprocess
 import sys
@@ -54,3 +55,12 @@ def test_gallery_is_built_from_results_files(tmp_path):
     text = write_gallery(tmp_path / "f", tmp_path / "r").read_text()
     assert "## 03_x" in text and "| acc | 0.912 | 0.880 |" in text and "**x_01_a** — first" in text
     assert "| sub.k | 1.500 |" in text and "## Other figures" in text and "x_02_b.png" in text
+
+
+def test_readme_commands_are_make_targets_and_ci_calls_make_test():
+    readme, makefile = (ROOT / "README.md").read_text(), (ROOT / "Makefile").read_text()
+    commands = re.findall(r"^make (\w+)", readme.split("## The two commands", 1)[1].split("```")[1], flags=re.M)
+    assert commands == ["reproduce", "test"]
+    for target in commands:
+        assert re.search(rf"^{target}:", makefile, flags=re.M), f"Makefile has no target {target!r}"
+    assert "make test" in (ROOT / ".ci" / "run").read_text()

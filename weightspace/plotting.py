@@ -42,7 +42,7 @@ def savefig(fig, figures_dir: str | Path, name: str) -> Path:
 
 def _clean(value):
     if isinstance(value, float):
-        return None if math.isnan(value) else round(value, 6)
+        return None if math.isnan(value) else float(f"{value:.6g}")  # 6 significant digits: 2e-8 stays
     if isinstance(value, Mapping):
         return {str(k): _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -55,7 +55,7 @@ def _clean(value):
 
 
 def save_results(results_dir: str | Path, notebook: str, results: Mapping) -> Path:
-    """Write a notebook's headline numbers to <results_dir>/<notebook>.json (sorted, rounded)."""
+    """Write headline numbers to <results_dir>/<notebook>.json (keys sorted, 6 significant digits)."""
     path = Path(results_dir) / f"{notebook}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_clean(results), indent=2, sort_keys=True) + "\n")
