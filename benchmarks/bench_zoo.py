@@ -5,7 +5,8 @@
 Both sides fine-tune the same models (same parent, classes, learning rates, schedules, seeds and batches)
 from a briefly pre-trained root, split over `workers` processes of one thread each, as the zoo builder
 does. "batched" is weightspace.zoo.vit_training.finetune (all of a worker's models in one vmapped step);
-"one at a time" is a plain nn.Module + torch.optim.AdamW loop per model. The script also checks that
+"one at a time" is a plain nn.Module + torch.optim.AdamW loop per model. Both then measure each model's
+accuracy on the test images of its own classes, as the builder does. The script also checks that
 the two give the same weights after one step (up to float rounding, which Adam's normalised steps
 amplify over a run), then prints (and writes) the speed ratio.
 
@@ -51,9 +52,9 @@ def batched(parent, rows, threads=1):
     torch.set_num_threads(threads)
     styled_digits()
     t = time.perf_counter()
-    sds, _ = finetune([parent] * len(rows), [r["classes"] for r in rows], [r["lr"] for r in rows],
-                      [r["steps"] for r in rows], [r["schedule"] for r in rows], [r["seed"] for r in rows])
-    return time.perf_counter() - t, sds
+    sds, metrics = finetune([parent] * len(rows), [r["classes"] for r in rows], [r["lr"] for r in rows],
+                            [r["steps"] for r in rows], [r["schedule"] for r in rows], [r["seed"] for r in rows])
+    return time.perf_counter() - t, sds, [m["test_acc"] for m in metrics]
 
 
 def one_at_a_time(parent, rows, threads=1):
@@ -67,7 +68,7 @@ def one_at_a_time(parent, rows, threads=1):
     torch.set_num_threads(threads)
     ds = styled_digits()
     tr = ds.train
-    out = []
+    out, accs = [], []
     t = time.perf_counter()
     for r in rows:
         model = make_vit(ds.n_classes)
@@ -89,8 +90,12 @@ def one_at_a_time(parent, rows, threads=1):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        model.eval()                        # the builder records each model's test accuracy: so do we
+        with torch.no_grad():
+            mine = torch.isin(ds.test.y, torch.as_tensor(r["classes"]))
+            accs.append(float((model(ds.test.x[mine]).argmax(-1) == ds.test.y[mine]).float().mean()))
         out.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-    return time.perf_counter() - t, out
+    return time.perf_counter() - t, out, accs
 
 
 def run(fn, parent, rows, workers, threads=1):
@@ -99,12 +104,12 @@ def run(fn, parent, rows, workers, threads=1):
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
         results = list(ex.map(fn, [parent] * workers, parts, [threads] * workers))
-    wall = max(t for t, _ in results)  # the slower worker's training time (imports and start-up excluded)
-    sds = [None] * len(rows)
-    for w, (_, part) in enumerate(results):
-        for j, sd in enumerate(part):
-            sds[w + j * workers] = sd
-    return wall, sds
+    wall = max(r[0] for r in results)  # the slower worker's training time (imports and start-up excluded)
+    sds, accs = [None] * len(rows), [None] * len(rows)
+    for w, (_, part, part_accs) in enumerate(results):
+        for j, (sd, acc) in enumerate(zip(part, part_accs)):
+            sds[w + j * workers], accs[w + j * workers] = sd, acc
+    return wall, sds, accs
 
 
 def main(argv=None):
@@ -119,15 +124,15 @@ def main(argv=None):
     torch.set_num_threads(1)
     parent, _ = pretrain("supervised", 0, 200)
     rows = plan(args.models, args.steps)
-    t_b, sd_b = run(batched, parent, rows, args.workers)
-    t_s, sd_s = run(one_at_a_time, parent, rows, args.workers)
+    t_b, sd_b, acc_b = run(batched, parent, rows, args.workers)
+    t_s, sd_s, acc_s = run(one_at_a_time, parent, rows, args.workers)
     # what a user without the zoo builder runs: one process, torch using all the cores for each model
-    t_n, _ = run(one_at_a_time, parent, rows, 1, threads=args.workers)
+    t_n, *_ = run(one_at_a_time, parent, rows, 1, threads=args.workers)
     diff = max(float((sd_b[m][k] - sd_s[m][k]).abs().max()) for m in range(len(rows)) for k in sd_b[m])
     # same recipe: after one step the two agree to float rounding; over many steps Adam's normalised
     # updates of the (initially near-zero) hidden-layer gradients amplify rounding differences
     one = plan(4, 1)
-    (_, a), (_, b) = batched(parent, one), one_at_a_time(parent, one)
+    (_, a, _), (_, b, _) = batched(parent, one), one_at_a_time(parent, one)
     diff_one_step = max(float((a[m][k] - b[m][k]).abs().max()) for m in range(4) for k in a[m])
     res = dict(models=args.models, steps=args.steps, workers=args.workers, batched_s=round(t_b, 2),
                one_at_a_time_s=round(t_s, 2), speedup=round(t_s / t_b, 2),
@@ -135,7 +140,8 @@ def main(argv=None):
                ms_per_model_step_batched=round(1000 * t_b * args.workers / (args.models * args.steps), 2),
                ms_per_model_step_one_at_a_time=round(1000 * t_s * args.workers / (args.models * args.steps), 2),
                max_abs_weight_difference_after_one_step=diff_one_step,
-               max_abs_weight_difference_after_all_steps=diff)
+               max_abs_weight_difference_after_all_steps=diff,
+               mean_test_acc_batched=sum(acc_b) / len(acc_b), mean_test_acc_one_at_a_time=sum(acc_s) / len(acc_s))
     print(json.dumps(res, indent=2))
     if args.out:
         save_results(args.out.parent, args.out.stem, res)

@@ -1,7 +1,8 @@
-"""The ViT Model Trees plan: labels, nuisance hyperparameters and splits (no training needed)."""
+"""The ViT Model Trees plan: labels, nuisance hyperparameters and splits; the batched evaluation."""
 import math
 
 import pytest
+import torch
 
 from weightspace.zoo.model_trees import DEFAULTS, build_model_trees, finetune_plan
 
@@ -45,3 +46,23 @@ def test_avg_pool_trees_load_into_timm(tmp_path):
     sd = zoo.load("t0-0001")
     assert "fc_norm.weight" in sd and "norm.weight" not in sd
     make_vit(40, global_pool="avg").load_state_dict(sd, strict=True)
+
+
+def test_evaluate_counts_each_models_own_classes():
+    """The batched evaluation (own-class images only, padded) equals one nn.Module per model."""
+    from weightspace.data import styled_digits
+    from weightspace.nets.batched import Stacked
+    from weightspace.nets.vit import make_vit
+    from weightspace.zoo.vit_training import evaluate, finetune, pretrain
+
+    ds = styled_digits()
+    parent, _ = pretrain("supervised", 0, 5)
+    classes = [[0, 1, 2], list(range(0, 40, 2)), [39]]
+    sds, _ = finetune([parent] * 3, classes, [3e-3] * 3, [3, 5, 4], ["constant"] * 3, [0, 1, 2])
+    got = evaluate(Stacked(lambda: make_vit(ds.n_classes), sds), classes, ds.test, chunk=16)
+    for sd, c, acc in zip(sds, classes, got):
+        m = make_vit(ds.n_classes)
+        m.load_state_dict(sd)
+        mine = torch.isin(ds.test.y, torch.tensor(c))
+        with torch.no_grad():
+            assert acc == float((m(ds.test.x[mine]).argmax(-1) == ds.test.y[mine]).float().mean())

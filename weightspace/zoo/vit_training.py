@@ -194,17 +194,20 @@ def finetune(parents: Sequence[Mapping[str, torch.Tensor]], classes: Sequence[Se
 
 
 @torch.no_grad()
-def evaluate(net: Stacked, classes: Sequence[Sequence[int]], split, device="cpu") -> list[float]:
-    """Accuracy of each stacked model on the images of its own classes."""
-    x = split.x.to(device)
+def evaluate(net: Stacked, classes: Sequence[Sequence[int]], split, device="cpu", chunk: int = 128) -> list[float]:
+    """Accuracy of each stacked model on the images of its own classes (only those are run: each model
+    gets its own list of image indices, padded to the longest by repeating its first, and the padding
+    is not counted)."""
+    own = [torch.nonzero(torch.isin(split.y, torch.as_tensor(list(c)))).flatten() for c in classes]
+    count = torch.tensor([len(o) for o in own])
+    n = int(count.max())
+    idx = torch.stack([torch.cat([o, o[:1].expand(n - len(o))]) if len(o) else torch.zeros(n, dtype=torch.long)
+                       for o in own])                                                  # [M, n]
+    valid = torch.arange(n)[None, :] < count[:, None]
+    x, y = split.x.to(device), split.y
     correct = torch.zeros(net.M)
-    count = torch.zeros(net.M)
-    for lo in range(0, len(x), 512):
-        xb = x[lo:lo + 512]
-        pred = net(xb.expand(net.M, *xb.shape)).argmax(-1).cpu()                  # [M, b]
-        yb = split.y[lo:lo + 512]
-        for m, c in enumerate(classes):
-            mine = torch.isin(yb, torch.as_tensor(list(c)))
-            correct[m] += (pred[m][mine] == yb[mine]).sum()
-            count[m] += mine.sum()
+    for lo in range(0, n, chunk):
+        ib = idx[:, lo:lo + chunk]
+        pred = net(x[ib.to(device)]).argmax(-1).cpu()                                 # [M, b]
+        correct += ((pred == y[ib]) & valid[:, lo:lo + chunk]).sum(1)
     return (correct / count.clamp(min=1)).tolist()
