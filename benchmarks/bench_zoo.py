@@ -14,11 +14,12 @@ A third run, "one process", is what a user without the zoo builder writes: the s
 a single process, torch using both cores (2 threads) for each model's small matrix products.
 
 What to expect: at batch 32 one tiny-ViT model step is mostly arithmetic (~2.7 MFLOP per image, forward
-and backward), so batching M models with vmap only removes the per-model Python/dispatch overhead; most
-of the gain over a naive loop comes from running one model per core instead of splitting each model's
-small products over two threads. Measured here on an idle machine (2 cores, 128 models x 150 steps):
-batched 6.8 ms per model-step; one at a time in the same two one-thread workers 8.4 ms (1.24x); one
-process with 2 threads 2.29x slower than batched. Under load (~4 on 2 cores) the first ratio was 1.25x.
+and backward), so batching M models with vmap removes only the per-model Python/dispatch overhead; the
+rest of the gain comes from the evaluation (the batched one runs all models' own-class test images in
+cache-sized chunks) and, against the naive loop, from running one model per core instead of splitting
+each model's small products over two threads. Measured here on an idle machine (2 cores, 128 models x
+150 steps): batched 4.7 ms per model-step, one at a time in the same two one-thread workers 9.4 ms
+(1.99x); one process with 2 threads 3.68x slower than batched.
 """
 from __future__ import annotations
 
