@@ -37,3 +37,11 @@ def test_weight_grid_shapes():
     fig = plotting.weight_grid([np.eye(3), -np.eye(3), np.zeros((3, 3))], titles=["a", "b", "c"], ncols=2)
     assert len(fig.axes) == 4
     plt.close(fig)
+
+
+def test_annotate_cells_skips_missing_values_and_picks_readable_colours():
+    fig, ax = plt.subplots()
+    plotting.annotate_cells(ax, [[0.5, np.nan], [0.9, 1.0]], dark_below=0.7)
+    texts = {(t.get_position(), t.get_text()): t.get_color() for t in ax.texts}
+    assert texts == {((0, 0), "0.50"): "w", ((0, 1), "0.90"): "k", ((1, 1), "1.00"): "k"}
+    plt.close(fig)

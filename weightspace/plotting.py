@@ -62,6 +62,18 @@ def save_results(results_dir: str | Path, notebook: str, results: Mapping) -> Pa
     return path
 
 
+def annotate_cells(ax, M, fontsize: float = 8, dark_below: float | None = None) -> None:
+    """Write each finite value of the matrix M (as drawn by imshow) in its cell, to two decimals; with
+    `dark_below`, in white on cells below that value (dark colours) and black elsewhere."""
+    import numpy as np
+
+    M = np.asarray(M, dtype=float)
+    for (i, j), v in np.ndenumerate(M):
+        if np.isfinite(v):
+            color = None if dark_below is None else ("w" if v < dark_below else "k")
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color=color, fontsize=fontsize)
+
+
 def weight_grid(mats, titles=None, cmap="RdBu_r", ncols: int | None = None, size: float = 2.0,
                 suptitle: str | None = None):
     """Heat maps of a few weight matrices side by side, each on a symmetric colour scale."""
