@@ -161,12 +161,12 @@ def draw_tree(ax, parents: Mapping[str, str | None], pred_edges, names: Sequence
     truth = {(p, c) for c, p in parents.items() if p is not None and c in pos and p in pos}
     pred = {(p, c) for p, c in pred_edges if p in pos and c in pos}
     right, wrong = pred & truth, pred - truth
-    for (p, c) in truth - pred:
+    for (p, c) in sorted(truth - pred):          # sorted: set order varies with the hash seed
         ax.annotate("", xy=pos[c], xytext=pos[p], arrowprops=dict(arrowstyle="-", color="0.85", lw=2))
-    for (p, c) in right:
+    for (p, c) in sorted(right):
         ax.annotate("", xy=pos[c], xytext=pos[p],
                     arrowprops=dict(arrowstyle="-|>", color="0.25", lw=1.2, shrinkA=6, shrinkB=6))
-    for (p, c) in wrong:
+    for (p, c) in sorted(wrong):
         ax.annotate("", xy=pos[c], xytext=pos[p],
                     arrowprops=dict(arrowstyle="-|>", color="#d55e00", lw=1.6, ls="--", shrinkA=6, shrinkB=6,
                                     connectionstyle="arc3,rad=0.25"))
