@@ -9,6 +9,7 @@ from weightspace.probex import (
     ProbeX,
     Ridge,
     Router,
+    delta_inputs,
     elementwise_accuracy,
     fit,
     fit_experts,
@@ -151,6 +152,23 @@ def test_bad_inputs_are_clear():
         ProbeX(8, 8, 2, 2, 2, 6)(torch.randn(2, 8, 9))
 
 
+def test_delta_inputs_by_hand():
+    root = torch.tensor([[1.0, 2.0]])
+    tr = (torch.tensor([[[1.0, 4.0]], [[3.0, 2.0]]]), torch.ones(2, 1))
+    va = (torch.tensor([[[2.0, 2.0]]]), torch.zeros(1, 1))
+    # training deltas 0, 2, 2, 0: mean 1, sample std sqrt(4/3); the validation split uses the same sigma
+    (Xt, Yt), (Xv, Yv) = delta_inputs([tr, va], root)
+    s = (4 / 3) ** 0.5
+    assert torch.allclose(Xt, torch.tensor([[[0.0, 2 / s]], [[2 / s, 0.0]]])) and torch.equal(Yt, tr[1])
+    assert torch.allclose(Xv, torch.tensor([[[1 / s, 0.0]]])) and torch.equal(Yv, va[1])
+    (Xr, _), = delta_inputs([tr], root, standardize=False)
+    assert torch.equal(Xr, tr[0] - root)
+    with pytest.raises(ValueError, match=r"root is \(2, 1\) but the layer is \(1, 2\)"):
+        delta_inputs([tr], root.T)
+    with pytest.raises(ValueError, match="equal their root"):
+        delta_inputs([(root[None].repeat(3, 1, 1), torch.ones(3, 1))], root)
+
+
 def test_baselines():
     Y = torch.tensor([[1, 0, 1], [1, 0, 0], [1, 1, 0.]])
     assert majority(Y, torch.tensor([[1, 0, 0.]])) == 1.0
@@ -187,6 +205,10 @@ def test_on_a_tiny_zoo(tiny_zoo):
     assert 0 <= s.val_acc <= 1
     with pytest.raises(ValueError, match="no models in tree 7"):
         data.split("blocks.1.attn.proj.weight", 7, "train")
+    root = data.root("patch_embed.proj.weight", 1)                          # same X rules as the fine-tunes
+    assert torch.equal(root, layer_matrix(tiny_zoo.load("t1-root")["patch_embed.proj.weight"]))
+    with pytest.raises(ValueError, match="no models in tree 7"):
+        data.root("blocks.1.attn.proj.weight", 7)
     with pytest.raises(ZooError, match="close names"):
         data.X("blocks.1.attn.prj.weight")
 

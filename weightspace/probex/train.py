@@ -183,6 +183,15 @@ class LayerData:
             m &= np.isin(self.split_of, np.atleast_1d(split))
         return m
 
+    def root(self, layer: str, tree: int) -> torch.Tensor:
+        """The layer of `tree`'s root (the parent of its fine-tunes) as a [d_H, d_W] matrix."""
+        members = np.flatnonzero(self.mask(tree))
+        if not len(members):
+            raise ValueError(f"{self.zoo.path}: no models in tree {tree!r} (trees: {self.trees})")
+        parent = self.zoo.row(self.ids[members[0]])["parent_id"]
+        return stack_layer([self.zoo.lazy(parent)[layer]], conv_reshape=self.conv_reshape,
+                           name=f"{self.zoo.path}: {parent} layer {layer!r}")[0]
+
     def split(self, layer: str, tree=None, split="train") -> tuple[torch.Tensor, torch.Tensor]:
         """(X, Y) of the models of `tree` (an id, a list, or None for all) in `split`."""
         m = self.mask(tree, split)
@@ -191,3 +200,22 @@ class LayerData:
                              f"(trees: {self.trees}; splits: {sorted(set(self.split_of))})")
         idx = torch.from_numpy(np.flatnonzero(m))
         return self.X(layer)[idx], self.Y[idx]
+
+
+def delta_inputs(splits: Sequence[tuple], root: torch.Tensor, *, standardize: bool = True) -> list[tuple]:
+    """Feed an expert the fine-tuning delta ΔX = X - X_root instead of the raw layer X, optionally
+    divided by σ, the standard deviation of the first (training) split's deltas.
+
+    Not the paper's input (it reads raw weights): a variant for inside a Model Tree, where the root is
+    known. A linear expert is blind to the constant X_root but not to the scale of ΔX (Adam moves its
+    weights by ~lr per step whatever the input scale); ProbeX's ReLU sees the root's responses as
+    offsets. Notebook 03 (section 6) measures what each gains.
+    """
+    if not splits:
+        raise ValueError("delta_inputs: no splits given")
+    if tuple(root.shape) != tuple(splits[0][0].shape[1:]):
+        raise ValueError(f"delta_inputs: root is {tuple(root.shape)} but the layer is {tuple(splits[0][0].shape[1:])}")
+    sigma = float((splits[0][0] - root).std()) if standardize else 1.0
+    if not sigma > 0:
+        raise ValueError("delta_inputs: the training models equal their root (ΔX = 0); nothing to read")
+    return [((X - root) / sigma, Y) for X, Y in splits]
