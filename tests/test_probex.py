@@ -9,6 +9,7 @@ from weightspace.probex import (
     ProbeX,
     Ridge,
     Router,
+    compare_inputs,
     delta_inputs,
     elementwise_accuracy,
     fit,
@@ -211,6 +212,20 @@ def test_on_a_tiny_zoo(tiny_zoo):
         data.root("blocks.1.attn.proj.weight", 7)
     with pytest.raises(ZooError, match="close names"):
         data.X("blocks.1.attn.prj.weight")
+
+
+def test_compare_inputs_on_a_tiny_zoo(tiny_zoo):
+    data = LayerData(tiny_zoo)
+    layer = "blocks.1.attn.proj.weight"
+    cfg = dict(n_probes=4, proj_dim=4, rep_dim=8, epochs=3, eval_every=1, device="cpu")
+    recs = compare_inputs(data, 0, [layer], seeds=(0, 1), **cfg)
+    assert [(r["input"], r["kind"]) for r in recs] == [(i, k) for i in ("X", "ΔX", "ΔX/σ") for k in ("probex", "dense")]
+    splits = [data.split(layer, 0, s) for s in ("train", "val", "test")]
+    by_hand = [fit("dense", *delta_inputs(splits, data.root(layer, 0)), seed=s, **cfg).test_acc for s in (0, 1)]
+    assert recs[-1]["test_acc"] == pytest.approx(sum(by_hand) / 2)
+    X, root = splits[0][0], data.root(layer, 0)
+    moved = ((X - root).flatten(1).norm(dim=1) / root.norm()).mean()
+    assert recs[0]["moved"] == pytest.approx(float(moved)) and recs[0]["moved"] > 0
 
 
 def test_mismatched_shapes_across_a_zoo(tiny_zoo, tmp_path):

@@ -219,3 +219,26 @@ def delta_inputs(splits: Sequence[tuple], root: torch.Tensor, *, standardize: bo
     if not sigma > 0:
         raise ValueError("delta_inputs: the training models equal their root (ΔX = 0); nothing to read")
     return [((X - root) / sigma, Y) for X, Y in splits]
+
+
+INPUTS = ("X", "ΔX", "ΔX/σ")
+
+
+def compare_inputs(data: LayerData, tree: int, layers: Sequence[str], *, seeds: Sequence[int] = (0,),
+                   kinds: Sequence[str] = ("probex", "dense"), **config) -> list[dict]:
+    """ProbeX and Dense on three inputs of one tree's layers: the raw layer X (the paper's), the delta from
+    the root ΔX, and ΔX/σ (`delta_inputs`). One record per (layer, input, kind): test and train accuracy
+    averaged over `seeds`, and `moved`, how far the fine-tunes went (mean ‖X − X_root‖ / ‖X_root‖)."""
+    records = []
+    for layer in layers:
+        raw = [data.split(layer, tree, s) for s in ("train", "val", "test")]
+        root = data.root(layer, tree)
+        moved = float(((raw[0][0] - root).flatten(1).norm(dim=1) / root.norm()).mean())
+        inputs = dict(zip(INPUTS, (raw, delta_inputs(raw, root, standardize=False), delta_inputs(raw, root))))
+        for name, splits in inputs.items():
+            for kind in kinds:
+                fits = [fit(kind, *splits, seed=s, **config) for s in seeds]
+                records.append(dict(layer=layer, moved=moved, input=name, kind=kind,
+                                    test_acc=float(np.mean([f.test_acc for f in fits])),
+                                    train_acc=float(np.mean([f.train_acc for f in fits]))))
+    return records
