@@ -45,7 +45,7 @@ from weightspace.runtime import derive_seed, np_rng
 
 from .format import MODELS_DIR, Zoo, read_safetensors
 from .jobs import Job, run_jobs
-from .vit_training import fresh_head, pretrain
+from .vit_training import evaluate, fresh_head, own_class_pools, pretrain
 
 KIND = "vit-forest"
 SPLITS = ("ft", "lora-v", "lora-f")
@@ -145,29 +145,6 @@ def attention_kurtosis(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     return {"proj": proj, "value": value}
 
 
-def _pools(split, classes):
-    """Per-model image indices of its own classes, padded to one [M, L] table, and their lengths."""
-    pools = [torch.nonzero(torch.isin(split.y, torch.as_tensor(list(c)))).flatten() for c in classes]
-    lens = torch.tensor([len(p) for p in pools])
-    table = torch.zeros(len(pools), int(lens.max()), dtype=torch.long)
-    for m, p in enumerate(pools):
-        table[m, : len(p)] = p
-    return table, lens
-
-
-@torch.no_grad()
-def _own_class_accuracy(net: Stacked, classes, split, device="cpu", batch: int = 256) -> list[float]:
-    """Accuracy of each stacked model on the test images of its own classes (only those are run)."""
-    table, lens = _pools(split, classes)
-    correct = torch.zeros(net.M)
-    for lo in range(0, table.shape[1], batch):
-        idx = table[:, lo:lo + batch]
-        pred = net(split.x[idx].to(device)).argmax(-1).cpu()
-        valid = (torch.arange(lo, lo + idx.shape[1])[None, :] < lens[:, None])
-        correct += ((pred == split.y[idx]) & valid).sum(1)
-    return (correct / lens).tolist()
-
-
 def train_nodes(parents: Sequence[Mapping[str, torch.Tensor]], classes: Sequence[Sequence[int]],
                 seeds: Sequence[int], *, mode: str = "ft", ranks: Sequence[int] | None = None,
                 lr: float | Sequence[float] = 1e-3, steps: int | Sequence[int] = 300, styles=ALL_STYLES,
@@ -236,7 +213,7 @@ def train_nodes(parents: Sequence[Mapping[str, torch.Tensor]], classes: Sequence
     opt_head = BatchedAdamW(head, weight_decay=weight_decay, decay=decay)   # the new head learns faster
 
     tr = ds.train
-    table, lens = _pools(tr, classes)
+    table, lens = own_class_pools(tr, classes)
     gens = [torch.Generator().manual_seed(derive_seed("forest-data", s)) for s in seeds]
     sched = torch.zeros(M, dtype=torch.long) + 1                                            # cosine
     x_all, y_all = tr.x.to(device), tr.y.to(device)
@@ -284,7 +261,7 @@ def train_nodes(parents: Sequence[Mapping[str, torch.Tensor]], classes: Sequence
     with torch.no_grad():
         for k, v in final.items():
             net.params[k] = v.detach()
-    accs = _own_class_accuracy(net, classes, ds.test, device)
+    accs = evaluate(net, classes, ds.test, device, chunk=256)
     metrics = [{"test_acc": a, "train_loss": float(lo)} for a, lo in zip(accs, last_loss)]
     return net.state_dicts(), deltas, metrics
 

@@ -164,13 +164,8 @@ def finetune(parents: Sequence[Mapping[str, torch.Tensor]], classes: Sequence[Se
     net = Stacked(lambda: make_vit(n_out, **vit), starts, device=device)
     opt = BatchedAdamW(net.trainable(), weight_decay=weight_decay, decay=lambda n, p: n.endswith("weight") and p.ndim >= 3)
 
-    # per-model pools of training images, padded to one [M, L] index table
     tr = ds.train
-    pools = [torch.nonzero(torch.isin(tr.y, torch.as_tensor(list(c)))).flatten() for c in classes]
-    lens = torch.tensor([len(p) for p in pools])
-    table = torch.zeros(M, int(lens.max()), dtype=torch.long)
-    for m, p in enumerate(pools):
-        table[m, : len(p)] = p
+    table, lens = own_class_pools(tr, classes)
     gens = [generator("finetune-data", s) for s in seeds]
     base_lr = torch.tensor(lr, dtype=torch.float32)
     n_steps = torch.tensor(steps)
@@ -193,21 +188,27 @@ def finetune(parents: Sequence[Mapping[str, torch.Tensor]], classes: Sequence[Se
     return net.state_dicts(), metrics
 
 
+def own_class_pools(split, classes: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each model's image indices of its own classes in `split`, padded with zeros to one [M, L] table,
+    and their lengths [M] (what batched sampling and evaluation index with)."""
+    pools = [torch.nonzero(torch.isin(split.y, torch.as_tensor(list(c)))).flatten() for c in classes]
+    lens = torch.tensor([len(p) for p in pools])
+    table = torch.zeros(len(pools), max(int(lens.max()), 1), dtype=torch.long)
+    for m, p in enumerate(pools):
+        table[m, : len(p)] = p
+    return table, lens
+
+
 @torch.no_grad()
 def evaluate(net: Stacked, classes: Sequence[Sequence[int]], split, device="cpu", chunk: int = 128) -> list[float]:
-    """Accuracy of each stacked model on the images of its own classes (only those are run: each model
-    gets its own list of image indices, padded to the longest by repeating its first, and the padding
-    is not counted)."""
-    own = [torch.nonzero(torch.isin(split.y, torch.as_tensor(list(c)))).flatten() for c in classes]
-    count = torch.tensor([len(o) for o in own])
-    n = int(count.max())
-    idx = torch.stack([torch.cat([o, o[:1].expand(n - len(o))]) if len(o) else torch.zeros(n, dtype=torch.long)
-                       for o in own])                                                  # [M, n]
-    valid = torch.arange(n)[None, :] < count[:, None]
-    x, y = split.x.to(device), split.y
+    """Accuracy of each stacked model on the images of its own classes (only those are run, in chunks
+    of `chunk` images per model; the padding of `own_class_pools` is not counted)."""
+    table, lens = own_class_pools(split, classes)
+    x = split.x.to(device)
     correct = torch.zeros(net.M)
-    for lo in range(0, n, chunk):
-        ib = idx[:, lo:lo + chunk]
-        pred = net(x[ib.to(device)]).argmax(-1).cpu()                                 # [M, b]
-        correct += ((pred == y[ib]) & valid[:, lo:lo + chunk]).sum(1)
-    return (correct / count.clamp(min=1)).tolist()
+    for lo in range(0, table.shape[1], chunk):
+        ib = table[:, lo:lo + chunk]
+        pred = net(x[ib.to(device)]).argmax(-1).cpu()                                  # [M, b]
+        valid = torch.arange(lo, lo + ib.shape[1])[None, :] < lens[:, None]
+        correct += ((pred == split.y[ib]) & valid).sum(1)
+    return (correct / lens.clamp(min=1)).tolist()
