@@ -146,8 +146,8 @@ def lora_models(n=11, d=768, layers=2, ranks=(8, 16, 32, 64), seed=3):
                 stem = k[:-7]
                 B, A = 0.01 * torch.randn(d, r, generator=g), 0.03 * torch.randn(r, d, generator=g)
                 sd[k] = w + B @ A
-                pu, pv = parent.get(f"{stem}.lora_U", torch.zeros(d, 0)), parent.get(f"{stem}.lora_V", torch.zeros(0, d))
-                sd[f"{stem}.lora_U"], sd[f"{stem}.lora_V"] = torch.cat([pu, B], 1), torch.cat([pv, A], 0)
+                pu, pv = parent.get(f"lora_factors.{stem}.U", torch.zeros(d, 0)), parent.get(f"lora_factors.{stem}.V", torch.zeros(0, d))
+                sd[f"lora_factors.{stem}.U"], sd[f"lora_factors.{stem}.V"] = torch.cat([pu, B], 1), torch.cat([pv, A], 0)
         models[f"m{i}"] = sd
         names.append(f"m{i}")
     return models
@@ -176,11 +176,9 @@ def main(argv=None):
     res = {"threads": torch.get_num_threads()}
     if args.zoo:
         from weightspace.zoo import Zoo
-        from weightspace.zoo.forests import forest
-
         zoo = Zoo.open(args.zoo)
-        ft = {i: zoo.load(i, verify=False) for i in forest(zoo, "ft")}
-        lora = {i: zoo.load(i, verify=False) for i in forest(zoo, "lora-v")}
+        ft = {i: zoo.load(i, verify=False) for i in zoo.variant("ft")}
+        lora = {i: zoo.load(i, verify=False) for i in zoo.variant("lora-v")}
     else:
         ft = synthetic_forest()
         lora = None

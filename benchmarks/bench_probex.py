@@ -80,10 +80,10 @@ def main(argv=None):
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     from weightspace.probex.model import stack_layer
-    from weightspace.probex.train import SMALL, train
+    from weightspace.probex.train import DEFAULTS, train
     from weightspace.probex.model import ProbeX
     from weightspace.zoo import Zoo
-    from weightspace.zoo.model_trees import build_model_trees, labels
+    from weightspace.zoo.model_trees import build_model_trees
 
     torch.set_num_threads(1)
     if args.zoo is None:
@@ -94,8 +94,8 @@ def main(argv=None):
         zoo = Zoo.open(args.zoo)
     ids_tr = zoo.select(tree_id=args.tree, split="train")
     ids_va = zoo.select(tree_id=args.tree, split="val")
-    Ytr, Yva = labels(zoo, ids_tr), labels(zoo, ids_va)
-    cfg = {**SMALL, "epochs": args.epochs}
+    Ytr, Yva = zoo.multi_hot(ids_tr), zoo.multi_hot(ids_va)
+    cfg = {**DEFAULTS, "epochs": args.epochs}
 
     t = time.perf_counter()
     Xtr = stack_layer(zoo.layer(args.layer, ids_tr, cache=False))

@@ -4,7 +4,7 @@
 
 Both sides fine-tune the same models (same parent, classes, learning rates, schedules, seeds and batches)
 from a briefly pre-trained root, split over `workers` processes of one thread each, as the zoo builder
-does. "batched" is weightspace.zoo.vit_training.finetune (all of a worker's models in one vmapped step);
+does. "batched" is weightspace.nets.vit_training.finetune (all of a worker's models in one vmapped step);
 "one at a time" is a plain nn.Module + torch.optim.AdamW loop per model. Both then measure each model's
 accuracy on the test images of its own classes, as the builder does. The script also checks that
 the two give the same weights after one step (up to float rounding, which Adam's normalised steps
@@ -48,7 +48,7 @@ def plan(n: int, steps: int):
 
 def batched(parent, rows, threads=1):
     from weightspace.data import styled_digits
-    from weightspace.zoo.vit_training import finetune
+    from weightspace.nets.vit_training import finetune
 
     torch.set_num_threads(threads)
     styled_digits()
@@ -64,7 +64,7 @@ def one_at_a_time(parent, rows, threads=1):
     from weightspace.nets import make_vit
     from weightspace.nets.batched import SCHEDULES
     from weightspace.runtime import generator
-    from weightspace.zoo.vit_training import fresh_head
+    from weightspace.nets.vit_training import fresh_head
 
     torch.set_num_threads(threads)
     ds = styled_digits()
@@ -120,7 +120,7 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    from weightspace.zoo.vit_training import pretrain
+    from weightspace.nets.vit_training import pretrain
 
     torch.set_num_threads(1)
     parent, _ = pretrain("supervised", 0, 200)

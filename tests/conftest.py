@@ -24,7 +24,7 @@ def toy_zoo(tmp_path):
     from weightspace.zoo import Zoo
 
     zoo = Zoo.create(tmp_path / "zoo", kind="toy", builder="tests", params={"n": 5})
-    zoo.add("root", toy_state_dict(0), depth=0, split="root")
+    zoo.add("root", toy_state_dict(0), depth=0, split=None)
     zoo.add("a", toy_state_dict(1), parent_id="root", depth=1, classes=[0, 2])
     zoo.add("b", toy_state_dict(2), parent_id="root", depth=1, classes=[1, 2])
     zoo.add("a1", toy_state_dict(3), parent_id="a", depth=2, split="test", classes=[0])

@@ -5,8 +5,8 @@ import torch
 
 from weightspace.nets.vit import split_qkv
 from weightspace.zoo import Zoo
-from weightspace.zoo.forests import (DEFAULTS, SPLITS, TASKS, build_forests, forest, forest_plan, kurtosis_of,
-                                     parents, train_nodes)
+from weightspace.stats import excess_kurtosis
+from weightspace.zoo.forests import DEFAULTS, TASKS, VARIANTS, build_forests, forest_plan, train_nodes
 
 TINY_FOREST = dict(n_trees=2, n_children=2, root_steps=12, steps=6, log_every=3, chunk=8,
                    vit=dict(embed_dim=16, num_heads=2))
@@ -19,8 +19,8 @@ def tiny_forest(tmp_path_factory):
 
 def test_plan_has_the_vthr_shape_and_task_rules():
     p = {**DEFAULTS, "n_trees": 5}
-    for split in SPLITS:
-        rows = forest_plan(p, split)
+    for variant in VARIANTS:
+        rows = forest_plan(p, variant)
         assert len(rows) == 5 * (4 + 16)                     # 21 per tree with the root
         by_id = {r["model_id"]: r for r in rows}
         for r in rows:
@@ -31,18 +31,20 @@ def test_plan_has_the_vthr_shape_and_task_rules():
             if r["depth"] == 2:
                 assert by_id[r["parent_id"]]["tree_id"] == r["tree_id"]
         ranks = {r["rank"] for r in rows}
-        assert ranks == {0} if split == "ft" else (ranks <= set(p["ranks_v"]) if split == "lora-v"
-                                                   else ranks == {p["rank_f"]})
+        assert ranks == {0} if variant == "ft" else (ranks <= set(p["ranks_v"]) if variant == "lora-v"
+                                                     else ranks == {p["rank_f"]})
+        assert all(r["split"] is None and r["variant"] == variant for r in rows)   # split = the data split
     assert len({r["rank"] for r in forest_plan(p, "lora-v")}) > 1
 
 
 def test_tiny_forest_rows_and_ground_truth(tiny_forest):
     zoo = tiny_forest
     assert len(zoo) == 2 + 3 * 2 * (2 + 4)
-    for split in SPLITS:
-        ids = forest(zoo, split)
+    assert zoo.variants == sorted(VARIANTS) and zoo.select(split="train") == []
+    for variant in VARIANTS:
+        ids = zoo.variant(variant)
         assert len(ids) == 2 * 7
-        par = parents(zoo, ids)
+        par = zoo.parents(ids)
         assert sum(p is None for p in par.values()) == 2
         assert all(p is None or p in ids for p in par.values())
     row = zoo.row("lorav-t1-c0-g1")
@@ -53,7 +55,7 @@ def test_tiny_forest_rows_and_ground_truth(tiny_forest):
     assert len(row["kurtosis_log"]["value"]) == len(row["kurtosis_log"]["step"]) == 3   # steps 0, 3, 6
     # the logged final kurtosis is the stored model's
     sd = zoo.load("ft-t0-c1")
-    k = sum(float(kurtosis_of(sd[f"blocks.{b}.attn.proj.weight"])) for b in range(2))
+    k = sum(float(excess_kurtosis(sd[f"blocks.{b}.attn.proj.weight"])) for b in range(2))
     assert zoo.row("ft-t0-c1")["kurtosis_log"]["proj"][-1] == pytest.approx(k, rel=1e-5)
 
 
@@ -66,7 +68,7 @@ def test_lora_models_are_merged_with_cumulative_factors(tiny_forest):
         path_ranks = zoo.row(mid)["rank"] + (zoo.row(zoo.row(mid)["parent_id"])["rank"] if zoo.row(mid)["depth"] == 2 else 0)
         for b in range(2):
             key = f"blocks.{b}.attn.qkv"
-            U, V = sd[f"{key}.lora_U"], sd[f"{key}.lora_V"]
+            U, V = sd[f"lora_factors.{key}.U"], sd[f"lora_factors.{key}.V"]
             assert U.shape[1] == 2 * path_ranks                          # q and v adapters along the path
             assert torch.allclose(sd[f"{key}.weight"], root[f"{key}.weight"] + U @ V, atol=1e-5)
             # the key block is never adapted; the value block changes by a rank-r update
@@ -77,17 +79,17 @@ def test_lora_models_are_merged_with_cumulative_factors(tiny_forest):
             assert torch.equal(sd[f"blocks.{b}.attn.proj.weight"], root[f"blocks.{b}.attn.proj.weight"])
             assert torch.equal(sd[f"blocks.{b}.mlp.fc1.weight"], root[f"blocks.{b}.mlp.fc1.weight"])
     ft = zoo.load("ft-t0-c0")
-    assert not any(k.endswith("lora_U") for k in ft)
+    assert not any(k.startswith("lora_factors.") for k in ft)
     assert not torch.equal(ft["blocks.0.mlp.fc1.weight"], root["blocks.0.mlp.fc1.weight"])
 
 
 def test_forest_recovers_through_the_public_api(tiny_forest):
     from weightspace.mother import recover
 
-    ids = forest(tiny_forest, "lora-f")
+    ids = tiny_forest.variant("lora-f")
     g = recover(tiny_forest.state_dicts(ids), layers="timm-vit", distance="lora", direction_layers="timm-vit",
                 n_trees=2, lam=0)
-    truth = {(p, c) for c, p in parents(tiny_forest, ids).items() if p}
+    truth = {(p, c) for c, p in tiny_forest.parents(ids).items() if p}
     assert {frozenset(e) for e in g.edges()} == {frozenset(e) for e in truth}   # ranks place every edge
 
 
@@ -115,6 +117,28 @@ def test_train_nodes_lora_ranks_are_exact_per_model():
         assert np.linalg.matrix_rank(dv.numpy()) == r
         U, V = d["blocks.1.attn.qkv.weight"]
         assert torch.allclose(sd["blocks.1.attn.qkv.weight"], root["blocks.1.attn.qkv.weight"] + U @ V, atol=1e-6)
-    assert all(0 <= m["test_acc"] <= 1 for m in metrics)
+    # the reported accuracy is the stored model's, measured again one nn.Module at a time
+    from weightspace.data import styled_digits
+    from weightspace.zoo.forests import ALL_STYLES
+
+    test = styled_digits(ALL_STYLES).test
+    for sd, m, i in zip(sds, metrics, range(3)):
+        net = make_vit(len(ALL_STYLES) * 10)
+        net.load_state_dict(sd)
+        own = test.of_classes(TASKS[names[i]])
+        with torch.no_grad():
+            acc = float((net.eval()(own.x).argmax(1) == own.y).float().mean())
+        assert m["test_acc"] == pytest.approx(acc, abs=1e-6)
     with pytest.raises(ValueError, match="fine-tuning mode"):
         train_nodes([root], [TASKS[names[0]]], [1], mode="adapter")
+
+
+def test_models_rebuild_as_timm_modules_without_their_lora_factors(tiny_forest):
+    """Zoo.model: the manifest's architecture, weights loaded strictly; the stored factors stay out."""
+    m = tiny_forest.model("lorav-t0-c1")
+    sd = tiny_forest.load("lorav-t0-c1")
+    assert type(m).__name__ == "VisionTransformer" and m.head.out_features == tiny_forest.row("lorav-t0-c1")["num_classes"]
+    assert set(m.state_dict()) == {k for k in sd if not k.startswith("lora_factors.")}
+    assert torch.equal(m.state_dict()["blocks.0.attn.qkv.weight"], sd["blocks.0.attn.qkv.weight"])
+    assert tiny_forest.model("t1-root").head.out_features == 4           # the masked root's pixel head
+    assert tiny_forest.class_names[TASKS["mirrored digits"][3]] == "a mirrored three"

@@ -53,7 +53,7 @@ def test_evaluate_counts_each_models_own_classes():
     from weightspace.data import styled_digits
     from weightspace.nets.batched import Stacked
     from weightspace.nets.vit import make_vit
-    from weightspace.zoo.vit_training import evaluate, finetune, pretrain
+    from weightspace.nets.vit_training import evaluate, finetune, pretrain
 
     ds = styled_digits()
     parent, _ = pretrain("supervised", 0, 5)

@@ -128,7 +128,7 @@ def test_kurtosis_scores_match_scipy_summed_over_layers():
 
 def _lora_forest(g, d=24, n_layers=2, ranks=(1, 2, 3, 4)):
     """Two roots; root -> 2 children -> 2 grandchildren, each child = parent + B A (rank r), merged in
-    fp32, with cumulative factors stored as <key>.lora_U / .lora_V like zoo.forests."""
+    fp32, with cumulative factors stored as lora_factors.<key>.U / .V like zoo.forests."""
     models, parents, rank_of = {}, {}, {}
     it = itertools.cycle(ranks)
     for t in range(2):
@@ -149,9 +149,9 @@ def _lora_forest(g, d=24, n_layers=2, ranks=(1, 2, 3, 4)):
                         B[2 * d:] = torch.randn(d, r, generator=g)        # the value block only
                         A = torch.randn(r, d, generator=g)
                         sd[f"{key}.weight"] = models[p][f"{key}.weight"] + B @ A
-                        pu = models[p].get(f"{key}.lora_U", torch.zeros(3 * d, 0))
-                        pv = models[p].get(f"{key}.lora_V", torch.zeros(0, d))
-                        sd[f"{key}.lora_U"], sd[f"{key}.lora_V"] = torch.cat([pu, B], 1), torch.cat([pv, A], 0)
+                        pu = models[p].get(f"lora_factors.{key}.U", torch.zeros(3 * d, 0))
+                        pv = models[p].get(f"lora_factors.{key}.V", torch.zeros(0, d))
+                        sd[f"lora_factors.{key}.U"], sd[f"lora_factors.{key}.V"] = torch.cat([pu, B], 1), torch.cat([pv, A], 0)
                     models[name], parents[name], rank_of[name] = sd, p, r
                     nxt.append(name)
             frontier = nxt
@@ -187,9 +187,9 @@ def test_factors_from_another_base_are_not_trusted():
     d = 12
     U, V = torch.randn(3 * d, 2, generator=g), torch.randn(2, d, generator=g)
     a = {"blocks.0.attn.qkv.weight": torch.randn(3 * d, d, generator=g) + U @ V,
-         "blocks.0.attn.qkv.lora_U": U, "blocks.0.attn.qkv.lora_V": V}
+         "lora_factors.blocks.0.attn.qkv.U": U, "lora_factors.blocks.0.attn.qkv.V": V}
     b = {"blocks.0.attn.qkv.weight": torch.randn(3 * d, d, generator=g) + U @ V,
-         "blocks.0.attn.qkv.lora_U": U, "blocks.0.attn.qkv.lora_V": V}
+         "lora_factors.blocks.0.attn.qkv.U": U, "lora_factors.blocks.0.attn.qkv.V": V}
     D = rank_distances({"a": a, "b": b}, select_layers(a, "timm-vit", "lora"))
     assert D[0, 1] == d
 

@@ -229,8 +229,9 @@ def test_compare_inputs_on_a_tiny_zoo(tiny_zoo):
 
 
 def test_mismatched_shapes_across_a_zoo(tiny_zoo, tmp_path):
-    zoo = Zoo.create(tmp_path / "mixed", kind="vit-model-trees", builder="t", params={"styles": ["plain", "mirrored", "inverted", "bold"]})
-    zoo.add("r", {"blocks.0.attn.proj.weight": torch.zeros(4, 4)}, split="root", tree_name="x")
+    zoo = Zoo.create(tmp_path / "mixed", kind="vit-model-trees", builder="t", params={},
+                     labels={"column": "classes", "class_names": tiny_zoo.class_names})
+    zoo.add("r", {"blocks.0.attn.proj.weight": torch.zeros(4, 4)}, split=None, tree_name="x")
     zoo.add("a", {"blocks.0.attn.proj.weight": torch.zeros(4, 4)}, parent_id="r", depth=1, classes=[0])
     zoo.add("b", {"blocks.0.attn.proj.weight": torch.zeros(4, 5)}, parent_id="r", depth=1, classes=[1])
     with pytest.raises(ZooError, match=r"b.safetensors: layer 'blocks.0.attn.proj.weight' has shape \(4, 5\)"):

@@ -202,3 +202,65 @@ def test_format_holds_lora_adapters_over_a_base_and_per_epoch_checkpoints(tmp_pa
     table = Zoo.open(tmp_path / "cnn").table
     assert table.groupby("run_id").epoch.max().tolist() == [2, 2]
     assert runs.layer("blocks.0.attn.proj.weight", ids=runs.select(epoch=2)).shape == (2, 6, 6)
+
+
+def test_a_zoo_of_the_old_format_says_how_to_rebuild(toy_zoo):
+    m = json.loads((toy_zoo.path / MANIFEST).read_text())
+    m.update(version=1, command="build_model_trees('zoos/x', **params)")
+    (toy_zoo.path / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(ZooError, match=r"version 1, but this weightspace reads version 2.*Rebuild it: delete .*"
+                                       r"It was made by: build_model_trees"):
+        Zoo.open(toy_zoo.path)
+
+
+def test_model_files_are_plain_hugging_face_safetensors(toy_zoo):
+    """The header says "format": "pt" (what huggingface_hub and transformers check); the zoo tag has its own key."""
+    from huggingface_hub import load_state_dict_from_file
+
+    from weightspace.zoo.format import ZOO_TAG, read_metadata
+
+    path = toy_zoo.path / toy_zoo.row("a1")["file"]
+    meta = read_metadata(path)
+    assert meta["format"] == "pt" and meta[ZOO_TAG] == "weightspace-zoo/2"
+    assert json.loads(meta["row"])["parent_id"] == "a"
+    sd = load_state_dict_from_file(str(path))
+    assert torch.equal(sd["blocks.0.attn.proj.weight"], toy_zoo.load("a1")["blocks.0.attn.proj.weight"])
+
+
+def test_split_means_the_data_split_only(toy_zoo):
+    with pytest.raises(ZooError, match="has split 'lora-v'; a split is one of"):
+        toy_zoo.add("c", toy_state_dict(9), parent_id="root", depth=1, split="lora-v")
+    toy_zoo.add("c", toy_state_dict(9), parent_id="root", depth=1, split=None, variant="lora-v")
+    toy_zoo.add("d", toy_state_dict(10), parent_id="root", depth=1, split=None, variant="ft")
+    assert toy_zoo.variants == ["ft", "lora-v"]
+    assert toy_zoo.variant("lora-v") == ["root", "a", "b", "a1", "b1", "c"]     # its own + the shared (null)
+    with pytest.raises(ZooError, match="no variant 'lora-f'"):
+        toy_zoo.variant("lora-f")
+
+
+def test_the_label_contract(tmp_path):
+    names = ["a plain zero", "a plain one", "a mirrored zero"]
+    zoo = Zoo.create(tmp_path / "z", kind="toy", builder="tests", params={},
+                     labels={"column": "classes", "class_names": names, "per_model": "one"})
+    zoo.add("r", toy_state_dict(0), split=None)
+    zoo.add("x", toy_state_dict(1), parent_id="r", depth=1, classes=[2])
+    zoo.add("y", toy_state_dict(2), parent_id="r", depth=1, classes=[0], split="val")
+    again = Zoo.open(zoo.path)
+    assert again.class_names == names and again.labelled() == ["x", "y"]
+    assert again.multi_hot().tolist() == [[0, 0, 1], [1, 0, 0]]
+    assert again.class_index().tolist() == [2, 0]
+    assert again.parents() == {"r": None, "x": "r", "y": "r"}
+    with pytest.raises(ZooError, match="model 'r' has no 'classes': it is not labelled"):
+        again.multi_hot(["r"])
+    for bad in ([3], [0.5], "0", [True]):
+        with pytest.raises(ZooError, match="expected a list of class indices in 0..2"):
+            zoo.add("bad", toy_state_dict(3), parent_id="r", depth=1, classes=bad)
+    zoo.add("two", toy_state_dict(4), parent_id="r", depth=1, classes=[0, 1])
+    with pytest.raises(ZooError, match="model 'two' has 2 classes, not one"):
+        zoo.class_index()
+    with pytest.raises(ZooError, match="class names repeat"):
+        Zoo.create(tmp_path / "w", kind="toy", builder="t", params={}, labels={"column": "c", "class_names": ["a", "a"]})
+    with pytest.raises(ZooError, match="records no labels"):
+        Zoo.create(tmp_path / "v", kind="toy", builder="t", params={}).class_names
+    with pytest.raises(ZooError, match="records no architecture"):
+        zoo.model("x")

@@ -5,13 +5,14 @@ DIR may hold
   sub-folders with model.safetensors     Hugging Face checkpoints (also sharded, with
                                          model.safetensors.index.json),
                                          named by the folder (e.g. a downloaded VTHR split)
-  a weightspace zoo (zoo.json)           all its models; `--split` picks one forest of a vit-forest zoo.
-                                         Its parent_id column is the ground truth: accuracy is printed.
+  a weightspace zoo (zoo.json)           all its models; `--variant` picks one forest of a zoo of several
+                                         (e.g. ft / lora-v / lora-f). Its parent_id column is the ground
+                                         truth: accuracy is printed.
 
 Weights are memory-mapped and read one layer block at a time. The architecture (the preset of layer
 names) is detected from the tensor names unless --layers / --direction-layers say otherwise.
 
-  python -m weightspace mother zoos/default/mother_forests --split lora-v --distance lora
+  python -m weightspace mother zoos/default/mother_forests --variant lora-v --distance lora
   python -m weightspace mother my_checkpoints/ --n-trees 2 --json tree.json
 """
 from __future__ import annotations
@@ -60,7 +61,7 @@ class ShardedStateDict(Mapping):
         return read_block(shard, Layer(key, None, key, tuple(shard.shape(key))), a, b)
 
 
-def load_folder(path, split: str | None = None) -> tuple[dict[str, Mapping], dict | None]:
+def load_folder(path, variant: str | None = None) -> tuple[dict[str, Mapping], dict | None]:
     """({name: lazy state dict}, ground-truth parents or None) for a folder (see the module docstring)."""
     path = Path(path)
     if not path.is_dir():
@@ -70,17 +71,14 @@ def load_folder(path, split: str | None = None) -> tuple[dict[str, Mapping], dic
 
         zoo = Zoo.open(path)
         ids = zoo.ids
-        if zoo.kind == "vit-forest":
-            from weightspace.zoo.forests import SPLITS, forest
-
-            if split is None:
-                raise MotherError(f"{path} holds one forest per split ({', '.join(SPLITS)}) sharing their "
-                                  "roots; "
-                                  "pick one with --split")
-            ids = forest(zoo, split)
-        elif split is not None:
-            ids = [i for i in ids if zoo.row(i).get("split") in (split, "root")]
-        return zoo.state_dicts(ids), {i: zoo.row(i)["parent_id"] for i in ids}
+        if zoo.variants:
+            if variant is None:
+                raise MotherError(f"{path} holds one forest per variant ({', '.join(zoo.variants)}) sharing "
+                                  "their roots; pick one with --variant")
+            ids = zoo.variant(variant)
+        elif variant is not None:
+            raise MotherError(f"{path}: --variant {variant!r}, but this zoo has no variants (one collection)")
+        return zoo.state_dicts(ids), zoo.parents(ids)
     models: dict[str, Mapping] = {}
     sources: dict[str, Path] = {}
 
@@ -114,12 +112,12 @@ def main(argv=None) -> int:
     ap.add_argument("--stage", choices=["finetune", "pretrain"], default="finetune")
     ap.add_argument("--n-trees", type=int, default=None,
                     help="number of Model Trees (default: from the dendrogram)")
-    ap.add_argument("--split", default=None, help="for a forest zoo: which split (ft, lora-v, lora-f)")
+    ap.add_argument("--variant", default=None, help="for a zoo of several forests: which one (e.g. ft, lora-v)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", default=None, help="also write the edges and trees to this JSON file")
     args = ap.parse_args(argv)
     try:
-        models, parents = load_folder(args.dir, args.split)
+        models, parents = load_folder(args.dir, args.variant)
         preset = None
         if args.layers is None or args.direction_layers is None:
             preset = detect_preset(list(next(iter(models.values()))))

@@ -28,17 +28,20 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from weightspace.stats import kurtosis_from_power_sums, power_sums
+from weightspace.zoo.format import LORA_FACTORS
+
 from .layers import Layer, MotherError, check_models, read_block
 
 EPS32 = float(torch.finfo(torch.float32).eps)
-SMALL = 1 << 20   # below this many numbers per operation, one thread: the small batched ops gain nothing
+ONE_THREAD_BELOW = 1 << 20   # below this many numbers per operation, one thread: the small batched ops gain nothing
                   # from a second one, and under CPU contention OpenMP barriers make them many times slower
 
 
 def _threads(numel: int):
     from weightspace.runtime import torch_threads
 
-    return torch_threads(1) if numel < SMALL else contextlib.nullcontext()
+    return torch_threads(1) if numel < ONE_THREAD_BELOW else contextlib.nullcontext()
 
 
 CHUNK_BYTES = 16 << 20   # weights held at once per layer block (measured best on ViT-B-sized layers)
@@ -205,8 +208,10 @@ def rms_distances(models: Mapping[str, Mapping], layers: Sequence[Layer], *, dev
 
 def rms_distances_pairloop(models: Mapping[str, Mapping], layers: Sequence[Layer],
                            dtype=torch.float64) -> np.ndarray:
-    """The straightforward way (the official code's): for every pair, for every layer, RMS of the
-    difference. O(N^2) reads of every layer; the reference the Gram trick is tested against."""
+    """l_FT the straightforward way: for every pair, for every layer, the RMS of the difference, averaged
+    over layers (MoTHer's ICLR version, Sec. 4.1). O(N^2) work per layer; the reference the Gram trick is
+    tested against. (The earlier arXiv version's l_FT was another distance, a max over layers of min-max-
+    normalised signed differences; we follow the published one.)"""
     check_models(models, layers)
     names = list(models)
     N = len(names)
@@ -222,8 +227,8 @@ def rms_distances_pairloop(models: Mapping[str, Mapping], layers: Sequence[Layer
 # ------------------------------------------------------------------------------------------ LoRA ranks
 
 def _factor_keys(layer: Layer) -> tuple[str, str]:
-    stem = layer.key[: -len(".weight")] if layer.key.endswith(".weight") else layer.key
-    return f"{stem}.lora_U", f"{stem}.lora_V"
+    stem = LORA_FACTORS + (layer.key[: -len(".weight")] if layer.key.endswith(".weight") else layer.key)
+    return f"{stem}.U", f"{stem}.V"
 
 
 def _factors(sd: Mapping, layer: Layer, d_in: int):
@@ -273,7 +278,7 @@ def rank_distances(models: Mapping[str, Mapping], layers: Sequence[Layer], *, us
                    device=None, pair_chunk: int = 64, stats: dict | None = None) -> np.ndarray:
     """D[u, v] = l_LoRA(u, v) = sum over layers of rank(W_u,l - W_v,l), as an int64 [N, N] array.
 
-    With LoRA factors stored beside the merged weights (`<key>.lora_U`, `<key>.lora_V`, W = base + U V,
+    With LoRA factors stored beside the merged weights (`lora_factors.<key>.U` and `.V`, W = base + U V,
     see zoo.forests), pairs whose models verifiably share a base (W - U V equal) get their rank from the
     factors; every other pair from an SVD of the merged difference. Both give the same number.
     """
@@ -368,7 +373,7 @@ def kurtosis_scores(models: Mapping[str, Mapping], layers: Sequence[Layer], *,
 
 
 def _kurtosis(sd: Mapping, layer: Layer, name: str, chunk_bytes: int) -> float:
-    """Excess kurtosis of one matrix from float64 power sums about the first block's mean."""
+    """Excess kurtosis of one matrix (weightspace.stats), summed block by block about the first block's mean."""
     s = torch.zeros(5, dtype=torch.float64)
     shift = None
     for r0, r1 in _row_chunks(layer, 1, chunk_bytes):
@@ -376,13 +381,8 @@ def _kurtosis(sd: Mapping, layer: Layer, name: str, chunk_bytes: int) -> float:
         if not torch.isfinite(x).all():
             raise MotherError(f"layer {layer.name!r} has NaN or inf weights in model {name!r}")
         shift = x.mean() if shift is None else shift
-        y = x - shift
-        s += torch.stack([torch.tensor(float(len(y)), dtype=torch.float64), y.sum(), (y ** 2).sum(),
-                          (y ** 3).sum(), (y ** 4).sum()])
-    cnt, s1, s2, s3, s4 = s.tolist()
-    mu = s1 / cnt
-    m2 = s2 / cnt - mu ** 2
-    m4 = s4 / cnt - 4 * mu * s3 / cnt + 6 * mu ** 2 * s2 / cnt - 3 * mu ** 4
-    if m2 <= 0:
+        s += power_sums(x, shift)
+    k = float(kurtosis_from_power_sums(s))
+    if k != k:
         raise MotherError(f"layer {layer.name!r} of model {name!r} is constant: kurtosis undefined")
-    return m4 / m2 ** 2 - 3.0
+    return k

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from weightspace.nets.vit import LAYER_GROUPS, QKV_KEY
+
 
 class MotherError(ValueError):
     """Input MoTHer cannot work with; the message names the model, the layer and the problem."""
@@ -46,15 +48,9 @@ class Layer:
 
 # A rule is (regex on the key, blocks): blocks None = the whole tensor, else a subset of "qkv" for a
 # fused [3d, d] tensor. `square=True` groups keep only square matrices.
-_QKV = r"blocks\.\d+\.attn\.qkv\.weight$"
+_QKV = QKV_KEY
 PRESETS: dict[str, dict[str, list[tuple[str, str | None]]]] = {
-    "timm-vit": {
-        "attention": [(_QKV, "qkv"), (r"blocks\.\d+\.attn\.proj\.weight$", None)],
-        "value": [(_QKV, "v")],
-        "output": [(r"blocks\.\d+\.attn\.proj\.weight$", None)],
-        "mlp": [(r"blocks\.\d+\.mlp\.fc[12]\.weight$", None)],
-        "hidden": [(_QKV, "qkv"), (r"blocks\.\d+\.(attn\.proj|mlp\.fc[12])\.weight$", None)],
-    },
+    "timm-vit": LAYER_GROUPS,   # owned by the architecture (weightspace.nets.vit)
     # checkpoint files (VTHR's) use encoder.layer.{i}.attention.attention.query; transformers >= 5 names
     # the same weights layers.{i}.attention.q_proj in memory: both are accepted
     "hf-vit": {

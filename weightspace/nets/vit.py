@@ -10,8 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# 8x8 digits, patch 2 -> 16 patches + CLS; 26.5k parameters with a 10-way head (environment.md, section 4)
+# 8x8 digits, patch 2 -> 16 patches + CLS; 26.5k parameters with a 10-way head
 VIT_TINY = dict(img_size=8, patch_size=2, in_chans=1, embed_dim=32, depth=2, num_heads=2, mlp_ratio=4.0)
+# a registered timm name whose arguments VIT_TINY overrides: timm.create_model(TIMM_NAME, **kwargs) rebuilds
+# exactly make_vit's VisionTransformer (the zoo manifests record it, so plain timm loads our files)
+TIMM_NAME = "vit_tiny_patch16_224"
 
 
 def make_vit(num_classes: int, **config) -> nn.Module:
@@ -26,9 +29,36 @@ def make_vit(num_classes: int, **config) -> nn.Module:
     return model
 
 
-def weight_matrices(state_dict) -> list[str]:
-    """Names of the 2-D weight matrices of a ViT state dict (hidden layers; the head excluded)."""
-    return [k for k, v in state_dict.items() if k.endswith(".weight") and v.ndim == 2 and not k.startswith("head")]
+def timm_architecture(**config) -> dict:
+    """What rebuilds make_vit(num_classes, **config) with plain timm: {"library", "model_name", "kwargs"}
+    for `timm.create_model(model_name, pretrained=False, num_classes=..., **kwargs)`."""
+    return {"library": "timm", "model_name": TIMM_NAME, "kwargs": {**VIT_TINY, **config}}
+
+
+# The ViT's matrices by role, each group a list of (regex on the key, blocks): blocks None = the whole tensor,
+# else a subset of "qkv" taken from the fused [3d, d] qkv weight. MoTHer's "timm-vit" layer preset is this table
+# (mother.layers), and the forests log the kurtosis of the "output" and "value" groups while training.
+QKV_KEY = r"blocks\.\d+\.attn\.qkv\.weight$"
+LAYER_GROUPS: dict[str, list[tuple[str, str | None]]] = {
+    "attention": [(QKV_KEY, "qkv"), (r"blocks\.\d+\.attn\.proj\.weight$", None)],
+    "value": [(QKV_KEY, "v")],
+    "output": [(r"blocks\.\d+\.attn\.proj\.weight$", None)],
+    "mlp": [(r"blocks\.\d+\.mlp\.fc[12]\.weight$", None)],
+    "hidden": [(QKV_KEY, "qkv"), (r"blocks\.\d+\.(attn\.proj|mlp\.fc[12])\.weight$", None)],
+}
+
+
+def group_matrices(params, group: str) -> list[torch.Tensor]:
+    """The matrices of one LAYER_GROUPS group from a state dict (or a stacked [M, ...] one), in key order."""
+    import re
+
+    out = []
+    for k, v in params.items():
+        for pattern, blocks in LAYER_GROUPS[group]:
+            if re.search(pattern, k):
+                out += [v] if blocks is None else [split_qkv(v)["qkv".index(b)] for b in blocks]
+                break
+    return out
 
 
 def split_qkv(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

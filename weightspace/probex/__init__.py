@@ -10,9 +10,9 @@
 from .baselines import Ridge, StatNN, fit_ridge, fit_statnn, majority, statnn_features, weight_statistics
 from .experts import Router, fit_experts, route_and_evaluate
 from .model import Dense, ProbeX, layer_matrix, lora_matrix, n_params, probex_params, stack_layer
-from .train import PAPER, SMALL, Fit, LayerData, compare_inputs, delta_inputs, elementwise_accuracy, fit, train
+from .train import PAPER, DEFAULTS, Fit, LayerData, compare_inputs, delta_inputs, elementwise_accuracy, fit, train
 
-__all__ = ["PAPER", "SMALL", "Dense", "Fit", "LayerData", "ProbeX", "Ridge", "Router", "StatNN", "compare_inputs",
+__all__ = ["PAPER", "DEFAULTS", "Dense", "Fit", "LayerData", "ProbeX", "Ridge", "Router", "StatNN", "compare_inputs",
            "delta_inputs", "elementwise_accuracy", "fit", "fit_experts", "fit_ridge", "fit_statnn", "layer_matrix",
            "lora_matrix", "majority", "n_params", "probex_params", "route_and_evaluate", "stack_layer",
            "statnn_features", "train", "weight_statistics"]

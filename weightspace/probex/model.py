@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-# ------------------------------------------------------------------------- layer -> matrix X (spec §2.1)
+# ------------------------------------------------------------------ layer -> matrix X (the paper's code)
 
 def layer_matrix(weight: torch.Tensor, *, conv_reshape: bool = True) -> torch.Tensor:
     """The matrix X that ProbeX reads from one stored tensor (batched: a leading [N] axis is allowed
@@ -144,7 +144,8 @@ def make_model(kind: str, d_H: int, d_W: int, out_dim: int, **ranks) -> nn.Modul
 
 
 def ranks_for(shape, ranks: Mapping[str, int]) -> dict[str, int]:
-    """Clip probe / projection ranks to the layer's sides (r_U <= d_W, r_V <= d_H), as spec §10 advises."""
+    """Clip probe / projection ranks to the layer's sides (r_U <= d_W, r_V <= d_H): more probes than input
+    dimensions (or projections than output dimensions) add parameters but no rank."""
     d_H, d_W = shape[-2:]
     out = dict(ranks)
     out["n_probes"] = min(out.get("n_probes", 128), d_W)

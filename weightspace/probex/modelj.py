@@ -10,7 +10,8 @@ them, one cache folder per split (data_scripts/download_modelj.py makes exactly 
 Each model.safetensors carries its label in the metadata: `dataset_chosen_targets`, a Python-literal
 list of CIFAR-100 class names (or ids). The official loader `eval`s it; we parse it with
 `ast.literal_eval`, which cannot run code. Layers are addressed by index into the lexicographically
-sorted layer names (spec §1.4: ViT index 59 = `vit.encoder.layer.7.attention.output.dense.weight`),
+sorted layer names, as the official code's layer tables (ViT index 59 =
+`vit.encoder.layer.7.attention.output.dense.weight`, not the 59th layer by depth),
 or by name. The chosen layer of every model is read once (memory-mapped, one tensor per file) into an
 [N, d_H, d_W] tensor, then ProbeX trains from that tensor like on our own zoos.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from weightspace.zoo.format import ZooError, _missing_key_message, read_safetensors
+from weightspace.zoo.format import ZooError, missing_key_message, read_safetensors
 
 from .model import stack_layer
 
@@ -42,7 +43,7 @@ CIFAR100_CLASSES = (
     "woman", "worm")  # sorted, so a name's position is also its CIFAR-100 fine label id
 assert list(CIFAR100_CLASSES) == sorted(CIFAR100_CLASSES) and len(CIFAR100_CLASSES) == 100
 
-# subset -> root model (model cards), architecture family, the paper code's best layer index (spec §1.4)
+# subset -> root model (model cards), architecture family, the best layer index of the official code's README
 SUBSETS = {
     "SupViT": dict(root="google/vit-base-patch16-224", family="vit", best_layer=59),
     "DINO": dict(root="facebook/dino-vitb16", family="vit", best_layer=59),
@@ -169,7 +170,7 @@ class ModelJSubset:
                 raise ZooError(f"{self.dir}: layer index {layer} out of range (0..{len(self.layers) - 1})")
             return self.layers[layer]
         if layer not in self.shapes:
-            raise ZooError(_missing_key_message(self.dir, layer, list(self.shapes)))
+            raise ZooError(missing_key_message(self.dir, layer, list(self.shapes)))
         return layer
 
     def labels(self, split: str) -> torch.Tensor:

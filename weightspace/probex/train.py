@@ -1,6 +1,6 @@
 """Train a ProbeX (or Dense, or any small net) on a pre-extracted layer tensor.
 
-The recipe of the paper's code (spec §3.2): BCE-with-logits over the d_Y classes (d_Y independent binary
+The recipe of the paper's official code: BCE-with-logits over the d_Y classes (d_Y independent binary
 classifiers), Adam with weight decay 1e-5 and constant lr 1e-3, shuffled mini-batches; evaluate every
 `eval_every` epochs and keep the checkpoint with the best validation element-wise accuracy (strictly
 greater, so the earliest best wins); report that checkpoint on the test split. Chance is 50%.
@@ -26,10 +26,10 @@ from weightspace.runtime import generator
 
 from .model import check_finite, make_model, n_params, ranks_for, stack_layer
 
-# the official code's defaults (spec §3.1), and the scaled-down ones for 32-wide ViTs on a CPU
+# the official code's defaults, and the scaled-down ones for 32-wide ViTs on a CPU (what `fit` uses)
 PAPER = dict(n_probes=128, proj_dim=128, rep_dim=512, lr=1e-3, weight_decay=1e-5, batch_size=128,
              epochs=500, eval_every=25)
-SMALL = dict(n_probes=16, proj_dim=16, rep_dim=32, lr=1e-3, weight_decay=1e-5, batch_size=32,
+DEFAULTS = dict(n_probes=16, proj_dim=16, rep_dim=32, lr=1e-3, weight_decay=1e-5, batch_size=32,
              epochs=200, eval_every=5)  # ~150 training models: batch 32 x 200 epochs ~ the paper's ~3000 steps
 RANKS = ("n_probes", "proj_dim", "rep_dim")
 RECIPE = ("lr", "weight_decay", "batch_size", "epochs", "eval_every")
@@ -119,11 +119,11 @@ def train(model: nn.Module, train: tuple, val: tuple, test: tuple | None = None,
 
 def fit(kind: str, train_split: tuple, val_split: tuple, test_split: tuple | None = None, *, seed: int = 0,
         device=None, **config) -> Fit:
-    """Build a "probex" or "dense" expert for the layer's shape and train it (config: SMALL's keys)."""
-    cfg = {**SMALL, **config}
-    unknown = sorted(set(cfg) - set(SMALL))
+    """Build a "probex" or "dense" expert for the layer's shape and train it (config: DEFAULTS's keys)."""
+    cfg = {**DEFAULTS, **config}
+    unknown = sorted(set(cfg) - set(DEFAULTS))
     if unknown:
-        raise TypeError(f"unknown ProbeX setting(s) {unknown}; known: {sorted(SMALL)}")
+        raise TypeError(f"unknown ProbeX setting(s) {unknown}; known: {sorted(DEFAULTS)}")
     X, Y = train_split
     _check_split("train", X, Y)
     if X.ndim != 3:
@@ -138,22 +138,24 @@ def fit(kind: str, train_split: tuple, val_split: tuple, test_split: tuple | Non
 # -------------------------------------------------------------------------- a zoo's layers, once in RAM
 
 class LayerData:
-    """The fine-tunes of a model-trees zoo as tensors: `X(layer)` [N, d_H, d_W] read once and kept,
-    labels Y [N, d_Y], and each model's tree and split, so any (tree, split) subset is a cheap index.
+    """The labelled models of any zoo as tensors: `X(layer)` [N, d_H, d_W] read once and kept, labels Y
+    [N, d_Y] (multi-hot, from the zoo's label contract), and each model's tree and data split, so any
+    (tree, split) subset is a cheap index. By default: every labelled model that is in a data split.
     """
 
     def __init__(self, zoo, ids: Sequence[str] | None = None, conv_reshape: bool = True):
-        from weightspace.zoo.model_trees import labels
-
         self.zoo = zoo
-        self.ids = list(ids) if ids is not None else [r["model_id"] for r in zoo.rows if r.get("depth") == 1]
+        if ids is None:
+            ids = [i for i in zoo.labelled() if zoo.row(i)["split"] is not None]
+        self.ids = list(ids)
         if not self.ids:
-            raise ValueError(f"{zoo.path}: no fine-tuned models (depth 1) in this zoo")
+            raise ValueError(f"{zoo.path}: no labelled models in a data split (train / val / test) in this zoo")
         rows = [zoo.row(i) for i in self.ids]
         self.tree = np.array([r["tree_id"] for r in rows])
         self.split_of = np.array([r["split"] for r in rows])
         self.tree_names = {int(r["tree_id"]): r.get("tree_name", str(r["tree_id"])) for r in rows}
-        self.Y = labels(zoo, self.ids)
+        self.class_names = zoo.class_names
+        self.Y = zoo.multi_hot(self.ids)
         self.conv_reshape = conv_reshape
         self._cache: dict[str, torch.Tensor] = {}
 

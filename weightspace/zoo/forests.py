@@ -6,26 +6,29 @@
 
 21 models per tree, 105 per forest, 20 edges per tree. Every fine-tune trains on its own *task*, a set
 of StyledDigits classes (TASKS below), never its parent's nor a sibling's task. The same roots start
-three forests, like the paper's three VTHR splits:
+three forests, like the paper's three VTHR splits (here the `variant` column; `split`, the data split, is
+null for every model: MoTHer learns nothing from a training split):
 
     ft      full fine-tuning: every weight moves (dense AdamW)
     lora-v  LoRA on the attention query and value blocks, rank drawn per model from `ranks_v`
     lora-f  the same with one fixed rank `rank_f`
 
 LoRA fine-tunes are stored MERGED in fp32 (W = W_parent + B A), as on the Hub, and keep their unmerged
-factors as extra tensors of the same file, cumulative from the root, so that
+factors as extra tensors of the same file, under their own key prefix (so the weights alone load strictly
+into timm, see `Zoo.model`), cumulative from the root, so that
 
-    W_model = W_root + lora_U @ lora_V          (per adapted matrix, U [d_out, R], V [R, d_in])
+    W_model = W_root + U @ V          (per adapted matrix, U [d_out, R], V [R, d_in])
 
-    <key minus ".weight">.lora_U   e.g. blocks.0.attn.qkv.lora_U  [3d, R]   (zero rows for the key block)
-    <key minus ".weight">.lora_V                blocks.0.attn.qkv.lora_V  [R, d]
+    lora_factors.<key minus ".weight">.U   e.g. lora_factors.blocks.0.attn.qkv.U  [3d, R]  (zero rows: key block)
+    lora_factors.<key minus ".weight">.V        lora_factors.blocks.0.attn.qkv.V  [R, d]
 
 with R the sum of the ranks along the path from the root (0 for a root, which stores no factors).
 `weightspace.mother` reads these to get rank(W_u - W_v) from small matrices instead of an SVD; it
 checks that two models' factors really share a base before trusting them.
 
 The classification head is replaced per task (zero init) and never used by MoTHer. The zoo table is the
-ground truth: `parent_id`, `tree_id`, `depth`, plus `task`, `classes`, `rank`, `lr`, `steps`, `test_acc`.
+ground truth: `parent_id`, `tree_id`, `depth`, `variant`, plus `task`, `classes`, `rank`, `lr`, `steps`,
+`test_acc`.
 Kurtosis is logged along each root's pre-training and along one fine-tuning run (zoo assets
 `kurtosis_pretrain` and `kurtosis_finetune`) for notebook 04.
 """
@@ -38,20 +41,23 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
-from weightspace.data import styled_digits
+from weightspace.data import STYLES, styled_digits
 from weightspace.nets.batched import BatchedAdamW, Stacked, lr_schedule
-from weightspace.nets.vit import make_vit, split_qkv
+from weightspace.nets.vit import group_matrices, make_vit, split_qkv, timm_architecture
+from weightspace.nets.vit_training import evaluate, fresh_head, own_class_pools, pretrain
 from weightspace.runtime import derive_seed, np_rng
+from weightspace.stats import excess_kurtosis
 
+from .format import LORA_FACTORS as FACTORS
 from .format import MODELS_DIR, Zoo, read_safetensors
 from .jobs import Job, run_jobs
-from .vit_training import evaluate, fresh_head, own_class_pools, pretrain
+from .model_trees import root_id
 
 KIND = "vit-forest"
-SPLITS = ("ft", "lora-v", "lora-f")
+VARIANTS = ("ft", "lora-v", "lora-f")
 
 # A task is a set of StyledDigits classes (class = style_index * 10 + digit, over ALL_STYLES).
-ALL_STYLES = ("plain", "mirrored", "inverted", "bold", "upside-down", "transposed", "shifted", "faint")
+ALL_STYLES = tuple(STYLES)
 
 
 def _style_task(style: str) -> list[int]:
@@ -66,7 +72,7 @@ TASKS: dict[str, list[int]] = {f"{s} digits": _style_task(s) for s in ALL_STYLES
 DEFAULTS = dict(
     n_trees=5,
     n_children=4,               # per root, and per child (VTHR: 4 and 4)
-    splits=list(SPLITS),
+    variants=list(VARIANTS),
     root_recipes=["masked"],    # vit_training recipes, cycled over the trees; every root its own seed
     root_steps=1000,            # masked-patch pre-training: attention kurtosis rises, then plateaus
     root_lr=3e-3,
@@ -88,17 +94,13 @@ DEFAULTS = dict(
 )
 
 
-def root_id(tree: int) -> str:
-    return f"t{tree}-root"
-
-
 def child_id(tree: int, i: int, j: int | None = None) -> str:
     return f"t{tree}-c{i}" if j is None else f"t{tree}-c{i}-g{j}"
 
 
 # ------------------------------------------------------------------------------------------ the plan
 
-def forest_plan(params: Mapping, split: str) -> list[dict]:
+def forest_plan(params: Mapping, variant: str) -> list[dict]:
     """Every fine-tune's row before training: id, parent, tree, depth, task, rank, lr, steps, seed."""
     p = {**DEFAULTS, **params}
     names = list(TASKS)
@@ -106,43 +108,33 @@ def forest_plan(params: Mapping, split: str) -> list[dict]:
         raise ValueError(f"need at least {p['n_children'] + 1} tasks for {p['n_children']} children")
     rows = []
     for t in range(p["n_trees"]):
-        rng = np_rng(p["seed"], "forest", split, t)
+        rng = np_rng(p["seed"], "forest", variant, t)
         kids = rng.choice(len(names), p["n_children"], replace=False)
         for i, ki in enumerate(kids):
-            rows.append(_row(p, split, t, child_id(t, i), root_id(t), 1, names[ki], rng))
+            rows.append(_row(p, variant, t, child_id(t, i), root_id(t), 1, names[ki], rng))
             others = [n for n in range(len(names)) if n != ki]            # never the parent's task
             grand = rng.choice(others, p["n_children"], replace=False)    # siblings differ
             for j, gj in enumerate(grand):
-                rows.append(_row(p, split, t, child_id(t, i, j), child_id(t, i), 2, names[gj], rng))
+                rows.append(_row(p, variant, t, child_id(t, i, j), child_id(t, i), 2, names[gj], rng))
     return rows
 
 
-def _row(p, split, tree, name, parent, depth, task, rng) -> dict:
-    rank = {"ft": 0, "lora-v": int(rng.choice(p["ranks_v"])), "lora-f": int(p["rank_f"])}[split]
-    tag = SPLIT_TAG[split]
+def _row(p, variant, tree, name, parent, depth, task, rng) -> dict:
+    rank = {"ft": 0, "lora-v": int(rng.choice(p["ranks_v"])), "lora-f": int(p["rank_f"])}[variant]
+    tag = VARIANT_TAG[variant]
     return dict(model_id=f"{tag}-{name}", parent_id=parent if depth == 1 else f"{tag}-{parent}", tree_id=tree,
-                depth=depth, split=split, task=task, classes=TASKS[task], rank=rank,
-                lr=p["lr_ft"] if split == "ft" else p["lr_lora"], steps=p["steps"],
-                seed=derive_seed(p["seed"], "forest", split, name))
+                depth=depth, split=None, variant=variant, task=task, classes=TASKS[task], rank=rank,
+                lr=p["lr_ft"] if variant == "ft" else p["lr_lora"], steps=p["steps"],
+                seed=derive_seed(p["seed"], "forest", variant, name))
 
 
 # --------------------------------------------------------------------------------- batched training
 
-def kurtosis_of(W: torch.Tensor) -> torch.Tensor:
-    """Excess kurtosis (population moments) of each [..., rows, cols] matrix, flattened: m4 / m2^2 - 3."""
-    x = W.flatten(-2).double()
-    x = x - x.mean(-1, keepdim=True)
-    m2 = (x ** 2).mean(-1)
-    return (x ** 4).mean(-1) / m2 ** 2 - 3.0
-
-
 def attention_kurtosis(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Summed kurtosis of the output projections ('proj') and the value blocks ('value') of stacked
-    [M, ...] ViT weights -> two [M] tensors (the two direction scores MoTHer uses)."""
-    blocks = sorted({k.split(".")[1] for k in params if k.startswith("blocks.")}, key=int)
-    proj = sum(kurtosis_of(params[f"blocks.{b}.attn.proj.weight"]) for b in blocks)
-    value = sum(kurtosis_of(split_qkv(params[f"blocks.{b}.attn.qkv.weight"])[2]) for b in blocks)
-    return {"proj": proj, "value": value}
+    """Summed excess kurtosis of the attention output projections ('proj') and of the value blocks ('value')
+    of stacked [M, ...] ViT weights -> two [M] tensors (the two direction scores MoTHer uses)."""
+    return {"proj": sum(excess_kurtosis(W) for W in group_matrices(params, "output")),
+            "value": sum(excess_kurtosis(W) for W in group_matrices(params, "value"))}
 
 
 def train_nodes(parents: Sequence[Mapping[str, torch.Tensor]], classes: Sequence[Sequence[int]],
@@ -268,15 +260,15 @@ def train_nodes(parents: Sequence[Mapping[str, torch.Tensor]], classes: Sequence
 
 # ------------------------------------------------------------------------------------------- the jobs
 
-SPLIT_TAG = {"ft": "ft", "lora-v": "lorav", "lora-f": "loraf"}
+VARIANT_TAG = {"ft": "ft", "lora-v": "lorav", "lora-f": "loraf"}
 
 
-def model_id(split: str, tree: int, i: int, j: int | None = None) -> str:
-    return f"{SPLIT_TAG[split]}-{child_id(tree, i, j)}"
+def model_id(variant: str, tree: int, i: int, j: int | None = None) -> str:
+    return f"{VARIANT_TAG[variant]}-{child_id(tree, i, j)}"
 
 
 def _weights_only(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in sd.items() if not (k.endswith(".lora_U") or k.endswith(".lora_V"))}
+    return {k: v for k, v in sd.items() if not k.startswith(FACTORS)}
 
 
 def _kurtosis_logger(log: dict) -> Callable:
@@ -298,21 +290,23 @@ def _root_job(spec, writer) -> None:
                            callback_every=spec["log_every"])
     per_model = {"step": log["step"], "proj": [v[0] for v in log["proj"]], "value": [v[0] for v in log["value"]]}
     t = spec["tree"]
-    writer.write(root_id(t), sd, dict(parent_id=None, tree_id=t, depth=0, split="root", task="pre-training",
-                                      recipe=spec["recipe"], seed=spec["seed"], steps=spec["steps"],
-                                      lr=spec["lr"], rank=-1, kurtosis_log=per_model, **metrics))
+    writer.write(root_id(t), sd, dict(parent_id=None, tree_id=t, depth=0, split=None, variant=None,
+                                      task="pre-training", recipe=spec["recipe"], seed=spec["seed"],
+                                      steps=spec["steps"], lr=spec["lr"], rank=-1,
+                                      num_classes=int(sd["head.weight"].shape[0]), kurtosis_log=per_model,
+                                      **metrics))
 
 
 def _finetune_job(spec, writer) -> None:
     rows = spec["rows"]
-    split = rows[0]["split"]
+    variant = rows[0]["variant"]
     parents = {}
     for pid in sorted({r["parent_id"] for r in rows}):
         parents[pid] = read_safetensors(f"{writer.zoo_path}/{MODELS_DIR}/{pid}.safetensors")
     log = {"step": [], "proj": [], "value": []}
     sds, deltas, metrics = train_nodes(
         [_weights_only(parents[r["parent_id"]]) for r in rows], [r["classes"] for r in rows],
-        [r["seed"] for r in rows], mode="ft" if split == "ft" else "lora", ranks=[r["rank"] for r in rows],
+        [r["seed"] for r in rows], mode="ft" if variant == "ft" else "lora", ranks=[r["rank"] for r in rows],
         lr=[r["lr"] for r in rows], steps=[r["steps"] for r in rows], vit=spec["vit"],
         batch_size=spec["batch_size"], weight_decay=spec["weight_decay"], targets=spec["lora_targets"],
         head_lr_mult=spec["head_lr_mult"], callback=_kurtosis_logger(log), callback_every=spec["log_every"])
@@ -321,14 +315,14 @@ def _finetune_job(spec, writer) -> None:
         if deltas is not None:
             parent = parents[r["parent_id"]]
             for k, (U, V) in deltas[m].items():
-                stem = k[: -len(".weight")]
-                pu, pv = parent.get(f"{stem}.lora_U"), parent.get(f"{stem}.lora_V")
+                stem = FACTORS + k[: -len(".weight")]
+                pu, pv = parent.get(f"{stem}.U"), parent.get(f"{stem}.V")
                 if pu is not None:   # cumulative from the root: W = W_root + [U_parent, U] [V_parent; V]
                     U, V = torch.cat([pu, U], 1), torch.cat([pv, V], 0)
-                tensors[f"{stem}.lora_U"], tensors[f"{stem}.lora_V"] = U.contiguous(), V.contiguous()
+                tensors[f"{stem}.U"], tensors[f"{stem}.V"] = U.contiguous(), V.contiguous()
         klog = {"step": log["step"], "proj": [v[m] for v in log["proj"]], "value": [v[m] for v in log["value"]]}
         writer.write(r["model_id"], tensors, {k: v for k, v in r.items() if k != "model_id"} | met
-                     | {"kurtosis_log": klog})
+                     | {"num_classes": int(sd["head.weight"].shape[0]), "kurtosis_log": klog})
 
 
 def plan_jobs(params: Mapping) -> list[Job]:
@@ -341,43 +335,43 @@ def plan_jobs(params: Mapping) -> list[Job]:
                     vit=p["vit"], styles=p["root_styles"], tree=t, log_every=p["log_every"])
         jobs.append(Job(_root_job, spec, (root_id(t),), name=f"root {t}"))
     common = {k: p[k] for k in ("vit", "batch_size", "weight_decay", "lora_targets", "log_every", "head_lr_mult")}
-    for split in p["splits"]:
-        rows = forest_plan(p, split)
+    for variant in p["variants"]:
+        rows = forest_plan(p, variant)
         for depth in (1, 2):
             mine = [r for r in rows if r["depth"] == depth]
             for lo in range(0, len(mine), p["chunk"]):
                 chunk = mine[lo:lo + p["chunk"]]
                 jobs.append(Job(_finetune_job, dict(rows=chunk, **common), tuple(r["model_id"] for r in chunk),
                                 parents=tuple(sorted({r["parent_id"] for r in chunk})),
-                                name=f"{split} depth {depth} models {lo}-{lo + len(chunk) - 1}"))
+                                name=f"{variant} depth {depth} models {lo}-{lo + len(chunk) - 1}"))
     return jobs
 
 
 def build_forests(path, *, executor="local", workers: int | None = 2, progress: bool = True,
                   preset: str | None = None, **params) -> Zoo:
     """Build (or resume, or open when complete) the forests zoo at `path`: the roots and one forest of
-    n_trees x (1 + n_children + n_children^2) models per split, all sharing the roots."""
+    n_trees x (1 + n_children + n_children^2) models per variant, all sharing the roots. One forest is
+    `zoo.variant(name)`; its ground truth `zoo.parents(ids)`."""
     unknown = sorted(set(params) - set(DEFAULTS))
     if unknown:
         raise TypeError(f"build_forests got unknown parameter(s) {unknown}; known: {sorted(DEFAULTS)}")
     p = {**DEFAULTS, **params}
-    bad = sorted(set(p["splits"]) - set(SPLITS))
+    bad = sorted(set(p["variants"]) - set(VARIANTS))
     if bad:
-        raise ValueError(f"unknown split(s) {bad}; choose from {SPLITS}")
+        raise ValueError(f"unknown variant(s) {bad}; choose from {VARIANTS}")
+    classes = styled_digits(ALL_STYLES).class_names
     zoo = Zoo.create(path, kind=KIND, builder="weightspace.zoo.forests.build_forests", params=p, preset=preset,
-                     command=f"build_forests({str(path)!r}, **params)")
+                     command=f"build_forests({str(path)!r}, **params)",
+                     labels=dict(column="classes", class_names=classes, per_model="many",
+                                 description="the StyledDigits classes of the task a model was fine-tuned on "
+                                             "(its task: the ten digits in one style); roots have none"),
+                     architecture={**timm_architecture(**p["vit"]), "num_classes_column": "num_classes",
+                                   "extra_prefixes": [FACTORS]})
     run_jobs(zoo, plan_jobs(p), executor=executor, workers=workers, progress=progress,
-             desc=f"ViT forests ({len(p['splits'])} x {p['n_trees']} trees)")
+             desc=f"ViT forests ({len(p['variants'])} x {p['n_trees']} trees)")
     return zoo
 
 
-def forest(zoo: Zoo, split: str) -> list[str]:
-    """The model ids of one split's forest: the roots and that split's fine-tunes."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
-    return zoo.select(split="root") + zoo.select(split=split)
-
-
-def parents(zoo: Zoo, ids: Sequence[str]) -> dict[str, str | None]:
-    """{model: parent} restricted to `ids` (the ground truth of that forest)."""
-    return {i: zoo.row(i)["parent_id"] for i in ids}
+# how the notebooks and the MoTHer CLI call each variant, and which MoTHer distance it needs (paper, Sec. 4.1)
+VARIANT_NAMES = {"ft": "FT", "lora-v": "LoRA-V", "lora-f": "LoRA-F"}
+VARIANT_DISTANCE = {"ft": "ft", "lora-v": "lora", "lora-f": "lora"}

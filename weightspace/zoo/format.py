@@ -1,6 +1,7 @@
 """The zoo format: one folder per model zoo.
 
-    <zoo>/zoo.json              manifest: format, version, kind, builder, parameters, preset, command, layers
+    <zoo>/zoo.json              manifest: format, version, kind, builder, parameters, preset, command, layers,
+                                labels (what the label column means), architecture (how to rebuild a model)
     <zoo>/models.jsonl          the models table, one JSON object per line (pandas.read_json(lines=True))
     <zoo>/models/<id>.safetensors   one file per model (or per checkpoint), with string metadata
     <zoo>/assets/<name>.safetensors shared weights, e.g. the base UNet a LoRA zoo adapts
@@ -9,6 +10,21 @@
 Each row has at least `model_id, parent_id, tree_id, depth, split, file, sha256`; builders add labels,
 hyperparameters and metrics as further flat columns. `parent_id` mirrors Hugging Face's `base_model`.
 Several checkpoints of one training run are several rows (with e.g. `run_id` and `epoch` columns).
+
+One meaning per column:
+  split     the data split a model belongs to for a method that learns from the zoo: train / val / test, and
+            val_holdout / test_holdout for zero-shot; null for models in no split (roots, a MoTHer forest).
+  variant   a zoo holding several collections that share their roots (MoTHer's FT / LoRA-V / LoRA-F forests):
+            which one a model belongs to; null = shared by every variant (`Zoo.variant`).
+The label contract: the manifest's `labels` entry names the column that holds each model's classes (a list of
+class indices: many for a ViT fine-tune, one for a LoRA), the class names, and what they mean; `Zoo.multi_hot`,
+`Zoo.class_index` and `Zoo.parents` turn the table into what a method needs, so no method has to know which
+builder made a zoo.
+
+Model files are plain safetensors with `"format": "pt"` in their header (what Hugging Face tools expect); the
+zoo's own tag is the key `weightspace_zoo`, and each file carries its own row (`row`) so a re-run can adopt it.
+The manifest's `architecture` entry rebuilds a model (`Zoo.model`); tensors under its `extra_prefixes` (e.g.
+a forest's LoRA factors beside the merged weights) are not part of the module's state dict.
 
 Writes are atomic (temporary file, then rename; the table last), so a killed build leaves only whole
 files behind, and every model file carries its own row in its metadata so a re-run can adopt it.
@@ -30,7 +46,7 @@ import torch
 from safetensors import safe_open
 
 FORMAT_NAME = "weightspace-zoo"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "zoo.json"
 TABLE = "models.jsonl"
 MODELS_DIR = "models"
@@ -38,6 +54,11 @@ ASSETS_DIR = "assets"
 CACHE_DIR = ".cache"
 QUARANTINE_DIR = ".quarantine"
 REQUIRED_COLUMNS = ("model_id", "parent_id", "tree_id", "depth", "split", "file", "sha256")
+SPLITS = ("train", "val", "test", "val_holdout", "test_holdout")   # the values `split` may take (or null)
+ZOO_TAG = "weightspace_zoo"   # the safetensors header key that marks a zoo model file
+# LoRA factors stored beside merged weights: <prefix><key minus ".weight">.U [d_out, R] and .V [R, d_in], with
+# W = W_base + U V (R: the ranks summed along the path from the base); not part of the module's state dict
+LORA_FACTORS = "lora_factors."
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -119,7 +140,7 @@ def read_safetensors(path: str | os.PathLike, keys: Iterable[str] | None = None)
         names = list(f.keys()) if keys is None else list(keys)
         missing = [k for k in names if k not in f.keys()]
         if missing:
-            raise ZooError(_missing_key_message(path, missing[0], list(f.keys())))
+            raise ZooError(missing_key_message(path, missing[0], list(f.keys())))
         try:
             return {k: f.get_tensor(k) for k in names}
         except Exception as e:
@@ -131,7 +152,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def _missing_key_message(path, key, available) -> str:
+def missing_key_message(path, key, available) -> str:
+    """'<path>: no tensor named <key>' with the closest names it does have."""
     close = difflib.get_close_matches(key, available, n=5, cutoff=0.5)
     hint = f"; close names: {close}" if close else f"; it has {len(available)} tensors, e.g. {available[:5]}"
     return f"{path}: no tensor named {key!r}{hint}"
@@ -153,7 +175,7 @@ class LazyStateDict(Mapping):
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self._shapes:
-            raise KeyError(_missing_key_message(self.path, key, self._keys))
+            raise KeyError(missing_key_message(self.path, key, self._keys))
         return read_safetensors(self.path, [key])[key]
 
     def shape(self, key: str) -> tuple[int, ...]:
@@ -206,10 +228,18 @@ class Zoo:
     # -- creating and opening ---------------------------------------------------------------------
     @classmethod
     def create(cls, path, *, kind: str, builder: str, params: Mapping, preset: str | None = None,
-               command: str | None = None, layers: Mapping | None = None) -> "Zoo":
-        """Create a zoo folder, or reopen it to resume when it was started with the same parameters."""
+               command: str | None = None, layers: Mapping | None = None, labels: Mapping | None = None,
+               architecture: Mapping | None = None) -> "Zoo":
+        """Create a zoo folder, or reopen it to resume when it was started with the same parameters.
+
+        labels        {"column": "classes", "class_names": [...], "per_model": "many" | "one",
+                       "description": "..."}: the label contract (see the module docstring)
+        architecture  {"library": "timm", "model_name": ..., "kwargs": {...}, "num_classes_column": ...,
+                       "extra_prefixes": [...]}: what `Zoo.model` rebuilds each model with
+        """
         path = Path(path)
         params = _jsonable(dict(params))
+        labels = _check_labels(_jsonable(dict(labels)), path / MANIFEST) if labels else None
         if (path / MANIFEST).exists():
             zoo = cls.open(path, kind=kind)
             if zoo.manifest.get("params") != params:
@@ -227,6 +257,7 @@ class Zoo:
             "format": FORMAT_NAME, "version": FORMAT_VERSION, "kind": kind, "builder": builder,
             "params": params, "preset": preset, "package_version": __version__,
             "command": command, "layers": _jsonable(dict(layers or {})),
+            "labels": labels, "architecture": _jsonable(dict(architecture)) if architecture else None,
             "assets": {}, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         (path / MODELS_DIR).mkdir(parents=True, exist_ok=True)
@@ -248,8 +279,11 @@ class Zoo:
         if manifest.get("format") != FORMAT_NAME:
             raise ZooError(f"{mpath}: format is {manifest.get('format')!r}, not {FORMAT_NAME!r}")
         if manifest.get("version") != FORMAT_VERSION:
-            raise ZooError(f"{mpath}: format version {manifest.get('version')!r}; this weightspace reads "
-                           f"version {FORMAT_VERSION} (rebuild the zoo or use a matching weightspace)")
+            how = f" It was made by: {manifest['command']}." if manifest.get("command") else ""
+            raise ZooError(f"{mpath}: zoo format version {manifest.get('version')!r}, but this weightspace "
+                           f"reads version {FORMAT_VERSION} (version 2 gave `split` one meaning, added the label "
+                           f"contract and Hugging Face-readable file headers). Rebuild it: delete {path} and "
+                           f"re-run the notebook or builder that made it.{how}")
         if kind is not None and manifest.get("kind") != kind:
             raise ZooError(f"{mpath}: this zoo is of kind {manifest.get('kind')!r}, expected {kind!r}")
         rows = cls._read_table(path / TABLE)
@@ -306,6 +340,71 @@ class Zoo:
         """Ids of the models whose columns equal the given values, e.g. select(tree_id=0, split='train')."""
         return [i for i, r in self._rows.items() if all(r.get(k) == v for k, v in where.items())]
 
+    # -- the label contract ---------------------------------------------------------------------------
+    @property
+    def label_spec(self) -> dict:
+        spec = self.manifest.get("labels")
+        if not spec:
+            raise ZooError(f"{self.path / MANIFEST}: this zoo records no labels (no `labels` entry); "
+                           "it has nothing to predict")
+        return spec
+
+    @property
+    def class_names(self) -> list[str]:
+        """Index -> natural-language class name, e.g. 'a mirrored seven'."""
+        return list(self.label_spec["class_names"])
+
+    def labelled(self, ids: Iterable[str] | None = None) -> list[str]:
+        """The ids (of `ids`, default all) whose row has classes: the models a label method can use."""
+        col = self.label_spec["column"]
+        return [i for i in (self.ids if ids is None else ids) if self.row(i).get(col) is not None]
+
+    def labels(self, ids: Iterable[str] | None = None) -> list[list[int]]:
+        """Each model's class indices (default: every labelled model)."""
+        col = self.label_spec["column"]
+        ids = self.labelled() if ids is None else list(ids)
+        out = []
+        for i in ids:
+            value = self.row(i).get(col)
+            if value is None:
+                raise ZooError(f"{self.path / TABLE}: model {i!r} has no {col!r}: it is not labelled "
+                               "(Zoo.labelled() lists the models that are)")
+            out.append(list(value))
+        return out
+
+    def multi_hot(self, ids: Iterable[str] | None = None) -> torch.Tensor:
+        """Labels as a float32 [N, n_classes] 0/1 matrix (default: every labelled model)."""
+        labels = self.labels(ids)
+        Y = torch.zeros(len(labels), len(self.class_names))
+        for n, classes in enumerate(labels):
+            Y[n, classes] = 1.0
+        return Y
+
+    def class_index(self, ids: Iterable[str] | None = None) -> torch.Tensor:
+        """The one class of each model as int64 [N] (zoos whose models have exactly one class each)."""
+        ids = self.labelled() if ids is None else list(ids)
+        labels = self.labels(ids)
+        bad = [(i, len(c)) for i, c in zip(ids, labels) if len(c) != 1]
+        if bad:
+            raise ZooError(f"{self.path}: model {bad[0][0]!r} has {bad[0][1]} classes, not one "
+                           f"({len(bad)} such models); use Zoo.multi_hot for multi-label zoos")
+        return torch.tensor([c[0] for c in labels], dtype=torch.long)
+
+    def parents(self, ids: Iterable[str] | None = None) -> dict[str, str | None]:
+        """{model: parent model or None} for `ids` (default all): the zoo's ground-truth Model Graph."""
+        return {i: self.row(i)["parent_id"] for i in (self.ids if ids is None else ids)}
+
+    @property
+    def variants(self) -> list[str]:
+        """The values of the `variant` column (empty for a zoo of one collection)."""
+        return sorted({r["variant"] for r in self._rows.values() if r.get("variant") is not None})
+
+    def variant(self, name: str) -> list[str]:
+        """One collection of a multi-variant zoo: its own models and the shared ones (variant null)."""
+        if name not in self.variants:
+            raise ZooError(f"{self.path}: no variant {name!r}; this zoo has {self.variants or 'no variants'}")
+        return [i for i, r in self._rows.items() if r.get("variant") in (name, None)]
+
     def __len__(self) -> int:
         return len(self._rows)
 
@@ -358,6 +457,8 @@ class Zoo:
     def _check_rows(self, rows: list[dict], known: Mapping[str, dict]) -> None:
         where = self.path / TABLE
         seen = dict(known)
+        labels = self.manifest.get("labels")
+        n_classes = len(labels["class_names"]) if labels else 0
         for r in rows:
             missing = [c for c in REQUIRED_COLUMNS if c not in r]
             if missing:
@@ -368,6 +469,15 @@ class Zoo:
                                "(letters, digits, '.', '_', '-')")
             if mid in seen:
                 raise ZooError(f"{where}: duplicate model id {mid!r}")
+            if r["split"] is not None and r["split"] not in SPLITS:
+                raise ZooError(f"{where}: model {mid!r} has split {r['split']!r}; a split is one of {SPLITS} "
+                               "or null (other groupings get their own column, e.g. `variant`)")
+            if labels:
+                value = r.get(labels["column"])
+                if value is not None and (not isinstance(value, list) or not all(
+                        isinstance(c, int) and not isinstance(c, bool) and 0 <= c < n_classes for c in value)):
+                    raise ZooError(f"{where}: model {mid!r} has {labels['column']} = {value!r}; expected a list of "
+                                   f"class indices in 0..{n_classes - 1}")
             pid = r["parent_id"]
             if pid is not None:
                 parent = seen.get(pid)
@@ -421,6 +531,32 @@ class Zoo:
     def lazy(self, model_id: str) -> LazyStateDict:
         """The model as a LazyStateDict: tensors are read from disk only when indexed."""
         return LazyStateDict(self.path / self.row(model_id)["file"])
+
+    def model(self, model_id: str, verify: bool = True):
+        """The model as an `nn.Module` built from the manifest's `architecture`, its weights loaded with
+        `strict=True` (sha256 checked unless verify=False). Tensors under the architecture's
+        `extra_prefixes` (e.g. LoRA factors kept beside merged weights) are not part of the module."""
+        arch = self.manifest.get("architecture")
+        if not arch:
+            raise ZooError(f"{self.path / MANIFEST}: this zoo records no architecture, so its models cannot be "
+                           "rebuilt as modules; use Zoo.load for the state dict")
+        row = self.row(model_id)
+        kwargs = dict(arch.get("kwargs", {}))
+        if arch.get("num_classes_column") and row.get(arch["num_classes_column"]) is not None:
+            kwargs["num_classes"] = row[arch["num_classes_column"]]
+        if arch.get("library") != "timm":
+            raise ZooError(f"{self.path / MANIFEST}: unknown architecture library {arch.get('library')!r}")
+        import timm
+
+        module = timm.create_model(arch["model_name"], pretrained=False, **kwargs)
+        skip = tuple(arch.get("extra_prefixes", ()))
+        sd = {k: v for k, v in self.load(model_id, verify=verify).items() if not (skip and k.startswith(skip))}
+        try:
+            module.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            raise ZooError(f"{self.path / row['file']}: does not load into {arch['model_name']}(**{kwargs}): "
+                           f"{e}") from e
+        return module.eval()
 
     def state_dicts(self, ids: Iterable[str] | None = None, lazy: bool = True) -> dict[str, Mapping]:
         """{model_id: state dict} for `ids` (default: all), lazy by default."""
@@ -537,6 +673,20 @@ class Zoo:
         return out
 
 
+def _check_labels(spec: dict, where) -> dict:
+    """The manifest's `labels` entry, checked: a column name, a list of class names, "many" or "one"."""
+    names = spec.get("class_names")
+    if not isinstance(spec.get("column"), str) or not isinstance(names, list) or not names \
+            or not all(isinstance(n, str) for n in names):
+        raise ZooError(f"{where}: labels need a `column` (str) and non-empty `class_names` (list of str), got {spec}")
+    if len(set(names)) != len(names):
+        raise ZooError(f"{where}: class names repeat: {sorted(n for n in set(names) if names.count(n) > 1)}")
+    if spec.setdefault("per_model", "many") not in ("many", "one"):
+        raise ZooError(f"{where}: labels.per_model is {spec['per_model']!r}; choose 'many' or 'one'")
+    spec.setdefault("description", "")
+    return spec
+
+
 def _check_hash(path: Path, expected: str) -> None:
     if not path.exists():
         raise ZooError(f"{path}: model file is missing")
@@ -558,7 +708,7 @@ def write_model(zoo_path, model_id: str, tensors: Mapping[str, torch.Tensor], ro
     for c in ("parent_id", "tree_id", "depth", "split"):
         row.setdefault(c, None)
     rel = f"{MODELS_DIR}/{model_id}.safetensors"
-    meta = {"format": f"{FORMAT_NAME}/{FORMAT_VERSION}", "model_id": model_id,
+    meta = {"format": "pt", ZOO_TAG: f"{FORMAT_NAME}/{FORMAT_VERSION}", "model_id": model_id,
             "parent_id": str(row.get("parent_id")), "row": json.dumps(row)}
     sha = write_safetensors(Path(zoo_path) / rel, tensors, meta)
     return {**row, "file": rel, "sha256": sha}

@@ -20,11 +20,12 @@ import numpy as np
 
 from weightspace.data import styled_digits
 from weightspace.nets.batched import SCHEDULES
+from weightspace.nets.vit import timm_architecture
+from weightspace.nets.vit_training import RECIPES, finetune, pretrain
 from weightspace.runtime import derive_seed, np_rng
 
 from .format import MODELS_DIR, Zoo, read_safetensors
 from .jobs import Job, run_jobs
-from .vit_training import RECIPES, finetune, pretrain
 
 KIND = "vit-model-trees"
 
@@ -47,6 +48,7 @@ DEFAULTS = dict(
 
 
 def root_id(tree: int) -> str:
+    """The id of tree `tree`'s root in every zoo of ViT trees (model trees and MoTHer forests)."""
     return f"t{tree}-root"
 
 
@@ -104,7 +106,8 @@ def _root_job(spec, writer) -> None:
     sd, metrics = pretrain(spec["recipe"], spec["seed"], spec["steps"], vit=spec["vit"], styles=spec["styles"])
     t = spec["tree"]
     writer.write(root_id(t), sd, dict(parent_id=None, tree_id=t, tree_name=spec["recipe"], depth=0,
-                                      split="root", seed=spec["seed"], steps=spec["steps"], **metrics))
+                                      split=None, seed=spec["seed"], steps=spec["steps"],
+                                      num_classes=int(sd["head.weight"].shape[0]), **metrics))
 
 
 def _finetune_job(spec, writer) -> None:
@@ -115,7 +118,8 @@ def _finetune_job(spec, writer) -> None:
                             [r["seed"] for r in rows], vit=spec["vit"], styles=spec["styles"],
                             batch_size=spec["batch_size"], head_init_std=spec["head_init_std"])
     for r, sd, m in zip(rows, sds, metrics):
-        writer.write(r["model_id"], sd, {k: v for k, v in r.items() if k != "model_id"} | m)
+        writer.write(r["model_id"], sd, {k: v for k, v in r.items() if k != "model_id"}
+                     | {"num_classes": int(sd["head.weight"].shape[0])} | m)
 
 
 def build_model_trees(path, *, executor="local", workers: int | None = 2, progress: bool = True,
@@ -126,7 +130,12 @@ def build_model_trees(path, *, executor="local", workers: int | None = 2, progre
         raise TypeError(f"build_model_trees got unknown parameter(s) {unknown}; known: {sorted(DEFAULTS)}")
     p = {**DEFAULTS, **params}
     zoo = Zoo.create(path, kind=KIND, builder="weightspace.zoo.model_trees.build_model_trees", params=p,
-                     preset=preset, command=f"build_model_trees({str(path)!r}, **params)")
+                     preset=preset, command=f"build_model_trees({str(path)!r}, **params)",
+                     labels=dict(column="classes", class_names=styled_digits(tuple(p["styles"])).class_names,
+                                 per_model="many",
+                                 description="the StyledDigits classes a fine-tune was trained on (half of them); "
+                                             "roots have none"),
+                     architecture={**timm_architecture(**p["vit"]), "num_classes_column": "num_classes"})
     run_jobs(zoo, plan_jobs(p), executor=executor, workers=workers, progress=progress,
              desc=f"ViT model trees ({p['n_trees']} x {p['n_per_tree']})")
     if not zoo.manifest.get("layers"):
@@ -135,13 +144,15 @@ def build_model_trees(path, *, executor="local", workers: int | None = 2, progre
     return zoo
 
 
-def labels(zoo: Zoo, ids: Sequence[str] | None = None):
-    """Multi-hot training-class labels [N, n_classes] (float32) of the given models."""
-    import torch
+def build_like(path, like: Zoo, *, executor="local", workers: int | None = 2, progress: bool = True,
+               **overrides) -> Zoo:
+    """A model-trees zoo at `path` with the same parameters as the zoo `like`, except `overrides`.
 
-    ids = zoo.ids if ids is None else list(ids)
-    n_classes = 10 * len(zoo.params["styles"])
-    y = torch.zeros(len(ids), n_classes)
-    for i, mid in enumerate(ids):
-        y[i, zoo.row(mid)["classes"]] = 1.0
-    return y
+    Same seed and plan: a tree kept in common has the same root (bit for bit) and the same fine-tunes' classes,
+    steps and seeds, so e.g. `build_like(path, zoo, n_trees=1, lr=[1e-5, 1e-4])` re-trains tree 0's fine-tunes
+    with another learning rate and nothing else changed."""
+    if like.kind != KIND:
+        raise ValueError(f"{like.path}: build_like needs a {KIND!r} zoo, this one is {like.kind!r}")
+    params = {k: v for k, v in like.params.items() if k in DEFAULTS}
+    return build_model_trees(path, executor=executor, workers=workers, progress=progress,
+                             **{**params, **overrides})
