@@ -5,17 +5,19 @@
 #   make tiny        the whole pipeline at the `tiny` preset (a few minutes), into runs/tiny
 #   make bench       the speed benchmarks (ratios of two implementations on the same input)
 #   make nbclean     store notebooks without outputs
+#   make sync        pair each notebook with its py:percent script, from the .ipynb (FROM=py: from the .py)
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PRESET ?= default
+FROM   ?= ipynb
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup setup-dev reproduce test tiny lab bench nbclean clean
+.PHONY: setup setup-dev reproduce test tiny lab bench nbclean sync clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "weightspace needs Python >= 3.10, this is " + sys.version' 
@@ -51,6 +53,9 @@ bench: setup-dev
 
 nbclean: setup-dev
 	$(PY) tools/nbclean.py $$(find notebooks -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*')
+
+sync: setup
+	$(PY) tools/nbsync.py --from $(FROM)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -68,3 +68,80 @@ def test_every_notebook_runs_at_the_tiny_preset(tmp_path_factory):
         assert results.exists(), f"{p.name} wrote no results file"
         assert json.loads(results.read_text())
     assert list((out / "figures").glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def nbsync():
+    """tools/nbsync.py, imported rather than run: importing jupytext costs seconds per process."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import nbsync
+        yield nbsync
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+
+
+def test_every_notebook_is_paired_with_its_script(nbsync, capsys):
+    assert nbsync.main(["--check"]) == 0, capsys.readouterr().out
+
+
+def _sync(nbsync, capsys, *args):
+    code = nbsync.main([*args])
+    return code, capsys.readouterr().out
+
+
+def test_sync_check_fails_on_an_edit_and_passes_once_resynced(nbsync, capsys, tmp_path):
+    import shutil
+
+    folder = tmp_path / "notebooks"
+    shutil.copytree(ROOT / "notebooks", folder, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    first, second = NOTEBOOKS[0].stem, NOTEBOOKS[1].stem
+    assert _sync(nbsync, capsys, "--check", str(folder))[0] == 0
+
+    path = folder / f"{second}.ipynb"
+    nb = json.loads(path.read_text())
+    code = next(c for c in nb["cells"] if c["cell_type"] == "code" and not c["metadata"].get("tags"))
+    code["source"] = [*code["source"][:-1], code["source"][-1] + "\n", "edited_here = 1"]
+    code["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["noise\n"]}]
+    code["execution_count"] = 3
+    path.write_text(json.dumps(nb, indent=1))
+    failed, out = _sync(nbsync, capsys, "--check", str(folder))
+    assert failed == 1 and f"{second}.ipynb: cells differ" in out and first not in out and "make sync" in out
+
+    assert _sync(nbsync, capsys, str(folder))[0] == 0
+    assert _sync(nbsync, capsys, "--check", str(folder))[0] == 0
+    assert "\nedited_here = 1\n" in (folder / f"{second}.py").read_text()
+    stored = json.loads(path.read_text())
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in stored["cells"])
+    assert "nothing" in _sync(nbsync, capsys, str(folder))[1]            # idempotent
+
+    script = folder / f"{first}.py"
+    text = script.read_text()
+    assert '# %% tags=["parameters"]\n' in text
+    script.write_text(text.replace('# %% tags=["parameters"]\n', "# %%\n"))
+    failed, out = _sync(nbsync, capsys, "--check", str(folder))
+    assert failed == 1 and f"{first}.ipynb: cells differ" in out and second not in out
+    assert _sync(nbsync, capsys, "--from", "py", str(folder))[0] == 0
+    assert not any("parameters" in c["metadata"].get("tags", []) for c in _cells(folder / f"{first}.ipynb"))
+    assert _sync(nbsync, capsys, "--check", str(folder))[0] == 0
+
+    script.unlink()
+    failed, out = _sync(nbsync, capsys, "--check", str(folder))
+    assert failed == 1 and f"{first}.ipynb: no paired .py" in out
+    (folder / f"{second}.ipynb").unlink()
+    assert f"{second}.py: no paired .ipynb" in _sync(nbsync, capsys, "--check", str(folder))[1]
+    assert _sync(nbsync, capsys, str(folder))[0] == 0 and script.exists() and (folder / f"{second}.ipynb").exists()
+    assert _sync(nbsync, capsys, "--check", str(folder))[0] == 0
+
+
+def test_scripts_convert_back_to_the_stored_notebooks(nbsync, capsys, tmp_path):
+    """From the .py alone: no outputs, the same cells, tags and metadata (kernelspec language python)."""
+    (tmp_path / "jupytext.toml").write_text((ROOT / "notebooks" / "jupytext.toml").read_text())
+    for path in ALL_NOTEBOOKS:
+        target = tmp_path / path.relative_to(ROOT / "notebooks").with_suffix(".py")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(path.with_suffix(".py").read_text())
+    assert _sync(nbsync, capsys, "--from", "py", str(tmp_path))[0] == 0
+    for path in ALL_NOTEBOOKS:
+        rebuilt = tmp_path / path.relative_to(ROOT / "notebooks")
+        assert rebuilt.read_text() == path.read_text(), f"{path.name} does not come back from its .py"

@@ -1,0 +1,95 @@
+"""Pair every notebook with a jupytext py:percent script of the same name, so that diffs read as code.
+
+    python tools/nbsync.py [DIR]              (make sync) write each NN_name.py from its .ipynb, stored clean
+    python tools/nbsync.py --from py [DIR]    (make sync FROM=py) write each .ipynb from its .py instead
+    python tools/nbsync.py --check [DIR]      exit 1 naming every notebook whose pair is missing or differs
+
+DIR (default notebooks/) is searched recursively and every .py in it is a notebook's pair. A file without
+its pair is paired whichever side is the source, so to remove a notebook delete both files. The check
+compares cell types, sources and tags as jupytext reads them, not bytes. The format and the scripts' header
+come from DIR/jupytext.toml, which JupyterLab's jupytext reads too.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+from jupytext.config import load_jupytext_configuration_file, short_form_multiple_formats
+from nbclean import clean
+
+ROOT = Path(__file__).resolve().parents[1]
+FORMAT = "py:percent"
+SKIP = {".ipynb_checkpoints", "__pycache__"}
+
+
+def stored(nb: dict) -> str:
+    """The notebook's text as the repo stores it (tools/nbclean.py)."""
+    return json.dumps(clean(nb), indent=1, ensure_ascii=False) + "\n"
+
+
+def cells(nb) -> list:
+    return [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in nb.cells]
+
+
+def files(folder: Path, suffix: str) -> dict:
+    return {str(p)[: -len(suffix)]: p for p in sorted(folder.rglob("*" + suffix))
+            if not SKIP & set(p.relative_to(folder).parts)}
+
+
+def shown(path: Path) -> str:
+    return os.path.relpath(path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", nargs="?", type=Path, default=ROOT / "notebooks")
+    parser.add_argument("--from", dest="source", choices=["ipynb", "py"], default="ipynb",
+                        help="which file of a pair holds the edits to keep (default: the .ipynb)")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if any pair is out of sync")
+    args = parser.parse_args(argv)
+    config_file = args.folder / "jupytext.toml"
+    if not config_file.is_file():
+        sys.exit(f"nbsync: {config_file} is missing; it sets how the notebooks are paired")
+    config = load_jupytext_configuration_file(str(config_file))
+    formats = short_form_multiple_formats(config.formats)
+    if FORMAT not in formats.split(","):
+        sys.exit(f"nbsync: {config_file} must pair notebooks with {FORMAT}, it says formats = {formats!r}")
+    notebooks, scripts = files(args.folder, ".ipynb"), files(args.folder, ".py")
+
+    if args.check:
+        bad = []
+        for stem in sorted(notebooks | scripts):
+            if stem not in scripts:
+                bad.append(f"{shown(notebooks[stem])}: no paired .py")
+            elif stem not in notebooks:
+                bad.append(f"{shown(scripts[stem])}: no paired .ipynb")
+            else:
+                via_script = jupytext.reads(jupytext.writes(jupytext.read(notebooks[stem]), FORMAT), FORMAT)
+                if cells(via_script) != cells(jupytext.read(scripts[stem], fmt=FORMAT)):
+                    bad.append(f"{shown(notebooks[stem])}: cells differ from {scripts[stem].name}")
+        if bad:
+            print("notebooks out of sync with their py:percent pairs: run `make sync`, or `make sync FROM=py`"
+                  " to keep edits made in the .py", *bad, sep="\n  ")
+        return 1 if bad else 0
+
+    rewritten = []
+    for stem in sorted(notebooks | scripts):
+        if stem in scripts and (args.source == "py" or stem not in notebooks):
+            text = stored(json.loads(nbformat.writes(jupytext.read(scripts[stem], fmt=FORMAT))))
+        else:
+            text = stored(json.loads(notebooks[stem].read_text()))
+        script = jupytext.writes(jupytext.reads(text, "ipynb"), FORMAT, config=config)
+        for path, new in ((Path(stem + ".ipynb"), text), (Path(stem + ".py"), script)):
+            if not path.exists() or path.read_text() != new:
+                path.write_text(new)
+                rewritten.append(shown(path))
+    print(f"nbsync: {len(notebooks | scripts)} notebooks paired from .{args.source}, rewrote",
+          ", ".join(rewritten) or "nothing")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
