@@ -48,21 +48,25 @@ def test_annotate_cells_skips_missing_values_and_picks_readable_colours():
 
 
 def _claim(lhs, op, rhs, **kw):
-    return dict(claim=kw.pop("claim", "c"), paper="the paper's words", lhs=lhs, op=op, rhs=rhs, how="by hand", **kw)
+    return dict(claim=kw.pop("claim", "c"), paper="the paper's words", lhs=lhs, op=op, rhs=rhs, how="by hand",
+                **kw)
 
 
 def test_each_op_and_tol_by_hand():
     r = {"x": 0.5, "y": 0.5, "z": 0.6}
     holds = lambda *a, **kw: plotting.resolve_claim(r, _claim(*a, **kw))["holds"]
-    assert holds("x", ">=", "y") and not holds("x", ">", "y") and holds("x", "<=", "y") and not holds("x", "<", "y")
-    assert not holds("x", ">=", "z") and holds("x", ">=", "z", tol=0.1) and not holds("x", ">=", "z", tol=0.09)
+    assert holds("x", ">=", "y") and not holds("x", ">", "y")
+    assert holds("x", "<=", "y") and not holds("x", "<", "y")
+    assert not holds("x", ">=", "z") and holds("x", ">=", "z", tol=0.1)
+    assert not holds("x", ">=", "z", tol=0.09)
     assert not holds("x", ">", "z", tol=0.1) and holds("x", ">", "z", tol=0.11)
     assert not holds("z", "<=", "x") and holds("z", "<=", "x", tol=0.1) and not holds("z", "<", "x", tol=0.1)
     assert holds("z", "<", 0.61) and not holds(0.62, "<", "z") and holds(0.7, ">", 0.6)
 
 
 def test_key_paths_reach_list_items_and_dotted_keys(tmp_path):
-    r = {"per_layer": {"blocks.0.attn.qkv.weight": {"acc": [0.51, 0.83]}}, "table": [{"mean": 0.7}, {"mean": 0.2}],
+    r = {"per_layer": {"blocks.0.attn.qkv.weight": {"acc": [0.51, 0.83]}},
+         "table": [{"mean": 0.7}, {"mean": 0.2}],
          "curve": {10: 0.6, 20: 0.75},
          "claims": [_claim("per_layer/blocks.0.attn.qkv.weight/acc/1", ">", "table/0/mean", claim="a"),
                     _claim("curve/20", ">=", "curve/10", tol=0.01, claim="b")]}
@@ -81,9 +85,11 @@ def test_bad_claims_raise_naming_the_claim_and_key(tmp_path):
 
     r = {"a": {"b": [0.1, 0.2]}, "n": float("nan"), "s": "text", "inf": float("inf")}
     cases = [(_claim("a/c", ">", 0, claim="typo"), r"claim 'typo': lhs key 'a/c': no key 'c' in a"),
-             (_claim(0, ">", "a/b/2", claim="idx"), r"claim 'idx': rhs key 'a/b/2': '2' is not an index of a/b"),
+             (_claim(0, ">", "a/b/2", claim="idx"),
+              r"claim 'idx': rhs key 'a/b/2': '2' is not an index of a/b"),
              (_claim("a/b/0/x", ">", 0, claim="deep"), r"claim 'deep': .*a/b/0 is a float"),
-             (_claim("n", ">", 0, claim="nan"), r"claim 'nan': lhs key 'n' is None \(NaN is stored as None\), not a finite number"),
+             (_claim("n", ">", 0, claim="nan"),
+              r"claim 'nan': lhs key 'n' is None \(NaN is stored as None\), not a finite number"),
              (_claim("inf", ">", 0, claim="inf"), r"claim 'inf': lhs key 'inf' is inf, not a finite number"),
              (_claim(float("nan"), ">", 0, claim="lit"), r"claim 'lit': lhs value is None \(NaN"),
              (_claim("s", ">", 0, claim="str"), r"claim 'str': lhs key 's' is 'text'"),
@@ -106,7 +112,7 @@ def test_check_claims_catches_a_typed_verdict_and_a_changed_number(tmp_path):
     assert data["claims"][0]["holds"] is True and plotting.check_claims(data)[0]["holds"] is True
     typed = json.loads(json.dumps(data))
     typed["claims"][0]["holds"] = False
-    with pytest.raises(plotting.ClaimError, match=r"claim 'above chance': stored holds=False, but 0.8 > 0.05"):
+    with pytest.raises(plotting.ClaimError, match="claim 'above chance': stored holds=False, but 0.8 > 0.05"):
         plotting.check_claims(typed)
     edited = json.loads(json.dumps(data))
     edited["ours"] = 0.01

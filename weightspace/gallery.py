@@ -60,12 +60,11 @@ def write_gallery(figures_dir: str | Path, results_dir: str | Path, preset: str 
             lines += [f"## {paper}", ""]
             claims = _claims_table(notebooks)
             if claims:
-                lines += [f"**{paper}'s claims, checked on this run** (verdicts computed from the numbers in the "
-                          "results files):", ""] + claims
-        else:
-            lines += _claims_table(notebooks)
-        for stem, data in notebooks:
-            lines += _notebook(stem, data, figures_dir, shown, level="###" if paper else "##")
+                lines += [f"**{paper}'s claims, checked on this run** (verdicts computed from the numbers "
+                          "in the results files):", ""] + claims
+        for stem, data in notebooks:                        # no paper to group by: claims under the notebook
+            lines += _notebook(stem, data, figures_dir, shown, level="###" if paper else "##",
+                               claims=not paper)
     others = sorted(p.stem for p in figures_dir.glob("*.png") if p.stem not in shown)
     if others:
         lines += ["## Other figures", ""]
@@ -75,13 +74,15 @@ def write_gallery(figures_dir: str | Path, results_dir: str | Path, preset: str 
     return path
 
 
-def _notebook(stem: str, data: dict, figures_dir: Path, shown: set, level: str) -> list[str]:
+def _notebook(stem: str, data: dict, figures_dir: Path, shown: set, level: str, claims: bool) -> list[str]:
     lines = [f"{level} {stem}", ""]
     headline = data.get("headline") or []
     if headline:
         lines += ["| what | ours | paper |", "|---|---|---|"]
         lines += [f"| {w} | {_fmt(o)} | {_fmt(p)} |" for w, o, p in headline]
         lines.append("")
+    if claims:
+        lines += _claims_table([(stem, data)])
     for name, caption in (data.get("figures") or {}).items():
         if (figures_dir / f"{name}.png").exists():
             shown.add(name)

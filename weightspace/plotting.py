@@ -125,7 +125,8 @@ def resolve_claim(results: Mapping, c: Mapping) -> dict:
     missing = _CLAIM_FIELDS - set(c)
     unknown = set(c) - _CLAIM_FIELDS - {"tol"}
     if missing or unknown:
-        raise ClaimError(f"claim {name!r}: missing fields {sorted(missing)}, unknown fields {sorted(unknown)}")
+        raise ClaimError(f"claim {name!r}: missing fields {sorted(missing)}, "
+                         f"unknown fields {sorted(unknown)}")
     for field in ("claim", "paper", "how"):
         if not isinstance(c[field], str):
             raise ClaimError(f"claim {name!r}: {field!r} must be text, got {c[field]!r}")
@@ -145,12 +146,11 @@ def resolve_claim(results: Mapping, c: Mapping) -> dict:
 def resolve_claims(results: Mapping) -> dict:
     """`results` (cleaned as save_results writes it) with every claim resolved."""
     out = _clean(results)
-    claims = out.get("claims", [])
-    if not isinstance(claims, list):
-        raise ClaimError(f"results['claims'] must be a list of claims, got {type(claims).__name__}")
-    out["claims"] = [resolve_claim(out, c) for c in claims] if claims else claims
-    if "claims" not in results:
-        del out["claims"]
+    if "claims" in out:
+        if not isinstance(out["claims"], list):
+            raise ClaimError("results['claims'] must be a list of claims, "
+                             f"got {type(out['claims']).__name__}")
+        out["claims"] = [resolve_claim(out, c) for c in out["claims"]]
     return out
 
 
@@ -160,11 +160,14 @@ def check_claims(results: Mapping) -> list[dict]:
     checked = []
     for c in results.get("claims", []):
         if not isinstance(c, Mapping) or "ours" not in c or "holds" not in c:
-            raise ClaimError(f"stored claim {c!r} is not resolved (no 'ours' / 'holds'): save it with save_results")
+            raise ClaimError(f"stored claim {c!r} is not resolved (no 'ours' / 'holds'): "
+                             "save it with save_results")
         fresh = resolve_claim(results, c)
         stored = c["ours"]
         for side in ("lhs", "rhs"):
-            if not math.isclose(float(stored[side]), fresh["ours"][side], rel_tol=1e-9, abs_tol=1e-12):
+            same = isinstance(stored.get(side), (int, float)) and math.isclose(
+                stored[side], fresh["ours"][side], rel_tol=1e-9, abs_tol=1e-12)
+            if not same:
                 raise ClaimError(f"claim {c['claim']!r}: stored {side} {stored[side]!r} but "
                                  f"{fresh['ours'][side + '_key']!r} is {fresh['ours'][side]!r}")
         if c["holds"] is not fresh["holds"]:
@@ -181,7 +184,8 @@ def claims_table(results: Mapping | str | Path):
 
     if not isinstance(results, Mapping):
         results = json.loads(Path(results).read_text())
-    rows = [dict(claim=r["claim"], paper=r["paper"], ours=format_ours(r["ours"]), holds=r["holds"], how=r["how"])
+    rows = [dict(claim=r["claim"], paper=r["paper"], ours=format_ours(r["ours"]), holds=r["holds"],
+                 how=r["how"])
             for r in resolve_claims(results).get("claims", [])]
     return pd.DataFrame(rows, columns=["claim", "paper", "ours", "holds", "how"])
 
