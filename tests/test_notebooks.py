@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from weightspace import presets, reproduce
+from weightspace import plotting, presets, reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = reproduce.numbered_notebooks(ROOT / "notebooks")
@@ -66,7 +66,15 @@ def test_every_notebook_runs_at_the_tiny_preset(tmp_path_factory):
     for p in NOTEBOOKS:
         results = out / "results" / f"{p.stem}.json"
         assert results.exists(), f"{p.name} wrote no results file"
-        assert json.loads(results.read_text())
+        data = json.loads(results.read_text())
+        assert data
+        plotting.check_claims(data)                       # every stored verdict follows from its numbers
+        number = int(p.stem[:2])
+        if number <= 5:
+            assert "paper" in data, f"{p.name}: results have no 'paper'"
+            assert (data["paper"] == "") == (number == 0), f"{p.name}: paper {data['paper']!r}"
+        if 1 <= number <= 5:
+            assert data.get("claims"), f"{p.name} records none of its paper's claims"
     assert list((out / "figures").glob("*.png"))
 
 

@@ -57,6 +57,44 @@ def test_gallery_is_built_from_results_files(tmp_path):
     assert "| sub.k | 1.500 |" in text and "## Other figures" in text and "x_02_b.png" in text
 
 
+def test_gallery_shows_each_papers_claims_with_computed_verdicts(tmp_path):
+    import json
+
+    import pytest
+
+    from weightspace import plotting
+    from weightspace.gallery import write_gallery
+
+    (tmp_path / "f").mkdir()
+    def claim(name, lhs, op, rhs):
+        return dict(claim=name, paper="experts win", lhs=lhs, op=op, rhs=rhs, how="test split")
+
+    plotting.save_results(tmp_path / "r", "00_q", {"paper": "", "n": 1, "claims": [claim("one", 1, ">", 0)]})
+    plotting.save_results(tmp_path / "r", "02_m", {
+        "paper": "ProbeX", "acc": {"experts": 0.81, "shared": 0.7},
+        "claims": [claim("experts beat shared", "acc/experts", ">", "acc/shared")]})
+    plotting.save_results(tmp_path / "r", "03_p", {"paper": "ProbeX", "x": 0.4,
+                                                   "claims": [claim("x | above half", "x", ">=", 0.5)]})
+    plotting.save_results(tmp_path / "r", "04_t", {"paper": "MoTHer", "y": 2})
+    text = write_gallery(tmp_path / "f", tmp_path / "r").read_text()
+    probex = text.split("## ProbeX", 1)[1].split("## MoTHer", 1)[0]
+    quick = text.split("## 00_q", 1)[1].split("## ProbeX")[0]
+    assert "| one | experts win | 1 > 0 | holds | test split (`00_q`) |" in quick
+    assert "### 02_m" in probex and "### 03_p" in probex and "| one |" not in probex
+    assert ("| experts beat shared | experts win | acc/experts 0.81 > acc/shared 0.7 | holds "
+            "| test split (`02_m`) |") in probex
+    assert "| x \\| above half | experts win | x 0.4 >= 0.5 | **does not hold** | test split (`03_p`) |" \
+        in probex
+    assert "| acc.experts | 0.810 |" in probex and "claims" not in probex.split("all numbers", 1)[1]
+    assert "### 04_t" in text.split("## MoTHer", 1)[1]
+    path = tmp_path / "r" / "02_m.json"
+    data = json.loads(path.read_text())
+    data["acc"]["experts"] = 0.5         # a number edited by hand: the gallery refuses the stale verdict
+    path.write_text(json.dumps(data))
+    with pytest.raises(plotting.ClaimError, match="claim 'experts beat shared': stored lhs 0.81"):
+        write_gallery(tmp_path / "f", tmp_path / "r")
+
+
 def test_readme_commands_are_make_targets_and_ci_calls_make_test():
     readme, makefile = (ROOT / "README.md").read_text(), (ROOT / "Makefile").read_text()
     commands = re.findall(r"^make (\w+)", readme.split("## The two commands", 1)[1].split("```")[1], flags=re.M)

@@ -95,7 +95,9 @@ def test_small_vit_subset_end_to_end(small_vit_subset, tmp_path):
     from weightspace.probex import fit
 
     f = fit("probex", data["train"], data["val"], data["test"], epochs=2, eval_every=1, device="cpu")
-    assert 0 <= f.test_acc <= 1
+    X_test, Y_test = data["test"]
+    by_hand = ((f.predict(X_test) > 0) == (Y_test > 0.5)).float().mean()          # the kept model, re-scored
+    assert f.test_acc == pytest.approx(float(by_hand)) and f.val_acc == max(h[2] for h in f.history)
     with pytest.raises(ZooError, match="close names"):
         sub.layer("vit.encoder.layer.7.attention.output.dens.weight", "train")
     with pytest.raises(ZooError, match="out of range"):
