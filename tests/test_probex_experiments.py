@@ -8,7 +8,15 @@ import pytest
 import torch
 from conftest import TINY_TREES
 
-from weightspace.probex import LayerData, compare_inputs, fit, fit_statnn, majority, statnn_features, tensor_keys
+from weightspace.probex import (
+    LayerData,
+    compare_inputs,
+    fit,
+    fit_statnn,
+    majority,
+    statnn_features,
+    tensor_keys,
+)
 from weightspace.probex import experiments as ex
 from weightspace.probex.train import Fit
 from weightspace.runtime import torch_threads
@@ -44,7 +52,8 @@ def swept(data):
 
 def test_sweep_layout_and_a_record_by_hand(data, swept):
     sweep, fits = swept
-    assert len(sweep) == 2 * 2 * 2 and set(fits) == {(t, l, k) for t in (0, 1) for l in (L1, L2) for k in ex.KINDS}
+    assert len(sweep) == 2 * 2 * 2
+    assert set(fits) == {(t, l, k) for t in (0, 1) for l in (L1, L2) for k in ex.KINDS}
     assert list(sweep.columns) == ["tree", "tree_id", "layer", "kind", "train_acc", "val_acc", "test_acc",
                                    "n_params", "shape", "best_epoch"]
     row = sweep[(sweep.tree_id == 1) & (sweep.layer == L2) & (sweep.kind == "probex")].iloc[0]
@@ -80,7 +89,8 @@ def test_choices_are_made_on_validation_not_test(data):
     assert list(table.index) == list(ex.METHODS)
     assert (table.loc["ProbeX", "layer"], table.loc["ProbeX", "test_acc"]) == (A, 0.5)
     assert (table.loc["Dense", "layer"], table.loc["Dense", "test_acc"]) == (B, 0.6)
-    assert (table.loc["Dense (ProbeX's layer)", "layer"], table.loc["Dense (ProbeX's layer)", "test_acc"]) == (A, 0.99)
+    same = table.loc["Dense (ProbeX's layer)"]
+    assert (same.layer, same.test_acc) == (A, 0.99)
     assert table.loc["StatNN", "test_acc"] == 0.65
     Ytr, Yte = (data.Y[torch.from_numpy(data.mask(0, s))] for s in ("train", "test"))
     assert table.loc["chance", "test_acc"] == majority(Ytr, Yte)
@@ -125,7 +135,8 @@ def test_statnn_on_matrices_is_the_old_column_subset(tiny_zoo, data):
     sd = tiny_zoo.load(data.ids[0])
     all_keys = [k for k in sd if not k.startswith("head")]
     big = [k for k in all_keys if sd[k].numel() >= 1024]
-    assert tensor_keys(tiny_zoo, data.ids) == all_keys and tensor_keys(tiny_zoo, data.ids, min_numel=1024) == big
+    assert tensor_keys(tiny_zoo, data.ids) == all_keys
+    assert tensor_keys(tiny_zoo, data.ids, min_numel=1024) == big
     assert 0 < len(big) < len(all_keys)
     full, sub = statnn_features(tiny_zoo, data.ids), statnn_features(tiny_zoo, data.ids, keys=big)
     cols = [7 * all_keys.index(k) + j for k in big for j in range(7)]
@@ -146,10 +157,12 @@ def test_ablation_reuses_base_fits_and_matches_fits_by_hand(data, swept):
     sweep, fits = swept
     layers = {0: L1, 1: L2}
     abl = ex.ablation(data, layers, {"n_probes": [2, 4]}, fits=fits, **CFG)
-    assert list(abl[["value", "tree_id"]].itertuples(index=False, name=None)) == [(2, 0), (2, 1), (4, 0), (4, 1)]
+    order = list(abl[["value", "tree_id"]].itertuples(index=False, name=None))
+    assert order == [(2, 0), (2, 1), (4, 0), (4, 1)]
     base = abl[(abl.value == 4) & (abl.tree_id == 1)].iloc[0]
     assert base.test_acc == fits[(1, L2, "probex")].test_acc
-    by_hand = fit("probex", *(data.split(L1, 0, s) for s in ("train", "val", "test")), **{**CFG, "n_probes": 2})
+    by_hand = fit("probex", *(data.split(L1, 0, s) for s in ("train", "val", "test")),
+                  **{**CFG, "n_probes": 2})
     row = abl[(abl.value == 2) & (abl.tree_id == 0)].iloc[0]
     assert (row.test_acc, row.n_params) == (by_hand.test_acc, by_hand.n_params)
 
@@ -187,7 +200,7 @@ def test_pca_2d_is_the_top_principal_plane_with_fixed_signs():
     rng = np.random.default_rng(1)
     E = rng.normal(size=(30, 5)) * np.array([5.0, 3.0, 1.0, 0.5, 0.1])
     xy, frac = ex.pca_2d(E)
-    xy2, _ = ex.pca_2d(-E)                      # flipping the data flips the scores' loadings, not the signs rule
+    xy2, _ = ex.pca_2d(-E)                      # the sign rule fixes the axes: flipped data, flipped scores
     C = np.cov(E - E.mean(0), rowvar=False, bias=True)
     evals = np.linalg.eigvalsh(C)[::-1]
     assert np.allclose(xy.var(0), evals[:2]) and np.allclose(frac, evals[:2] / evals.sum())
@@ -200,7 +213,8 @@ def test_wide_and_gentle_comparisons(data, swept):
     wide = ex.wide_comparison(data, sweep, tree=1, layers=[L2], **CFG)
     by_hand = fit("dense", *(data.split(L2, 1, s) for s in ("train", "val", "test")), **CFG)
     assert wide.loc[L2, "dense"] == by_hand.test_acc and wide.loc[L2, "dense_params"] == by_hand.n_params
-    assert wide.loc[L2, "narrow_probex"] == pytest.approx(sweep[(sweep.layer == L2) & (sweep.kind == "probex")].test_acc.mean())
+    narrow = sweep[(sweep.layer == L2) & (sweep.kind == "probex")].test_acc.mean()
+    assert wide.loc[L2, "narrow_probex"] == pytest.approx(narrow)
     assert math.isnan(ex.wide_comparison(data, None, tree=1, layers=[L2], **CFG).loc[L2, "narrow_dense"])
     g = ex.gentle_comparison({"a": data}, [L1], tree=1, **CFG)
     assert g.drop(columns="tree").to_dict("records") == compare_inputs(data, 1, [L1], **CFG)

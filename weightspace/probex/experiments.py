@@ -100,8 +100,8 @@ def param_ratios(sweep: pd.DataFrame) -> pd.Series:
 
 # --------------------------------------------------------------------------------------------- StatNN
 
-def statnn_experts(zoo, data: LayerData, keys: Sequence[str] | None = None, trees: Sequence[int] | None = None,
-                   seed: int = 0, **recipe) -> dict[int, Fit]:
+def statnn_experts(zoo, data: LayerData, keys: Sequence[str] | None = None,
+                   trees: Sequence[int] | None = None, seed: int = 0, **recipe) -> dict[int, Fit]:
     """{tree_id: Fit}: StatNN (Unterthiner et al. 2020, the paper's weight-statistics baseline) per tree,
     on the statistics of the tensors `keys` (default: all but the head) of the models `data.ids`."""
     trees = _trees(data, trees)
@@ -126,7 +126,8 @@ def statnn_comparison(zoo, data: LayerData, min_numel: int = 1024, trees: Sequen
                 "weight matrices only": tensor_keys(zoo, data.ids, min_numel=min_numel)}
     if not key_sets["weight matrices only"]:
         raise ValueError(f"no tensor with >= {min_numel} entries in {getattr(zoo, 'path', zoo)}")
-    fits = {name: statnn_experts(zoo, data, keys, trees=trees, seed=seed, **recipe) for name, keys in key_sets.items()}
+    fits = {name: statnn_experts(zoo, data, keys, trees=trees, seed=seed, **recipe)
+            for name, keys in key_sets.items()}
     rows = [dict(tree=data.tree_names[t], tree_id=t, tensors=name, n_tensors=len(key_sets[name]),
                  train_acc=f.train_acc, val_acc=f.val_acc, test_acc=f.test_acc, n_params=f.n_params)
             for name, by_tree in fits.items() for t, f in by_tree.items()]
@@ -135,7 +136,8 @@ def statnn_comparison(zoo, data: LayerData, min_numel: int = 1024, trees: Sequen
 
 # ------------------------------------------------------------------------------------ results per tree
 
-def results_table(data: LayerData, sweep: pd.DataFrame, fits: Mapping, statnn: Mapping[int, Fit]) -> pd.DataFrame:
+def results_table(data: LayerData, sweep: pd.DataFrame, fits: Mapping,
+                  statnn: Mapping[int, Fit]) -> pd.DataFrame:
     """Per tree (the paper's discriminative table, one expert per Model Tree): ProbeX on its best layer,
     Dense on ITS best layer, Dense on ProbeX's layer (like for like: same input, the parameter counts
     the paper compares), StatNN, and chance (every class's majority in the training labels).
@@ -158,8 +160,8 @@ def results_table(data: LayerData, sweep: pd.DataFrame, fits: Mapping, statnn: M
         if t not in statnn:
             raise KeyError(f"no StatNN fit for tree {t}")
         s = statnn[t]
-        rows.append(dict(tree=name, tree_id=t, method="StatNN", layer="weight statistics", train_acc=s.train_acc,
-                         val_acc=s.val_acc, test_acc=s.test_acc, n_params=s.n_params))
+        rows.append(dict(tree=name, tree_id=t, method="StatNN", layer="weight statistics",
+                         train_acc=s.train_acc, val_acc=s.val_acc, test_acc=s.test_acc, n_params=s.n_params))
         Ytr, Yva, Yte = (data.Y[torch.from_numpy(data.mask(t, s))] for s in SPLITS)
         rows.append(dict(tree=name, tree_id=t, method="chance", layer="-", train_acc=majority(Ytr, Ytr),
                          val_acc=majority(Ytr, Yva), test_acc=majority(Ytr, Yte), n_params=0))
@@ -197,7 +199,8 @@ def ablation(data: LayerData, layers: Mapping[int, str], grid: Mapping[str, Sequ
 # -------------------------------------------------------------------------- the representation e
 
 @torch.no_grad()
-def representations(f: Fit, data: LayerData, layer: str, tree: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def representations(f: Fit, data: LayerData, layer: str,
+                    tree: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(E [n, r_T], Y [n, d_Y], split [n]) for every model of `tree`: ProbeX's representation e, the
     encoder output before the head (the paper's frozen representation for downstream tasks)."""
     if not hasattr(f.model, "encode"):
