@@ -6,8 +6,10 @@
   experts.py     one expert per tree + a router that finds a model's tree from its weights
   motivation.py  the paper's four motivating experiments (a)-(d)
   modelj.py      the real Model-J layout (paper preset)
+  experiments.py notebook 03: layer sweep, per-tree results, StatNN variants, ablation, kNN in e, section 6
 """
-from .baselines import Ridge, StatNN, fit_ridge, fit_statnn, majority, statnn_features, weight_statistics
+from .baselines import (Ridge, StatNN, fit_ridge, fit_statnn, majority, statnn_features, tensor_keys,
+                        weight_statistics)
 from .experts import Router, fit_experts, route_and_evaluate
 from .model import Dense, ProbeX, layer_matrix, lora_matrix, n_params, probex_params, stack_layer
 from .train import PAPER, DEFAULTS, Fit, LayerData, compare_inputs, delta_inputs, elementwise_accuracy, fit, train
@@ -15,4 +17,4 @@ from .train import PAPER, DEFAULTS, Fit, LayerData, compare_inputs, delta_inputs
 __all__ = ["PAPER", "DEFAULTS", "Dense", "Fit", "LayerData", "ProbeX", "Ridge", "Router", "StatNN", "compare_inputs",
            "delta_inputs", "elementwise_accuracy", "fit", "fit_experts", "fit_ridge", "fit_statnn", "layer_matrix",
            "lora_matrix", "majority", "n_params", "probex_params", "route_and_evaluate", "stack_layer",
-           "statnn_features", "train", "weight_statistics"]
+           "statnn_features", "tensor_keys", "train", "weight_statistics"]

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -84,10 +85,25 @@ def weight_statistics(state_dict: Mapping[str, torch.Tensor], keys: Sequence[str
     return torch.cat(feats).float()
 
 
-def statnn_features(zoo, ids: Sequence[str], keys: Sequence[str] | None = None) -> torch.Tensor:
-    """StatNN features [N, F] of zoo models (by default every tensor but the classification head)."""
+def tensor_keys(zoo, ids: Sequence[str], min_numel: int = 0, exclude: Sequence[str] = ("head",)) -> list[str]:
+    """Names of the tensors of the zoo's models (read from the first of `ids`) with at least `min_numel`
+    entries, in stored order, those starting with a prefix in `exclude` (the classification head) left out."""
+    if not len(ids):
+        raise ValueError(f"{zoo.path}: no model ids given")
     first = zoo.lazy(ids[0])
-    keys = list(keys) if keys is not None else [k for k in first if not k.startswith("head")]
+    return [k for k in first if not k.startswith(tuple(exclude)) and math.prod(first.shape(k)) >= min_numel]
+
+
+def statnn_features(zoo, ids: Sequence[str], keys: Sequence[str] | None = None) -> torch.Tensor:
+    """StatNN features [N, 7 * len(keys)] of zoo models: 7 statistics of each tensor in `keys`, in that
+    order (default: every tensor but the classification head, `tensor_keys`)."""
+    keys = list(keys) if keys is not None else tensor_keys(zoo, ids)
+    if not keys:
+        raise ValueError(f"{zoo.path}: no tensors to compute StatNN statistics of (keys is empty)")
+    first = zoo.lazy(ids[0])
+    unknown = [k for k in keys if k not in first]
+    if unknown:
+        raise KeyError(f"{zoo.path}: model {ids[0]!r} has no tensor(s) {unknown}")
     feats = torch.stack([weight_statistics(zoo.load(i, verify=False), keys) for i in ids])
     if not torch.isfinite(feats).all():
         bad = [ids[i] for i in torch.nonzero(~torch.isfinite(feats).all(1)).flatten()[:5].tolist()]
