@@ -218,9 +218,9 @@ class StackedLoRA:
                 raise ValueError(f"{name}: got a batch of {x.shape[0]} inputs, not a multiple of K={self.K}; "
                                  "lay the batch out as K contiguous groups of b examples, group k for adapter k")
             h = x.reshape(self.K, -1, x.shape[-1]).to(A.dtype)
-            t = torch.bmm(h, A.transpose(1, 2)) * self.mask[:, None, :]
-            d = torch.bmm(t, B.transpose(1, 2)) * self.scale[:, None, None]
-            return output + d.reshape(output.shape).to(output.dtype)
+            t = torch.bmm(h, A.transpose(1, 2)) * (self.mask * self.scale[:, None])[:, None, :]
+            y = output.reshape(self.K, -1, output.shape[-1]).to(A.dtype)
+            return torch.baddbmm(y, t, B.transpose(1, 2)).reshape(output.shape).to(output.dtype)
 
         return hook
 
