@@ -59,6 +59,11 @@ def test_delta_merge_cumulative_by_hand():
     assert torch.equal(stacked, torch.stack([full, 3 * first]))
     vm = torch.func.vmap(delta)(torch.stack([A, A]), torch.stack([B, B]), rank_mask([2, 1]), torch.tensor([1., 3.]))
     assert torch.equal(vm, stacked)
+    # the ViT forests' merge inside vmap: W_parent + (B * mask) @ A, bit for bit
+    W3, A3, B3 = torch.randn(3, 5, 4), torch.randn(3, 2, 4), torch.randn(3, 5, 2)
+    m3 = rank_mask([2, 1, 2])
+    assert torch.equal(torch.func.vmap(merge)(W3, A3, B3, m3),
+                       torch.stack([W3[i] + (B3[i] * m3[i]) @ A3[i] for i in range(3)]))
     # root -> child (U1 V1) -> grandchild (U2 V2): W = W_root + U1 V1 + U2 V2
     U1, V1 = torch.tensor([[1.], [0.]]), torch.tensor([[0., 1., 0.]])
     U, V = cumulative(None, None, U1, V1)
@@ -184,6 +189,23 @@ def test_stacked_adamw_equals_lone_peft_adapters():
                     assert torch.allclose(got, ref, atol=1e-5), (k, name, key, float((got - ref).abs().max()))
                     moved = max(moved, float((got - init[k][f"{name}.{key}.weight"]).abs().max()))
     assert moved > 1e-3                              # the adapters did train
+
+
+def test_single_adapter_forward_equals_peft():
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model = MLP()
+    x = torch.randn(5, 6)
+    with StackedLoRA(model, ["fc2"], 3, K=1, alpha=6.0, seeds=[4]) as lora:
+        randomise_B(lora)
+        hooked = model(x)
+        sd = lora.peft_state_dict(0)
+    ref = inject_adapter_in_model(LoraConfig(r=3, lora_alpha=6.0, target_modules=["fc2"]), MLP())
+    with torch.no_grad():
+        ref.fc2.lora_A["default"].weight.copy_(sd["fc2.lora_A.weight"])
+        ref.fc2.lora_B["default"].weight.copy_(sd["fc2.lora_B.weight"])
+        assert torch.allclose(hooked, ref(x), atol=1e-6)
+        assert float((hooked - MLP()(x)).abs().max()) > 1e-3
 
 
 def test_per_adapter_ranks_train_only_their_rows():
