@@ -1,6 +1,6 @@
 """K LoRA adapters trained at once (weightspace.nets.StackedLoRA) vs K lone peft adapters, on a tiny UNet.
 
-    .venv/bin/python benchmarks/bench_lora.py [--k 32] [--steps 10] [--batch 16] [--out results/bench_lora.json]
+    .venv/bin/python benchmarks/bench_lora.py [--k 32] [--steps 10] [--batch 16] [--out results/x.json]
 
 Both sides train the same K rank-4 adapters (to_q/to_k/to_v/to_out.0 of every attention of a tiny
 diffusers UNet2DConditionModel, 32 Linears) from the same initial factors on the same data: a
@@ -124,7 +124,8 @@ def main(argv=None):
     t_l, trained_l = lone(unet, data, init)
     diff = max(float((trained_s[k][key] - trained_l[k][key]).abs().max()) for k in range(args.k)
                for key in trained_l[k])
-    moved = max(float((trained_s[k][key] - init[k][key]).abs().max()) for k in range(args.k) for key in init[k])
+    moved = max(float((trained_s[k][key] - init[k][key]).abs().max()) for k in range(args.k)
+                for key in init[k])
     n = args.k * args.steps
     res = {"k": args.k, "steps": args.steps, "batch_per_adapter": args.batch, "threads": 1,
            "stacked_s": round(t_s, 3), "lone_s": round(t_l, 3),

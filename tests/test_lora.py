@@ -5,11 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from weightspace.nets.lora import (StackedLoRA, cumulative, delta, diffusers_metadata, init_factors, merge,
-                                   rank_mask, save_diffusers_lora)
+from weightspace.nets.lora import (WEIGHT_NAME, StackedLoRA, cumulative, delta, diffusers_metadata,
+                                   init_factors, merge, rank_mask, save_diffusers_lora)
 
-TINY_UNET = dict(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(32, 64),
-                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+TINY_UNET = dict(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+                 block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
                  attention_head_dim=8, norm_num_groups=8)
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -57,7 +57,8 @@ def test_delta_merge_cumulative_by_hand():
     assert torch.equal(merge(W, A, B, scale=2.0), W + 2 * full)
     stacked = delta(torch.stack([A, A]), torch.stack([B, B]), rank_mask([2, 1]), torch.tensor([1., 3.]))
     assert torch.equal(stacked, torch.stack([full, 3 * first]))
-    vm = torch.func.vmap(delta)(torch.stack([A, A]), torch.stack([B, B]), rank_mask([2, 1]), torch.tensor([1., 3.]))
+    vm = torch.func.vmap(delta)(torch.stack([A, A]), torch.stack([B, B]), rank_mask([2, 1]),
+                                torch.tensor([1., 3.]))
     assert torch.equal(vm, stacked)
     # the ViT forests' merge inside vmap: W_parent + (B * mask) @ A, bit for bit
     W3, A3, B3 = torch.randn(3, 5, 4), torch.randn(3, 2, 4), torch.randn(3, 5, 2)
@@ -165,8 +166,8 @@ def test_stacked_adamw_equals_lone_peft_adapters():
     for k in range(K):
         lone = MLP()
         lone.requires_grad_(False)
-        lone = inject_adapter_in_model(LoraConfig(r=ranks[k], lora_alpha=alphas[k], target_modules=["fc1", "fc2"]),
-                                       lone)
+        cfg = LoraConfig(r=ranks[k], lora_alpha=alphas[k], target_modules=["fc1", "fc2"])
+        lone = inject_adapter_in_model(cfg, lone)
         with torch.no_grad():
             for name, mod in lone.named_modules():
                 if name in ("fc1", "fc2"):
@@ -183,7 +184,8 @@ def test_stacked_adamw_equals_lone_peft_adapters():
         mine = lora.peft_state_dict(k)
         for name, mod in lone.named_modules():
             if name in ("fc1", "fc2"):
-                for key, ref in (("lora_A", mod.lora_A["default"].weight), ("lora_B", mod.lora_B["default"].weight)):
+                for key, ref in (("lora_A", mod.lora_A["default"].weight),
+                                 ("lora_B", mod.lora_B["default"].weight)):
                     got = mine[f"{name}.{key}.weight"]
                     assert got.shape == ref.shape
                     assert torch.allclose(got, ref, atol=1e-5), (k, name, key, float((got - ref).abs().max()))
@@ -206,6 +208,9 @@ def test_single_adapter_forward_equals_peft():
         ref.fc2.lora_B["default"].weight.copy_(sd["fc2.lora_B.weight"])
         assert torch.allclose(hooked, ref(x), atol=1e-6)
         assert float((hooked - MLP()(x)).abs().max()) > 1e-3
+    from peft.utils import get_peft_model_state_dict
+    theirs = get_peft_model_state_dict(ref)
+    assert set(theirs) == set(sd) and all(torch.equal(theirs[k], sd[k]) for k in sd)
 
 
 def test_per_adapter_ranks_train_only_their_rows():
@@ -248,6 +253,7 @@ def test_diffusers_export_reloads_into_a_tiny_unet(tmp_path):
             hooked = unet(x, t, enc).sample.view(K, b, 1, 8, 8)
         k = 0
         sd = lora.diffusers_state_dict(k)
+        peft_sd = lora.peft_state_dict(k)
         cfg = lora.lora_config(k)
         with torch.no_grad():          # what the file would load to without metadata: alpha = r (scale 1)
             lora.scale[k] = 1.0
@@ -255,25 +261,32 @@ def test_diffusers_export_reloads_into_a_tiny_unet(tmp_path):
     with torch.no_grad():
         base = unet(x, t, enc).sample.view(K, b, 1, 8, 8)
     assert len(sd) == 64 and all(k_.startswith("unet.") and ".lora." in k_ for k_ in sd)
-    assert sd["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight"].shape == (4, 32)
+    first = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    assert sd[f"{first}.lora.down.weight"].shape == (4, 32) and sd[f"{first}.lora.up.weight"].shape == (32, 4)
     path = save_diffusers_lora(tmp_path / "a0", sd, cfg, extra_metadata={"style": "mirror"})
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
     assert meta["format"] == "pt" and meta["style"] == "mirror"
     assert json.loads(meta["lora_adapter_metadata"])["unet.lora_alpha"] == 8.0
 
-    unet.load_lora_adapter(str(tmp_path / "a0"), weight_name="pytorch_lora_weights.safetensors", prefix="unet")
+    unet.load_lora_adapter(str(tmp_path / "a0"), weight_name=WEIGHT_NAME, prefix="unet", adapter_name="a0")
     with torch.no_grad():
         loaded = unet(x[:b], t[:b], enc[:b]).sample
     assert float((hooked[0] - base[0]).abs().max()) > 1e-2          # the adapter changes the output
     assert torch.allclose(loaded, hooked[0], atol=1e-5), float((loaded - hooked[0]).abs().max())
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+    assert unet.peft_config["a0"].lora_alpha == 8.0 and unet.peft_config["a0"].r == 4
+    theirs = get_peft_model_state_dict(unet, adapter_name="a0")
+    assert set(theirs) == set(peft_sd) and all(torch.equal(theirs[k_], peft_sd[k_]) for k_ in peft_sd)
+    assert {f"unet.{k_}" for k_ in convert_state_dict_to_diffusers(theirs)} == set(sd)
 
     # without the metadata diffusers infers the config from the shapes and sets alpha = r: wrong scale
     from weightspace.zoo.format import write_safetensors
     (tmp_path / "bare").mkdir()
-    write_safetensors(tmp_path / "bare" / "pytorch_lora_weights.safetensors", sd, {"format": "pt"})
+    write_safetensors(tmp_path / "bare" / WEIGHT_NAME, sd, {"format": "pt"})
     bare = tiny_unet()
-    bare.load_lora_adapter(str(tmp_path / "bare"), weight_name="pytorch_lora_weights.safetensors", prefix="unet")
+    bare.load_lora_adapter(str(tmp_path / "bare"), weight_name=WEIGHT_NAME, prefix="unet")
     with torch.no_grad():
         wrong = bare(x[:b], t[:b], enc[:b]).sample
     assert float((wrong - hooked[0]).abs().max()) > 1e-2

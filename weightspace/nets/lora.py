@@ -116,10 +116,11 @@ def init_factors(d_in: int, d_out: int, ranks: Sequence[int], *, seeds: Sequence
 
 def delta(A: torch.Tensor, B: torch.Tensor, mask: torch.Tensor | None = None,
           scale: torch.Tensor | float | None = None) -> torch.Tensor:
-    """The weight change (alpha/r) B A of LoRA eq. (3): A [..., r, d_in], B [..., d_out, r] -> [..., d_out, d_in].
+    """The weight change (alpha/r) B A: A [..., r, d_in], B [..., d_out, r] -> [..., d_out, d_in].
 
-    `mask` [..., r] keeps an adapter to its own rank; `scale` [...] (or a number) is alpha/r. Leading
-    dims broadcast, so it works stacked ([K, ...]) and inside torch.func.vmap (one adapter at a time).
+    As in LoRA eq. (3). `mask` [..., r] keeps an adapter to its own rank; `scale` [...] (or a number) is
+    alpha/r. Leading dims broadcast, so it works stacked ([K, ...]) and inside torch.func.vmap (one
+    adapter at a time).
     """
     if mask is not None:
         B = B * mask.unsqueeze(-2)
@@ -167,7 +168,8 @@ class StackedLoRA:
 
     `params` is a dict of leaf tensors ("<module>.lora_A" [K, r_max, d_in], "<module>.lora_B"
     [K, d_out, r_max]) for one optimiser; `scale` [K] is alpha/r, `mask` [K, r_max] the rank mask.
-    Seeds: adapter k's factors of module n come from derive_seed(seeds[k], n). `freeze` sets the base
+    Seeds: adapter k's factors of module n come from derive_seed(seeds[k], n) (seeds default to
+    0..K-1). `alpha` (one, or one per adapter) defaults to the rank (scale 1). `freeze` sets the base
     model's requires_grad to False. Use as a context manager, or call remove(), to detach the hooks.
     """
 
@@ -215,8 +217,9 @@ class StackedLoRA:
         def hook(module, inputs, output):
             x = inputs[0]
             if x.shape[0] % self.K:
-                raise ValueError(f"{name}: got a batch of {x.shape[0]} inputs, not a multiple of K={self.K}; "
-                                 "lay the batch out as K contiguous groups of b examples, group k for adapter k")
+                raise ValueError(f"{name}: got a batch of {x.shape[0]} inputs, not a multiple of "
+                                 f"K={self.K}; lay the batch out as K contiguous groups of b examples, "
+                                 "group k for adapter k")
             h = x.reshape(self.K, -1, x.shape[-1]).to(A.dtype)
             t = torch.bmm(h, A.transpose(1, 2)) * (self.mask * self.scale[:, None])[:, None, :]
             y = output.reshape(self.K, -1, output.shape[-1]).to(A.dtype)
