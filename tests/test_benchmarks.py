@@ -30,3 +30,9 @@ def test_bench_probex(tmp_path):
     res = run("bench_probex.py", "--zoo", str(zoo.path), "--epochs", "3", out=tmp_path / "probex.json")
     assert res["n_train"] == 4 and res["speedup"] > 0
     assert res["best_val_acc_pre_extracted"] == res["best_val_acc_reread"]  # same model, same batches
+
+
+def test_bench_lora(tmp_path):
+    res = run("bench_lora.py", "--k", "2", "--steps", "2", "--batch", "4", out=tmp_path / "lora.json")
+    assert res["k"] == 2 and res["speedup"] > 0 and res["max_abs_factor_change"] > 1e-4
+    assert res["max_abs_factor_difference"] < 1e-5  # stacked and lone peft adapters train the same factors
