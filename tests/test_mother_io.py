@@ -284,3 +284,56 @@ def test_download_script_skips_only_complete_files(tmp_path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)                  # imports cleanly; the download itself needs the Hub
     assert mod.FILES == ("model.safetensors", "config.json")
+
+
+def test_cli_bad_arguments_and_inputs_never_give_a_traceback(tmp_path, capsys, caplog):
+    """Each case once gave a raw traceback (or silently did the wrong thing); now a clear message and exit 2."""
+    g = torch.Generator().manual_seed(5)
+    models, _ = _family(g, _timm_like(g), n_children=2)
+    for name, sd in models.items():
+        write_safetensors(tmp_path / f"{name}.safetensors", sd)
+    base = [str(tmp_path), "--n-trees", "1", "--direction-layers", "timm-vit:hidden"]
+
+    def err(*extra):
+        assert cli_main(base + list(extra)) == 2
+        return capsys.readouterr().err
+
+    assert "--lam nan" in err("--lam", "nan") and "finite number >= 0" in err("--lam", "-1")
+    assert "device 'frobnicator'" in err("--device", "frobnicator")
+    assert "does not exist" in err("--json", str(tmp_path / "missing" / "tree.json"))
+    assert "--variant 'ft'" in err("--variant", "ft") and "no variants" in err("--variant", "ft")
+    # finite but huge weights: float32 squares overflow; distances are redone in float64, not inf
+    huge = {k: v * 1e25 for k, v in models["root"].items()}
+    write_safetensors(tmp_path / "zz_huge.safetensors", huge)
+    assert cli_main(base) == 0
+    capsys.readouterr()
+    (tmp_path / "zz_huge.safetensors").unlink()
+    # a folder of pickles is skipped with a word, never loaded
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    with caplog.at_level("WARNING", logger="weightspace.mother"):
+        assert cli_main(base) == 0
+    assert "skipped" in caplog.text and "pytorch_model.bin" in caplog.text and "never load" in caplog.text
+
+
+def test_cli_shard_indexes(tmp_path, capsys):
+    g = torch.Generator().manual_seed(6)
+    sd = _timm_like(g)
+    one = tmp_path / "one"
+    one.mkdir()
+    keys = sorted(sd)
+    half = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for file, ks in half.items():
+        write_safetensors(one / file, {k: sd[k] for k in ks})
+    index = one / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {k: f for f, ks in half.items() for k in ks}}))
+    # a folder that IS one sharded checkpoint is one model, not one model per shard
+    assert cli_main([str(one)]) == 2 and "at least 2 models to relate, got 1" in capsys.readouterr().err
+    index.write_text("{not json")
+    assert cli_main([str(one)]) == 2 and "not a readable shard index" in capsys.readouterr().err
+    index.write_text(json.dumps({"metadata": {}}))
+    assert cli_main([str(one)]) == 2 and 'needs a non-empty "weight_map"' in capsys.readouterr().err
+    index.write_text(json.dumps({"weight_map": {keys[0]: "../elsewhere.safetensors"}}))
+    assert cli_main([str(one)]) == 2 and "not a .safetensors file beside the index" in capsys.readouterr().err
+    index.write_text(json.dumps({"weight_map": {"no.such.tensor": "model-00001-of-00002.safetensors"}}))
+    assert cli_main([str(one)]) == 2 and "has no such tensor" in capsys.readouterr().err
