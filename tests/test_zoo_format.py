@@ -264,3 +264,47 @@ def test_the_label_contract(tmp_path):
         Zoo.create(tmp_path / "v", kind="toy", builder="t", params={}).class_names
     with pytest.raises(ZooError, match="records no architecture"):
         zoo.model("x")
+
+
+def test_table_and_manifest_values_are_checked_on_open(toy_zoo, tmp_path):
+    """Bad values found by hand once gave tracebacks or were used as given (paths out of the zoo)."""
+    from weightspace.zoo.format import TABLE
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    good = (toy_zoo.path / TABLE).read_text()
+
+    def with_row(**change):
+        rows = [json.loads(line) for line in good.splitlines()]
+        rows[1].update(change)
+        (toy_zoo.path / TABLE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    for change, message in [
+        (dict(file="../../victim.txt"), "is not a relative path inside the zoo"),
+        (dict(file=str(victim)), "is not a relative path inside the zoo"),
+        (dict(file="models/../../victim.txt"), "is not a relative path inside the zoo"),
+        (dict(sha256=None), "not 64 hex digits"),
+        (dict(model_id="a\n"), "is not a plain file name"),
+        (dict(depth="1"), "depth '1' of the wrong type"),
+        (dict(parent_id=3), "parent_id 3, not a model id"),
+    ]:
+        with_row(**change)
+        with pytest.raises(ZooError, match=message):
+            Zoo.open(toy_zoo.path)
+    (toy_zoo.path / "models" / "link.safetensors").symlink_to(victim)
+    with_row(file="models/link.safetensors")
+    with pytest.raises(ZooError, match="leads outside"):
+        Zoo.open(toy_zoo.path)
+    assert victim.read_text() == "precious"
+    (toy_zoo.path / TABLE).write_text(good)
+    m = json.loads((toy_zoo.path / MANIFEST).read_text())
+    for bad, message in [([1, 2], "should hold a JSON object"), ({**m, "kind": None}, "'kind' is missing"),
+                         ({k: v for k, v in m.items() if k != "params"}, "'params' is missing"),
+                         ({**m, "assets": {"base": {"file": "/etc/passwd", "sha256": "0" * 64}}}, "not a relative path")]:
+        (toy_zoo.path / MANIFEST).write_text(json.dumps(bad))
+        with pytest.raises(ZooError, match=message):
+            Zoo.open(toy_zoo.path)
+    with pytest.raises(ZooError, match="is not a plain file name"):
+        from weightspace.zoo import write_model
+
+        write_model(toy_zoo.path, "x\n", {"w": torch.zeros(1)}, {})

@@ -59,7 +59,8 @@ ZOO_TAG = "weightspace_zoo"   # the safetensors header key that marks a zoo mode
 # LoRA factors stored beside merged weights: <prefix><key minus ".weight">.U [d_out, R] and .V [R, d_in], with
 # W = W_base + U V (R: the ranks summed along the path from the base); not part of the module's state dict
 LORA_FACTORS = "lora_factors."
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")      # a model id or asset name: always used with fullmatch
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class ZooError(RuntimeError):
@@ -194,10 +195,27 @@ class LazyStateDict(Mapping):
 # ------------------------------------------------------------------------------------------------ zoo
 
 def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ZooError(f"{path}: not a regular file")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ZooError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise ZooError(f"{path}: should hold a JSON object, not a {type(value).__name__}")
+    return value
+
+
+def inside(root: Path, rel, where, under: str | None = None) -> Path:
+    """`root / rel` for a path taken from a table or manifest, refused unless it is relative and stays inside
+    `root` (or `root/under`) once resolved: a table never makes us read, move or delete anything else."""
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise ZooError(f"{where}: path {rel!r} is not a relative path inside the zoo")
+    base = (root / under if under else root).resolve()
+    full = (root / rel).resolve()
+    if full != base and base not in full.parents:
+        raise ZooError(f"{where}: path {rel!r} leads outside {base} (a symlink or '..'); refusing to use it")
+    return root / rel
 
 
 def _jsonable(value):
@@ -284,6 +302,19 @@ class Zoo:
                            f"reads version {FORMAT_VERSION} (version 2 gave `split` one meaning, added the label "
                            f"contract and Hugging Face-readable file headers). Rebuild it: delete {path} and "
                            f"re-run the notebook or builder that made it.{how}")
+        for key, types in (("kind", str), ("builder", str), ("params", dict)):
+            if not isinstance(manifest.get(key), types):
+                raise ZooError(f"{mpath}: the manifest's {key!r} is missing or not a {types.__name__}")
+        for key in ("labels", "architecture", "assets", "layers"):
+            if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+                raise ZooError(f"{mpath}: the manifest's {key!r} should be an object")
+        if manifest.get("labels"):
+            _check_labels(manifest["labels"], mpath)
+        for name, asset in (manifest.get("assets") or {}).items():
+            if not isinstance(asset, dict) or not _ID.fullmatch(str(name)) or \
+                    not _SHA256.fullmatch(str(asset.get("sha256"))):
+                raise ZooError(f"{mpath}: asset {name!r} needs a plain name, a file and a sha256")
+            inside(path, asset.get("file"), f"{mpath}: asset {name!r}", under=ASSETS_DIR)
         if kind is not None and manifest.get("kind") != kind:
             raise ZooError(f"{mpath}: this zoo is of kind {manifest.get('kind')!r}, expected {kind!r}")
         rows = cls._read_table(path / TABLE)
@@ -460,13 +491,23 @@ class Zoo:
         labels = self.manifest.get("labels")
         n_classes = len(labels["class_names"]) if labels else 0
         for r in rows:
+            if not isinstance(r, dict):
+                raise ZooError(f"{where}: a row is a {type(r).__name__}, not a JSON object: {str(r)[:80]}")
             missing = [c for c in REQUIRED_COLUMNS if c not in r]
             if missing:
-                raise ZooError(f"{where}: row {r.get('model_id', r)!r} lacks columns {missing}")
+                raise ZooError(f"{where}: row {str(r.get('model_id', r))[:80]!r} lacks columns {missing}")
             mid = r["model_id"]
-            if not isinstance(mid, str) or not _ID.match(mid):
+            if not isinstance(mid, str) or not _ID.fullmatch(mid):
                 raise ZooError(f"{where}: model id {mid!r} is not a plain file name "
                                "(letters, digits, '.', '_', '-')")
+            inside(self.path, r["file"], f"{where}: model {mid!r}", under=MODELS_DIR)
+            if not isinstance(r["sha256"], str) or not _SHA256.fullmatch(r["sha256"]):
+                raise ZooError(f"{where}: model {mid!r} has sha256 {r['sha256']!r}, not 64 hex digits")
+            for col, types in (("depth", int), ("tree_id", (int, str))):
+                if r[col] is not None and (not isinstance(r[col], types) or isinstance(r[col], bool)):
+                    raise ZooError(f"{where}: model {mid!r} has {col} {r[col]!r} of the wrong type")
+            if r["parent_id"] is not None and not isinstance(r["parent_id"], str):
+                raise ZooError(f"{where}: model {mid!r} has parent_id {r['parent_id']!r}, not a model id or null")
             if mid in seen:
                 raise ZooError(f"{where}: duplicate model id {mid!r}")
             if r["split"] is not None and r["split"] not in SPLITS:
@@ -503,7 +544,7 @@ class Zoo:
 
     # -- assets (weights shared by all models, e.g. a cached base model) -----------------------------
     def add_asset(self, name: str, tensors: Mapping[str, torch.Tensor], metadata=None) -> None:
-        if not _ID.match(name):
+        if not _ID.fullmatch(name):
             raise ZooError(f"{self.path}: asset name {name!r} is not a plain file name")
         rel = f"{ASSETS_DIR}/{name}.safetensors"
         sha = write_safetensors(self.path / rel, tensors, metadata)
@@ -702,7 +743,7 @@ def write_model(zoo_path, model_id: str, tensors: Mapping[str, torch.Tensor], ro
     Safe to call from worker processes on other machines (shared file system): it only writes the
     model's own file, atomically; the driver records the returned row in the table.
     """
-    if not _ID.match(model_id):
+    if not isinstance(model_id, str) or not _ID.fullmatch(model_id):
         raise ZooError(f"model id {model_id!r} is not a plain file name (letters, digits, '.', '_', '-')")
     row = _jsonable({"model_id": model_id, **dict(row)})
     for c in ("parent_id", "tree_id", "depth", "split"):
