@@ -2,7 +2,7 @@
 
     python data_scripts/download_modelj.py --subset SupViT                # ~350 GB per subset
     python data_scripts/download_modelj.py --subset MAE --splits test --limit 20 --root /data/modelj
-    python data_scripts/download_modelj.py --subset MAE --verify --root /data/modelj   # re-hash, no network
+    python data_scripts/download_modelj.py --verify --root /data/modelj   # re-hash everything, no network
 
 For every model listed in the dataset "ProbeX/Model-J" (config = subset; columns hf_model_id,
 hf_model_url) it calls huggingface_hub.snapshot_download(repo_id, revision=<commit>,
@@ -129,7 +129,7 @@ def download(subset: str, root: Path, splits=SPLITS, limit: int | None = None, r
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--subset", required=True, choices=sorted(SUBSETS))
+    ap.add_argument("--subset", choices=sorted(SUBSETS), help="required unless --verify")
     ap.add_argument("--root", type=Path, default=default_root(), help=f"default: {default_root()}")
     ap.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
     ap.add_argument("--limit", type=int, help="at most this many models per split (for a first look)")
@@ -138,6 +138,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.verify:
         return verify_root(args.root)
+    if args.subset is None:
+        ap.error("--subset is required (unless --verify)")
     try:
         counts = download(args.subset, args.root, args.splits, args.limit)
     except DownloadError as e:
