@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from weightspace.nets.vit import split_qkv
-from weightspace.zoo import Zoo
-from weightspace.stats import excess_kurtosis
 from weightspace.nets.vit_training import finetune_stacked
+from weightspace.stats import excess_kurtosis
+from weightspace.zoo import Zoo
 from weightspace.zoo.forests import DEFAULTS, TASKS, VARIANTS, build_forests, forest_plan
 
 TINY_FOREST = dict(n_trees=2, n_children=2, root_steps=12, steps=6, log_every=3, chunk=8,

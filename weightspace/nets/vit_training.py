@@ -250,7 +250,7 @@ def finetune_stacked(parents: Sequence[Mapping[str, torch.Tensor]], classes: Seq
     batched = vmap(forward, in_dims=(0, 0, 0 if mask is not None else None, 0))
     body = {k: v for k, v in {**net.trainable(), **lora}.items() if not k.startswith("head.")}
     head = {k: v for k, v in net.trainable().items() if k.startswith("head.")}
-    decay = lambda n, p: "|" in n or (n.endswith("weight") and p.ndim >= 3)  # noqa: E731
+    decay = lambda n, p: "|" in n or (n.endswith("weight") and p.ndim >= 3)
     opt = BatchedAdamW(body, weight_decay=weight_decay, decay=decay)
     opt_head = BatchedAdamW(head, weight_decay=weight_decay, decay=decay)
 

@@ -34,7 +34,7 @@ Kurtosis is logged along each root's pre-training and along one fine-tuning run 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import torch
 

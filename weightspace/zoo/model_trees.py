@@ -24,10 +24,9 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-
-from weightspace.data import styled_digits
 import torch
 
+from weightspace.data import styled_digits
 from weightspace.nets.batched import SCHEDULES
 from weightspace.nets.lora import cumulative
 from weightspace.nets.vit import VIT_TINY, timm_architecture
