@@ -240,3 +240,26 @@ def test_mismatched_shapes_across_a_zoo(tiny_zoo, tmp_path):
     zoo.add("c", {"blocks.0.attn.proj.weight": torch.full((4, 4), float("nan"))}, parent_id="r", depth=1, classes=[1])
     with pytest.raises(ValueError, match="NaN or inf weights"):
         LayerData(zoo, ids=["a", "c"]).X("blocks.0.attn.proj.weight")
+
+
+def test_layer_data_reads_lora_layers(tiny_lora_trees):
+    """"lora:<stem>" is each model's B A (Zoo.lora_layer), what ProbeX reads for a LoRA (no alpha scaling)."""
+    data = LayerData(tiny_lora_trees)
+    layers = data.layers()
+    assert layers[-2:] == ["lora:blocks.0.attn.qkv", "lora:blocks.1.attn.qkv"]
+    assert not any(k.startswith("lora_factors.") for k in layers) and "blocks.0.attn.qkv.weight" in layers
+    X = data.X("lora:blocks.0.attn.qkv")
+    assert X.shape == (len(data.ids), 96, 32) and X.dtype == torch.float32
+    for n, mid in enumerate(data.ids):
+        sd = tiny_lora_trees.load(mid)
+        U, V = sd["lora_factors.blocks.0.attn.qkv.U"], sd["lora_factors.blocks.0.attn.qkv.V"]
+        by_hand = torch.einsum("ik,kj->ij", U.double(), V.double()).float()
+        assert torch.allclose(X[n], by_hand, atol=1e-7)
+        assert torch.linalg.matrix_rank(X[n].double(), rtol=1e-4) == 2 * tiny_lora_trees.row(mid)["rank"]
+    assert torch.equal(data.root("lora:blocks.0.attn.qkv", 0), torch.zeros(96, 32))   # the base: no adapter
+    Xtr, Ytr = data.split("lora:blocks.1.attn.qkv", 0, "train")
+    assert Xtr.shape[1:] == (96, 32) and len(Xtr) == len(Ytr)
+    with pytest.raises(ZooError, match="no tensor named 'lora_factors.blocks.7.attn.qkv.U'"):
+        data.X("lora:blocks.7.attn.qkv")
+    plain = LayerData(Zoo.open(tiny_lora_trees.path))                                    # reopened: same layers
+    assert plain.layers() == layers

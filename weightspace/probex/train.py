@@ -137,10 +137,17 @@ def fit(kind: str, train_split: tuple, val_split: tuple, test_split: tuple | Non
 
 # -------------------------------------------------------------------------- a zoo's layers, once in RAM
 
+LORA = "lora:"   # LayerData's name of a LoRA layer: "lora:<module stem>"
+
+
 class LayerData:
     """The labelled models of any zoo as tensors: `X(layer)` [N, d_H, d_W] read once and kept, labels Y
     [N, d_Y] (multi-hot, from the zoo's label contract), and each model's tree and data split, so any
     (tree, split) subset is a cheap index. By default: every labelled model that is in a data split.
+
+    In a zoo with a LoRA layout (its manifest's `lora` entry), "lora:<stem>" is also a layer: each model's
+    weight change B A on that module (`Zoo.lora_layer`), what ProbeX reads for a LoRA model (paper, Sec. 5:
+    X = B A, no alpha scaling).
     """
 
     def __init__(self, zoo, ids: Sequence[str] | None = None, conv_reshape: bool = True):
@@ -168,12 +175,17 @@ class LayerData:
         (a matrix once squeezed, as in the paper's layer list) and the patch-embedding conv."""
         shapes = self.zoo.manifest.get("layers") or {k: self.zoo.lazy(self.ids[0]).shape(k)
                                                      for k in self.zoo.lazy(self.ids[0])}
-        return [k for k, s in shapes.items() if not k.startswith("head") and
-                ((k.endswith("weight") and len(s) >= 2) or sum(d != 1 for d in s) == 2)]
+        extra = tuple((self.zoo.manifest.get("architecture") or {}).get("extra_prefixes", ()))
+        weights = [k for k, s in shapes.items() if not k.startswith("head") and not (extra and k.startswith(extra))
+                   and ((k.endswith("weight") and len(s) >= 2) or sum(d != 1 for d in s) == 2)]
+        return weights + [LORA + stem for stem in self.zoo.lora_modules()]
 
     def X(self, layer: str) -> torch.Tensor:
+        """[N, d_H, d_W] float32: the layer of every model (for "lora:<stem>", its LoRA product B A)."""
         if layer not in self._cache:
-            self._cache[layer] = stack_layer(self.zoo.layer(layer, self.ids), conv_reshape=self.conv_reshape,
+            stack = (self.zoo.lora_layer(layer[len(LORA):], self.ids) if layer.startswith(LORA)
+                     else self.zoo.layer(layer, self.ids))
+            self._cache[layer] = stack_layer(stack, conv_reshape=self.conv_reshape,
                                              name=f"{self.zoo.path}: layer {layer!r}")
         return self._cache[layer]
 
@@ -186,13 +198,20 @@ class LayerData:
         return m
 
     def root(self, layer: str, tree: int) -> torch.Tensor:
-        """The layer of `tree`'s root (the parent of its fine-tunes) as a [d_H, d_W] matrix."""
+        """The layer of `tree`'s root (the parent of its fine-tunes) as a [d_H, d_W] matrix; for a LoRA layer
+        the root's own B A, zero when it is the base model (it carries no adapter)."""
         members = np.flatnonzero(self.mask(tree))
         if not len(members):
             raise ValueError(f"{self.zoo.path}: no models in tree {tree!r} (trees: {self.trees})")
         parent = self.zoo.row(self.ids[members[0]])["parent_id"]
-        return stack_layer([self.zoo.lazy(parent)[layer]], conv_reshape=self.conv_reshape,
-                           name=f"{self.zoo.path}: {parent} layer {layer!r}")[0]
+        if layer.startswith(LORA):
+            stem = layer[len(LORA):]
+            if self.zoo.lora_spec["up"].format(stem) not in self.zoo.lazy(parent):   # the base: no change
+                return torch.zeros(self.X(layer).shape[1:])
+            stack = self.zoo.lora_layer(stem, [parent], cache=False)
+        else:
+            stack = [self.zoo.lazy(parent)[layer]]
+        return stack_layer(stack, conv_reshape=self.conv_reshape, name=f"{self.zoo.path}: {parent} layer {layer!r}")[0]
 
     def split(self, layer: str, tree=None, split="train") -> tuple[torch.Tensor, torch.Tensor]:
         """(X, Y) of the models of `tree` (an id, a list, or None for all) in `split`."""
