@@ -51,11 +51,10 @@ from scipy.stats import spearmanr
 from weightspace import plotting
 from weightspace.mother import direction_scores, distance_matrix
 from weightspace.mother.analysis import edge_hops, falls_fraction
-from weightspace.zoo.forests import SPLITS, TASKS, build_forests, forest, parents
+from weightspace.zoo.forests import TASKS, VARIANT_DISTANCE, VARIANT_NAMES, VARIANTS, build_forests
 
 plotting.style()
 zoo_path = f"{zoo_root}/mother_forests"
-SPLIT_NAMES = {"ft": "FT", "lora-v": "LoRA-V", "lora-f": "LoRA-F"}
 DISTANCE = {"ft": "ft", "lora-v": "lora", "lora-f": "lora"}
 
 # %% [markdown]
@@ -76,11 +75,11 @@ zoo = build_forests(zoo_path, n_trees=n_trees, n_children=n_children, root_steps
 build_seconds = time.time() - t0
 table = zoo.table
 print(f"{len(zoo)} models in {build_seconds:.0f} s; tasks: {list(TASKS)}")
-table[["model_id", "parent_id", "tree_id", "depth", "split", "task", "rank", "test_acc"]].head(8)
+table[["model_id", "parent_id", "tree_id", "depth", "variant", "task", "rank", "test_acc"]].head(8)
 
 # %%
 fine = table[table.depth > 0]
-summary = fine.groupby("split").agg(models=("model_id", "size"), mean_test_acc=("test_acc", "mean"),
+summary = fine.groupby("variant").agg(models=("model_id", "size"), mean_test_acc=("test_acc", "mean"),
                                     ranks=("rank", lambda r: sorted(set(r))))
 summary
 
@@ -97,7 +96,7 @@ summary
 # of their children, which start where their parent ended.
 
 # %%
-roots = sorted(zoo.select(split="root"))
+roots = sorted(zoo.select(depth=0))
 fig, axes = plt.subplots(1, 3, figsize=(15, 4))
 col = plotting.colors(len(roots))
 for i, r in enumerate(roots):
@@ -111,16 +110,16 @@ axes[0].set(title="(a) pre-training a root (generalisation stage)", xlabel="pre-
 axes[0].legend(fontsize=7, ncol=2, loc="upper left")
 
 
-def generations(ax, split, key, title):
+def generations(ax, variant, key, title):
     """The root's children from step 0, their children from where they ended."""
     root = "t0-root"
     end = zoo.row(root)["kurtosis_log"][key][-1]
     ax.axhline(end, color="0.6", lw=1, ls=":", label="root")
-    kids = sorted(i for i in zoo.select(split=split, depth=1) if zoo.row(i)["parent_id"] == root)
+    kids = sorted(i for i in zoo.select(variant=variant, depth=1) if zoo.row(i)["parent_id"] == root)
     for j, c in enumerate(kids):
         log = zoo.row(c)["kurtosis_log"]
         ax.plot(log["step"], log[key], color=col[j], lw=2, label=f"child {c.split('-')[-1]}")
-        for g in sorted(i for i in zoo.select(split=split, depth=2) if zoo.row(i)["parent_id"] == c):
+        for g in sorted(i for i in zoo.select(variant=variant, depth=2) if zoo.row(i)["parent_id"] == c):
             lg = zoo.row(g)["kurtosis_log"]
             ax.plot(np.array(lg["step"]) + log["step"][-1], lg[key], color=col[j], lw=0.8, alpha=0.8)
     ax.axvline(steps, color="0.8", lw=1)
@@ -146,16 +145,16 @@ plotting.savefig(fig, figures_dir, "mother_01_kurtosis_training")
 GROUPS = {"attention output (FT paper)": "timm-vit:output", "value (LoRA paper)": "timm-vit:value",
           "all attention (q, k, v, o)": "timm-vit:attention", "MLP": "timm-vit:mlp"}
 rows, kurt = [], {}
-for split in SPLITS:
-    ids = forest(zoo, split)
-    models, par = zoo.state_dicts(ids), parents(zoo, ids)
+for variant in VARIANTS:
+    ids = zoo.variant(variant)
+    models, par = zoo.state_dicts(ids), zoo.parents(ids)
     for gname, spec in GROUPS.items():
-        k = dict(zip(ids, direction_scores(models, spec, DISTANCE[split])))
-        kurt[(split, gname)] = k
-        moved = not (split != "ft" and gname in ("attention output (FT paper)", "MLP"))
-        rows.append(dict(split=SPLIT_NAMES[split], matrices=gname,
+        k = dict(zip(ids, direction_scores(models, spec, VARIANT_DISTANCE[variant])))
+        kurt[(variant, gname)] = k
+        moved = not (variant != "ft" and gname in ("attention output (FT paper)", "MLP"))
+        rows.append(dict(variant=VARIANT_NAMES[variant], matrices=gname,
                          falls=falls_fraction(k, par) if moved else np.nan))
-falls = pd.DataFrame(rows).pivot(index="matrices", columns="split", values="falls")[list(SPLIT_NAMES.values())]
+falls = pd.DataFrame(rows).pivot(index="matrices", columns="variant", values="falls")[list(VARIANT_NAMES.values())]
 falls
 
 # %%
@@ -184,10 +183,10 @@ plotting.savefig(fig, figures_dir, "mother_02b_direction_layers")
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
 spearman = {}
-for ax, split in zip(axes, SPLITS):
-    ids = forest(zoo, split)
-    D = distance_matrix(zoo.state_dicts(ids), "timm-vit", DISTANCE[split])
-    hops = edge_hops(parents(zoo, ids), ids)
+for ax, variant in zip(axes, VARIANTS):
+    ids = zoo.variant(variant)
+    D = distance_matrix(zoo.state_dicts(ids), "timm-vit", VARIANT_DISTANCE[variant])
+    hops = edge_hops(zoo.parents(ids), ids)
     iu = np.triu_indices(len(ids), 1)
     h, d = hops[iu], D[iu]
     cats = sorted(set(h[h > 0])) + [-1]
@@ -196,11 +195,11 @@ for ax, split in zip(axes, SPLITS):
     for x, v in enumerate(data, 1):
         ax.scatter(x + np.random.default_rng(x).uniform(-0.2, 0.2, len(v)), v, s=3, alpha=0.3, color="0.3")
     ax.set_xticks(range(1, len(cats) + 1), [str(c) for c in cats[:-1]] + ["other\ntree"])
-    ax.set(title=SPLIT_NAMES[split], xlabel="edges between the two models",
-           ylabel="mean RMS difference" if DISTANCE[split] == "ft" else "summed rank of difference")
+    ax.set(title=VARIANT_NAMES[variant], xlabel="edges between the two models",
+           ylabel="mean RMS difference" if VARIANT_DISTANCE[variant] == "ft" else "summed rank of difference")
     within = h > 0
-    spearman[split] = float(spearmanr(h[within], d[within]).statistic)
-    ax.text(0.02, 0.95, f"Spearman ρ within trees = {spearman[split]:.2f}", transform=ax.transAxes, va="top")
+    spearman[variant] = float(spearmanr(h[within], d[within]).statistic)
+    ax.text(0.02, 0.95, f"Spearman ρ within trees = {spearman[variant]:.2f}", transform=ax.transAxes, va="top")
 fig.tight_layout()
 plotting.savefig(fig, figures_dir, "mother_02_distance_vs_edges")
 
@@ -213,14 +212,14 @@ plotting.savefig(fig, figures_dir, "mother_02_distance_vs_edges")
 # %%
 results = {
     "models": len(zoo), "build_seconds": build_seconds,
-    "mean_test_acc": {SPLIT_NAMES[s]: float(fine[fine.split == s].test_acc.mean()) for s in SPLITS},
+    "mean_test_acc": {VARIANT_NAMES[s]: float(fine[fine.variant == s].test_acc.mean()) for s in VARIANTS},
     "root_kurtosis_final": {r: {"proj": zoo.row(r)["kurtosis_log"]["proj"][-1],
                                 "value": zoo.row(r)["kurtosis_log"]["value"][-1]} for r in roots},
     "root_kurtosis_rises": bool(all(zoo.row(r)["kurtosis_log"]["proj"][-1] > zoo.row(r)["kurtosis_log"]["proj"][0]
                                     for r in roots)),
     "edges_where_kurtosis_falls": {f"{c} / {m}": v for m, row in falls.iterrows() for c, v in row.items()
                                    if not np.isnan(v)},
-    "spearman_distance_vs_edges": {SPLIT_NAMES[s]: v for s, v in spearman.items()},
+    "spearman_distance_vs_edges": {VARIANT_NAMES[s]: v for s, v in spearman.items()},
 }
 results["figures"] = {
     "mother_01_kurtosis_training": "Kurtosis of the attention weights rises along pre-training and falls along "

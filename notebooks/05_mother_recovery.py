@@ -46,13 +46,11 @@ from weightspace import plotting
 from weightspace.mother import (clustering_accuracy, distance_matrix, edge_accuracy, recover, truth_graph)
 from weightspace.mother.analysis import clustering_curve, draw_tree, lambda_sweep, method_accuracies, tree_inputs
 from weightspace.zoo import Zoo
-from weightspace.zoo.forests import SPLITS, forest, parents
+from weightspace.zoo.forests import VARIANT_DISTANCE, VARIANT_NAMES, VARIANTS
 
 plotting.style()
 zoo = Zoo.open(f"{zoo_root}/mother_forests", kind="vit-forest")
 n_trees = zoo.params["n_trees"]
-SPLIT_NAMES = {"ft": "FT", "lora-v": "LoRA-V", "lora-f": "LoRA-F"}
-DISTANCE = {"ft": "ft", "lora-v": "lora", "lora-f": "lora"}
 # the paper's direction matrices (FT: attention output projections; LoRA: value matrices), and ours for LoRA:
 # every matrix the adapters change (query and value: the sum of two trends is steadier, see notebook 04)
 DIRECTION = {"ft": {"paper": "timm-vit:output"},
@@ -68,20 +66,20 @@ print(zoo)
 
 # %%
 whole, timing, cluster_acc, graphs = {}, {}, {}, {}
-for split in SPLITS:
-    ids = forest(zoo, split)
-    truth = truth_graph(parents(zoo, ids))
-    for variant, spec in DIRECTION[split].items():
+for variant in VARIANTS:
+    ids = zoo.variant(variant)
+    truth = truth_graph(zoo.parents(ids))
+    for direction, spec in DIRECTION[variant].items():
         t0 = time.time()
-        g = recover(zoo.state_dicts(ids), layers="timm-vit", distance=DISTANCE[split], direction_layers=spec, lam=lam)
-        timing[(split, variant)] = time.time() - t0
-        graphs[(split, variant)] = g
-        whole[(split, variant)] = edge_accuracy(g, truth)
-        cluster_acc[(split, variant)] = clustering_accuracy([g.nodes[i]["tree"] for i in ids],
+        g = recover(zoo.state_dicts(ids), layers="timm-vit", distance=VARIANT_DISTANCE[variant], direction_layers=spec, lam=lam)
+        timing[(variant, direction)] = time.time() - t0
+        graphs[(variant, direction)] = g
+        whole[(variant, direction)] = edge_accuracy(g, truth)
+        cluster_acc[(variant, direction)] = clustering_accuracy([g.nodes[i]["tree"] for i in ids],
                                                             [zoo.row(i)["tree_id"] for i in ids])
-        print(f"{SPLIT_NAMES[split]:7s} direction from {variant:6s}: {len(g.graph['trees'])} trees found, "
-              f"clustering {cluster_acc[(split, variant)]:.2f}, directed edges {whole[(split, variant)]:.3f} "
-              f"({timing[(split, variant)]:.1f} s)")
+        print(f"{VARIANT_NAMES[variant]:7s} direction from {direction:6s}: {len(g.graph['trees'])} trees found, "
+              f"clustering {cluster_acc[(variant, direction)]:.2f}, directed edges {whole[(variant, direction)]:.3f} "
+              f"({timing[(variant, direction)]:.1f} s)")
 
 # %% [markdown]
 # ## 2 · The results table: per tree, per forest, against baselines
@@ -95,22 +93,22 @@ for split in SPLITS:
 
 # %%
 rows, inputs = [], {}
-for split in SPLITS:
-    ids = forest(zoo, split)
-    par = parents(zoo, ids)
+for variant in VARIANTS:
+    ids = zoo.variant(variant)
+    par = zoo.parents(ids)
     tree_of = {i: zoo.row(i)["tree_id"] for i in ids}
-    for variant, spec in DIRECTION[split].items():
-        trees = tree_inputs(zoo.state_dicts(ids), tree_of, layers="timm-vit", distance=DISTANCE[split],
+    for direction, spec in DIRECTION[variant].items():
+        trees = tree_inputs(zoo.state_dicts(ids), tree_of, layers="timm-vit", distance=VARIANT_DISTANCE[variant],
                             direction_layers=spec)
-        inputs[(split, variant)] = (trees, par)
+        inputs[(variant, direction)] = (trees, par)
         for method, r in method_accuracies(trees, par, lam=lam, tie_seeds=tie_seeds).items():
-            if variant != "paper" and not method.startswith("MoTHer"):
+            if direction != "paper" and not method.startswith("MoTHer"):
                 continue
-            row = {"forest": SPLIT_NAMES[split], "direction": variant, "method": method}
+            row = {"forest": VARIANT_NAMES[variant], "direction": direction, "method": method}
             row.update({f"tree {t}": a for t, a in enumerate(r["per_tree"])})
             row.update({"mean": r["mean"], "placed": r["placed"], "root found": r["root_found"]})
             if method.startswith("MoTHer"):
-                row["with clustering"] = whole[(split, variant)]
+                row["with clustering"] = whole[(variant, direction)]
             rows.append(row)
 results_table = pd.DataFrame(rows)
 results_table.round(3)
@@ -153,10 +151,10 @@ def row_of(forest_name, method, direction="paper"):
     return r.iloc[0]
 
 
-for split in SPLITS:
-    f = SPLIT_NAMES[split]
+for variant in VARIANTS:
+    f = VARIANT_NAMES[variant]
     m, z, top = row_of(f, "MoTHer"), row_of(f, "lambda = 0"), row_of(f, "MST")
-    extra = f"; with the q+v kurtosis {row_of(f, 'MoTHer', 'q+v')['mean']:.2f}" if split != "ft" else ""
+    extra = f"; with the q+v kurtosis {row_of(f, 'MoTHer', 'q+v')['mean']:.2f}" if variant != "ft" else ""
     print(f"{f}: MoTHer {m['mean']:.2f} (placed {m['placed']:.2f}, roots {m['root found']:.0%}){extra}; "
           f"lambda 0 {z['mean']:.2f} (roots {z['root found']:.0%}); MST from top {top['mean']:.2f}")
 
@@ -172,17 +170,17 @@ for split in SPLITS:
 from weightspace.mother.analysis import falls_by
 
 rows = []
-for split in ("lora-v", "lora-f"):
-    ids = forest(zoo, split)
-    par = parents(zoo, ids)
-    for variant in DIRECTION[split]:
-        trees, _ = inputs[(split, variant)]
+for variant in ("lora-v", "lora-f"):
+    ids = zoo.variant(variant)
+    par = zoo.parents(ids)
+    for direction in DIRECTION[variant]:
+        trees, _ = inputs[(variant, direction)]
         k = {n: float(x) for t in trees for n, x in zip(t["names"], t["k"])}
         for by in ("rank", "tree_id"):
             for g, (frac, n) in falls_by(k, par, {i: zoo.row(i)[by] for i in ids}).items():
                 label = f"rank {g}" if by == "rank" else \
                     f"tree {g} (root value kurtosis {zoo.row(f't{g}-root')['kurtosis_log']['value'][-1]:.1f})"
-                rows.append({"forest": SPLIT_NAMES[split], "edges": label, "n": n, f"falls [{variant}]": frac})
+                rows.append({"forest": VARIANT_NAMES[variant], "edges": label, "n": n, f"falls [{direction}]": frac})
 falls_table = pd.DataFrame(rows).groupby(["forest", "edges", "n"], sort=False).first().round(2)
 falls_table
 
@@ -194,12 +192,12 @@ falls_table
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(13, 4))
 sweep = {}
-for (split, variant), (trees, par) in inputs.items():
+for (variant, direction), (trees, par) in inputs.items():
     res = lambda_sweep(trees, par, lams, tie_seeds=tie_seeds)
-    sweep[f"{SPLIT_NAMES[split]} [{variant}]"] = res
+    sweep[f"{VARIANT_NAMES[variant]} [{direction}]"] = res
     for ax, key in zip(axes, ["accuracy", "root_found"]):
-        ax.plot(range(len(lams)), res[key], marker="o", ls="-" if variant == "paper" else "--",
-                label=f"{SPLIT_NAMES[split]} (direction: {variant})")
+        ax.plot(range(len(lams)), res[key], marker="o", ls="-" if direction == "paper" else "--",
+                label=f"{VARIANT_NAMES[variant]} (direction: {direction})")
 for ax, ylabel in zip(axes, ["directed-edge accuracy (trees given)", "fraction of roots found"]):
     ax.set_xticks(range(len(lams)), [f"{x:g}" for x in lams])
     ax.axvline(lams.index(lam), color="0.7", ls=":", lw=1)
@@ -218,14 +216,14 @@ plotting.savefig(fig, figures_dir, "mother_04_lambda")
 # %%
 fig, ax = plt.subplots(figsize=(7, 4))
 curves = {}
-for split in SPLITS:
-    ids = forest(zoo, split)
-    D = distance_matrix(zoo.state_dicts(ids), "timm-vit", DISTANCE[split], tol=1e-3)
+for variant in VARIANTS:
+    ids = zoo.variant(variant)
+    D = distance_matrix(zoo.state_dicts(ids), "timm-vit", VARIANT_DISTANCE[variant], tol=1e-3)
     curve = clustering_curve(D, [zoo.row(i)["tree_id"] for i in ids], fractions, n_draws, n_trees)
-    curves[SPLIT_NAMES[split]] = curve
+    curves[VARIANT_NAMES[variant]] = curve
     m = np.array([curve[f][0] for f in fractions])
     s = np.array([curve[f][1] for f in fractions])
-    ax.plot(fractions, m, marker="o", label=SPLIT_NAMES[split])
+    ax.plot(fractions, m, marker="o", label=VARIANT_NAMES[variant])
     ax.fill_between(fractions, m - s, m + s, alpha=0.2)
 ax.invert_xaxis()
 ax.set(xlabel="fraction of the models kept", ylabel="clustering accuracy", ylim=(0, 1.02),
@@ -240,10 +238,10 @@ plotting.savefig(fig, figures_dir, "mother_05_clustering_subsets")
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-for ax, split in zip(axes, SPLITS):
-    ids = forest(zoo, split)
-    par = parents(zoo, ids)
-    g = graphs[(split, "paper")]
+for ax, variant in zip(axes, VARIANTS):
+    ids = zoo.variant(variant)
+    par = zoo.parents(ids)
+    g = graphs[(variant, "paper")]
     per_tree = {t: [i for i in ids if zoo.row(i)["tree_id"] == t] for t in range(n_trees)}
     worst = max(per_tree, key=lambda t: len({e for e in g.edges() if e[1] in per_tree[t]} -
                                              {(par[c], c) for c in per_tree[t] if par[c]}))
@@ -251,7 +249,7 @@ for ax, split in zip(axes, SPLITS):
     short = {n: n.split("-", 1)[1] if "-" in n and not n.endswith("root") else n for n in names}
     n_wrong = draw_tree(ax, {n: par[n] for n in names}, [e for e in g.edges() if e[1] in names], names,
                         labels={n: short[n].replace(f"t{worst}-", "") for n in names})
-    ax.set_title(f"{SPLIT_NAMES[split]}, tree {worst}: {n_wrong} wrong edge(s) of 20", fontsize=10)
+    ax.set_title(f"{VARIANT_NAMES[variant]}, tree {worst}: {n_wrong} wrong edge(s) of 20", fontsize=10)
 plotting.savefig(fig, figures_dir, "mother_06_trees")
 
 # %% [markdown]
@@ -266,30 +264,30 @@ if vthr_root:
 
     from weightspace.mother import vthr
 
-    for split in SPLITS:
-        models, vpar = vthr.load_split(Path(vthr_root).expanduser(), split)
+    for variant in VARIANTS:
+        models, vpar = vthr.load_split(Path(vthr_root).expanduser(), variant)
         t0 = time.time()
-        g = recover(models, layers="hf-vit", distance=DISTANCE[split], direction_layers="hf-vit", lam=lam, n_trees=5)
-        vthr_results[SPLIT_NAMES[split]] = {"directed_edges": edge_accuracy(g, truth_graph(vpar)),
+        g = recover(models, layers="hf-vit", distance=VARIANT_DISTANCE[variant], direction_layers="hf-vit", lam=lam, n_trees=5)
+        vthr_results[VARIANT_NAMES[variant]] = {"directed_edges": edge_accuracy(g, truth_graph(vpar)),
                                             "seconds": time.time() - t0}
-        print(SPLIT_NAMES[split], vthr_results[SPLIT_NAMES[split]])
+        print(VARIANT_NAMES[variant], vthr_results[VARIANT_NAMES[variant]])
 else:
     print("vthr_root not set: skipped (the default and tiny presets never download anything)")
 
 # %%
 mo = results_table[results_table.method.str.startswith("MoTHer")]
-best = {SPLIT_NAMES[s]: float(mo[mo.forest == SPLIT_NAMES[s]]["mean"].max()) for s in SPLITS}
-paper = {SPLIT_NAMES[s]: float(mo[(mo.forest == SPLIT_NAMES[s]) & (mo.direction == "paper")]["mean"].iloc[0])
-         for s in SPLITS}
+best = {VARIANT_NAMES[s]: float(mo[mo.forest == VARIANT_NAMES[s]]["mean"].max()) for s in VARIANTS}
+paper = {VARIANT_NAMES[s]: float(mo[(mo.forest == VARIANT_NAMES[s]) & (mo.direction == "paper")]["mean"].iloc[0])
+         for s in VARIANTS}
 lam0 = results_table[results_table.method.str.startswith("lambda = 0")]
 results = {
     "lambda": lam,
     "table": [{k: v for k, v in r.items()} for r in results_table.to_dict("records")],
     "mother_mean_accuracy_paper_layers": paper,
     "mother_mean_accuracy_best_layers": best,
-    "with_clustering": {f"{SPLIT_NAMES[s]} [{v}]": a for (s, v), a in whole.items()},
-    "clustering_accuracy": {f"{SPLIT_NAMES[s]} [{v}]": a for (s, v), a in cluster_acc.items()},
-    "recover_seconds": {f"{SPLIT_NAMES[s]} [{v}]": t for (s, v), t in timing.items()},
+    "with_clustering": {f"{VARIANT_NAMES[s]} [{v}]": a for (s, v), a in whole.items()},
+    "clustering_accuracy": {f"{VARIANT_NAMES[s]} [{v}]": a for (s, v), a in cluster_acc.items()},
+    "recover_seconds": {f"{VARIANT_NAMES[s]} [{v}]": t for (s, v), t in timing.items()},
     "lambda_sweep": {"lams": lams, **sweep},
     "clustering_vs_fraction": {k: {str(f): v for f, v in c.items()} for k, c in curves.items()},
     "kurtosis_falls_by_rank_and_tree": [{"forest": f, "edges": e, "n": n, **r} for (f, e, n), r in
