@@ -158,7 +158,7 @@ def plot_lambda_sweep(axes, sweep: Mapping[str, Mapping[str, Sequence[float]]], 
     Each line has its own marker and line style and a small horizontal offset, so lines on the same values
     stay visible; each panel's y-range fits its data."""
     n = len(sweep)
-    offsets = (np.arange(n) - (n - 1) / 2) * (0.3 / max(n - 1, 1))
+    offsets = (np.arange(n) - (n - 1) / 2) * (0.4 / max(n - 1, 1))
     x = np.arange(len(lams), dtype=float)
     colors = plotting.colors(n)
     for ax, key in zip(axes, keys):
@@ -242,11 +242,12 @@ def draw_tree(ax, parents: Mapping[str, str | None], pred_edges, names: Sequence
         if n in leaves:
             ax.text(x, y - 0.15, (labels or {}).get(n, n), ha="center", va="top", fontsize=6, rotation=90)
         else:
-            ax.text(x + 0.25, y + 0.08, (labels or {}).get(n, n), ha="left", va="bottom", fontsize=7)
+            ax.text(x + 0.25, y + 0.08, (labels or {}).get(n, n), ha="left", va="bottom", fontsize=7, zorder=4,
+                    bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=0.6))
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_ylim(min(ys) - 1.2, 0.4)
+    ax.set_ylim(min(ys) - 0.8, 0.4)
     for s in ax.spines.values():
         s.set_visible(False)
     return len(wrong)
