@@ -90,7 +90,7 @@ summary
 
 # %% [markdown]
 # Each fine-tune is scored on the test images of its own task (ten classes; chance 10%). These are small
-# models trained for a few hundred steps; what matters for MoTHer is that each edge is a real fine-tune
+# models trained briefly; what matters for MoTHer is that each edge is a real fine-tune
 # on a real, different task.
 #
 # ## 2 · Property 2: kurtosis along training
@@ -138,10 +138,23 @@ fig.tight_layout()
 plotting.savefig(fig, figures_dir, "mother_01_kurtosis_training")
 
 # %% [markdown]
-# Pre-training grows the tails; fine-tuning — dense or low-rank — erodes them, a bit more with each
-# generation. This is the paper's explanation of the direction signal: a child is a parent plus an update
-# that is not itself heavy-tailed, and adding it dilutes the parent's outliers.
-#
+# The paper's explanation of the direction signal: pre-training grows the tails, and a child is a parent plus
+# an update that is not itself heavy-tailed, so adding it dilutes the parent's outliers. In this run:
+
+# %%
+rises = {key: sum(zoo.row(r)["kurtosis_log"][key][-1] > zoo.row(r)["kurtosis_log"][key][0] for r in roots)
+         for key in ("proj", "value")}
+first_gen = {}
+for variant, key in (("ft", "proj"), ("lora-v", "value"), ("lora-f", "value")):
+    kids = zoo.select(variant=variant, depth=1)
+    first_gen[VARIANT_NAMES[variant]] = float(np.mean([zoo.row(c)["kurtosis_log"][key][-1]
+                                                       < zoo.row(c)["kurtosis_log"][key][0] for c in kids]))
+Markdown(f"- pre-training: the summed kurtosis rose on {rises['proj']} of {len(roots)} roots (attention output) "
+         f"and on {rises['value']} of {len(roots)} (value);\n- fine-tuning a root's children: it fell along the "
+         "run in " + ", ".join(f"{v:.0%} of the {f} children" for f, v in first_gen.items())
+         + " (attention output for FT, value for LoRA).")
+
+# %% [markdown]
 # **Is it monotone edge by edge?** MoTHer only needs $\kappa(\text{child}) < \kappa(\text{parent})$ on each
 # edge. Below: the fraction of the true edges of each forest where the summed kurtosis falls, for
 # several choices of matrices (FT moves every matrix; LoRA only the adapted query and value ones).
@@ -169,12 +182,13 @@ plotting.savefig(fig, figures_dir, "mother_02b_direction_layers")
 # of matrix. What this run shows:
 
 # %%
-paper_group = {"FT": "attention output (FT paper)", "LoRA-V": "value (LoRA paper)", "LoRA-F": "value (LoRA paper)"}
+paper_group = {"FT": "attention output (FT paper)", "LoRA-V": "value (LoRA paper)",
+               "LoRA-F": "value (LoRA paper)"}
 lines = []
 for f, col in falls.items():
     best = choose_direction(col.to_dict())
-    lines.append(f"- **{f}**: the paper's matrices ({paper_group[f]}) fall on {col[paper_group[f]]:.0%} of the "
-                 f"edges; the best group here is *{best}* ({col[best]:.0%})"
+    lines.append(f"- **{f}**: the paper's matrices ({paper_group[f]}) fall on {col[paper_group[f]]:.0%} "
+                 f"of the edges; the best group here is *{best}* ({col[best]:.0%})"
                  + ("" if best != paper_group[f] else " — the paper's choice") + ".")
 Markdown("\n".join(lines) + f"\n\nEach attention matrix here has {embed_dim ** 2:,} entries; a ViT-B one "
          f"{768 ** 2:,}. Try a smaller `embed_dim` to see how width changes the table.")
@@ -192,9 +206,11 @@ t0 = time.time()
 select_zoo = build_forests(f"{zoo_root}/mother_forests_select", n_trees=select_trees, seed=select_seed,
                            variants=["lora-v", "lora-f"], **common)
 select_seconds = time.time() - t0
-falls_select = {VARIANT_NAMES[v]: falls_by_matrices(select_zoo.state_dicts(select_zoo.variant(v)),
-                                                    select_zoo.parents(select_zoo.variant(v)), DIRECTION_GROUPS,
-                                                    VARIANT_DISTANCE[v]) for v in ("lora-v", "lora-f")}
+falls_select = {}
+for v in ("lora-v", "lora-f"):
+    ids = select_zoo.variant(v)
+    falls_select[VARIANT_NAMES[v]] = falls_by_matrices(select_zoo.state_dicts(ids), select_zoo.parents(ids),
+                                                       DIRECTION_GROUPS, VARIANT_DISTANCE[v])
 direction_choice = {f: choose_direction(fr) for f, fr in falls_select.items()}
 print(f"{len(select_zoo)} models in {select_seconds:.0f} s; chosen: {direction_choice}")
 pd.DataFrame(falls_select).loc[list(DIRECTION_GROUPS)]
@@ -224,10 +240,13 @@ for ax, variant in zip(axes, VARIANTS):
     ax.set(title=VARIANT_NAMES[variant], xlabel="edges between the two models",
            ylabel="mean RMS difference" if VARIANT_DISTANCE[variant] == "ft" else "summed rank of difference")
     within = h > 0
-    closest[VARIANT_NAMES[variant]] = dict(parent_child=float(d[h == 1].mean()), other_tree=float(d[h == -1].mean()),
-                                           other_tree_min=float(d[h == -1].min()), within_max=float(d[within].max()))
+    closest[VARIANT_NAMES[variant]] = dict(parent_child=float(d[h == 1].mean()),
+                                           other_tree=float(d[h == -1].mean()),
+                                           other_tree_min=float(d[h == -1].min()),
+                                           within_max=float(d[within].max()))
     spearman[variant] = float(spearmanr(h[within], d[within]).statistic)
-    ax.text(0.02, 0.95, f"Spearman ρ within trees = {spearman[variant]:.2f}", transform=ax.transAxes, va="top")
+    ax.text(0.02, 0.95, f"Spearman ρ within trees = {spearman[variant]:.2f}", transform=ax.transAxes,
+            va="top")
 fig.tight_layout()
 plotting.savefig(fig, figures_dir, "mother_02_distance_vs_edges")
 
@@ -244,8 +263,6 @@ Markdown("\n".join(
     + f"; Spearman ρ within trees {spearman[v]:.2f}." for (f, c), v in zip(closest.items(), VARIANTS)))
 
 # %%
-rises = {key: sum(zoo.row(r)["kurtosis_log"][key][-1] > zoo.row(r)["kurtosis_log"][key][0] for r in roots)
-         for key in ("proj", "value")}
 results = {
     "paper": "MoTHer",
     "models": len(zoo), "build_seconds": build_seconds, "n_roots": len(roots), "edges_per_forest": n_edges,
@@ -253,6 +270,7 @@ results = {
     "root_kurtosis_final": {r: {"proj": zoo.row(r)["kurtosis_log"]["proj"][-1],
                                 "value": zoo.row(r)["kurtosis_log"]["value"][-1]} for r in roots},
     "roots_whose_kurtosis_rose": {"attention output": rises["proj"], "value": rises["value"]},
+    "children_whose_kurtosis_fell_while_fine_tuned": first_gen,
     "kurtosis_falls": {f: {g: v for g, v in col.items() if v == v} for f, col in falls_all.items()},
     "spearman_distance_vs_edges": {VARIANT_NAMES[s]: v for s, v in spearman.items()},
     "distance_by_pair": closest,
@@ -292,7 +310,8 @@ results["figures"] = {
     "mother_02_distance_vs_edges": "Weight distance against the number of tree edges between two models.",
 }
 results["headline"] = [
-    ["roots whose attention-output kurtosis rose in pre-training", f"{rises['proj']} / {len(roots)}", "rises"],
+    ["roots whose attention-output kurtosis rose in pre-training", f"{rises['proj']} / {len(roots)}",
+     "rises"],
 ] + [[f"{f}: edges where kurtosis falls (paper's matrices)", falls_all[f][paper_group[f]], "falls (monotone)"]
      for f in falls_all] + [[f"Spearman rho, distance vs edges ({k})", v, "strong correlation"]
                             for k, v in results["spearman_distance_vs_edges"].items()] + [

@@ -73,8 +73,8 @@ print("direction matrices chosen on the separate forest:", selection["chosen"])
 
 # %% [markdown]
 # ## 1 · The whole pipeline on each forest
-# `recover` sees only a dict of a forest's state dicts (read lazily from the files): it clusters them into trees
-# (the number of trees read off the Ward dendrogram), builds $D$ and $K$ per cluster and solves the
+# `recover` sees only a dict of a forest's state dicts (read lazily from the files): it clusters them into
+# trees (the number of trees read off the Ward dendrogram), builds $D$ and $K$ per cluster and solves the
 # arborescence. We score it against the zoo's `parent_id` column, which MoTHer never saw.
 
 # %%
@@ -84,13 +84,14 @@ for variant in VARIANTS:
     truth = truth_graph(zoo.parents(ids))
     for direction, spec in DIRECTION[variant].items():
         t0 = time.time()
-        g = recover(zoo.state_dicts(ids), layers="timm-vit", distance=VARIANT_DISTANCE[variant], direction_layers=spec, lam=lam)
+        g = recover(zoo.state_dicts(ids), layers="timm-vit", distance=VARIANT_DISTANCE[variant],
+                    direction_layers=spec, lam=lam)
         timing[(variant, direction)] = time.time() - t0
         graphs[(variant, direction)] = g
         whole[(variant, direction)] = edge_accuracy(g, truth)
         cluster_acc[(variant, direction)] = clustering_accuracy([g.nodes[i]["tree"] for i in ids],
                                                             [zoo.row(i)["tree_id"] for i in ids])
-        print(f"{VARIANT_NAMES[variant]:7s} direction from {direction:8s}: {len(g.graph['trees'])} trees found, "
+        print(f"{VARIANT_NAMES[variant]:7s} direction from {direction:8s}: {len(g.graph['trees'])} trees, "
               f"clustering {cluster_acc[(variant, direction)]:.2f}, directed edges "
               f"{whole[(variant, direction)]:.3f} ({timing[(variant, direction)]:.1f} s)")
 
@@ -111,8 +112,8 @@ for variant in VARIANTS:
     par = zoo.parents(ids)
     tree_of = {i: zoo.row(i)["tree_id"] for i in ids}
     for direction, spec in DIRECTION[variant].items():
-        trees = tree_inputs(zoo.state_dicts(ids), tree_of, layers="timm-vit", distance=VARIANT_DISTANCE[variant],
-                            direction_layers=spec)
+        trees = tree_inputs(zoo.state_dicts(ids), tree_of, layers="timm-vit",
+                            distance=VARIANT_DISTANCE[variant], direction_layers=spec)
         inputs[(variant, direction)] = (trees, par)
         for method, r in method_accuracies(trees, par, lam=lam, tie_seeds=tie_seeds).items():
             if direction != "paper" and not method.startswith("MoTHer"):
@@ -136,7 +137,7 @@ vals = results_table[cols].to_numpy(dtype=float)
 fig, ax = plt.subplots(figsize=(11, 0.42 * len(labels) + 1.2))
 cmap = plt.get_cmap("RdYlGn").copy()
 cmap.set_bad("white")
-ax.imshow(np.ma.masked_invalid(vals), cmap=cmap, vmin=-0.4, vmax=1.4, aspect="auto")  # light ends: legible text
+ax.imshow(np.ma.masked_invalid(vals), cmap=cmap, vmin=-0.4, vmax=1.4, aspect="auto")  # light ends: legible
 ax.axvline(n_trees + 1.5, color="k", lw=1)
 plotting.annotate_cells(ax, vals, fontsize=8)
 ax.set_xticks(range(len(cols)), cols)
@@ -166,22 +167,22 @@ for f, a in acc.items():
     sep = (f"; with the matrices chosen on the separate forest {a[SEPARATE]['mean']:.2f} "
            f"(root found {a[SEPARATE]['root_found']:.0%})" if SEPARATE in a else "")
     verdict = "beats" if top["mean"] > m["mean"] else "ties with" if top["mean"] == m["mean"] else "loses to"
-    lines.append(f"- **{f}**: MoTHer {m['mean']:.2f} (placed {m['placed']:.2f}, root found {m['root_found']:.0%})"
-                 f"{sep}; λ = 0 {z['mean']:.2f} (root found {z['root_found']:.0%}); the MST from the highest "
-                 f"kurtosis {top['mean']:.2f} (placed {top['placed']:.2f}, root found {top['root_found']:.0%}) "
-                 f"— it {verdict} MoTHer.")
+    lines.append(f"- **{f}**: MoTHer {m['mean']:.2f} (placed {m['placed']:.2f}, root found "
+                 f"{m['root_found']:.0%}){sep}; λ = 0 {z['mean']:.2f} (root found "
+                 f"{z['root_found']:.0%}); the MST from the highest kurtosis {top['mean']:.2f} (placed {top['placed']:.2f}, root found "
+                 f"{top['root_found']:.0%}) — it {verdict} MoTHer.")
 n_mst_wins = sum(a[MST]["mean"] > a["MoTHer"]["mean"] for a in acc.values())
 placed_min = min(a[LAM0]["placed"] for a in acc.values())
-why = (f"\n\nThe MST from the highest kurtosis beats the paper's MoTHer on {n_mst_wins} of {len(acc)} forests. "
-       f"Distance alone already places at least {placed_min:.0%} of the edges (the λ = 0 rows' *placed*); what "
-       "is left is the direction, and the two methods use kurtosis differently for it. The MST asks one global "
-       "question per tree — which model is the most heavy-tailed? — which the root, pre-trained and never "
-       "fine-tuned, wins whenever the kurtosis trend holds over the tree as a whole (its *root found* above); "
-       "every edge then points away from it. MoTHer asks the "
-       "question once per candidate edge, and each edge whose child happens to be more heavy-tailed than its "
-       "parent is a chance to flip the edge or move the root. When distances place the edges, the single "
-       "global comparison is the more robust use of a noisy per-edge signal; the per-edge prior can only help "
-       "where distances alone would misplace an edge.") if n_mst_wins else (
+why = (f"\n\nThe MST from the highest kurtosis beats the paper's MoTHer on {n_mst_wins} of {len(acc)} "
+       f"forests. Distance alone already places at least {placed_min:.0%} of the edges (the λ = 0 rows' "
+       "*placed*); what is left is the direction, and the two methods use kurtosis differently for it. The "
+       "MST asks one global question per tree — which model is the most heavy-tailed? — which the root, "
+       "pre-trained and never fine-tuned, wins whenever the kurtosis trend holds over the tree as a whole "
+       "(its *root found* above); every edge then points away from it. MoTHer asks the question once per "
+       "candidate edge, and each edge whose child happens to be more heavy-tailed than its parent is a "
+       "chance to flip the edge or move the root. When distances place the edges, the single global comparison is "
+       "the more robust use of a noisy per-edge signal; the per-edge prior can only help where distances "
+       "alone would misplace an edge.") if n_mst_wins else (
        "\n\nMoTHer at least matches the MST from the highest kurtosis on every forest here.")
 Markdown("\n".join(lines) + why)
 
@@ -205,7 +206,8 @@ for variant in ("lora-v", "lora-f"):
             for g, (frac, n) in falls_by(k, par, {i: zoo.row(i)[by] for i in ids}).items():
                 label = f"rank {g}" if by == "rank" else \
                     f"tree {g} (root value kurtosis {zoo.row(f't{g}-root')['kurtosis_log']['value'][-1]:.1f})"
-                rows.append({"forest": VARIANT_NAMES[variant], "edges": label, "n": n, f"falls [{direction}]": frac})
+                rows.append({"forest": VARIANT_NAMES[variant], "edges": label, "n": n,
+                             f"falls [{direction}]": frac})
 falls_table = pd.DataFrame(rows).groupby(["forest", "edges", "n"], sort=False).first().round(2)
 weak = falls_table["falls [paper]"].groupby(level="forest").idxmin()
 Markdown("Weakest group of edges with the paper's value matrices: " + "; ".join(
@@ -217,9 +219,10 @@ falls_table
 
 # %% [markdown]
 # ## 3 · The λ sweep
-# With λ = 0 the direction is tie-breaking. The paper's reasoning for not taking λ large: the solver would
-# then trade distance for kurtosis consistency and attach models to any more heavy-tailed model, misplacing
-# edges. The sweep measures placement (edges right ignoring direction) beside accuracy and roots found.
+# With λ = 0 the direction is tie-breaking. A large λ could, in principle, make the solver trade distance for
+# kurtosis consistency and attach models to any more heavy-tailed model, misplacing edges. The sweep measures
+# placement (edges right ignoring direction) beside accuracy and roots found, so it shows whether that
+# happens here.
 
 # %%
 fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -233,7 +236,8 @@ for ax, ylabel in zip(axes, ["directed-edge accuracy (trees given)", "placed (di
     ax.set_ylabel(ylabel)
 fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, title="forest (direction matrices)",
            title_fontsize=8, loc="lower center", ncol=len(sweep))
-fig.suptitle(f"The direction prior's weight (dotted: the paper's λ = {lam}; lines offset sideways to stay visible)")
+fig.suptitle(f"The direction prior's weight (dotted: the paper's λ = {lam}; "
+             "lines offset sideways to stay visible)")
 fig.subplots_adjust(bottom=0.3, wspace=0.25)
 plotting.savefig(fig, figures_dir, "mother_04_lambda")
 
@@ -275,7 +279,7 @@ ax.legend()
 plotting.savefig(fig, figures_dir, "mother_05_clustering_subsets")
 first_err = {f: max([x for x in fractions if c[x][0] < 1.0], default=None) for f, c in curves.items()}
 Markdown("; ".join(f"**{f}**: " + (f"errors first appear at {x:.0%} of the models kept (mean accuracy "
-                                   f"{curves[f][x][0]:.2f})" if x is not None else "no errors at any fraction")
+                                   f"{curves[f][x][0]:.2f})" if x is not None else "no error at any fraction")
                    for f, x in first_err.items()) + ".")
 
 # %% [markdown]
@@ -315,7 +319,8 @@ if vthr_root:
     for variant in VARIANTS:
         models, vpar = vthr.load_split(Path(vthr_root).expanduser(), variant)
         t0 = time.time()
-        g = recover(models, layers="hf-vit", distance=VARIANT_DISTANCE[variant], direction_layers="hf-vit", lam=lam, n_trees=5)
+        g = recover(models, layers="hf-vit", distance=VARIANT_DISTANCE[variant], direction_layers="hf-vit",
+                    lam=lam, n_trees=5)
         vthr_results[VARIANT_NAMES[variant]] = {"directed_edges": edge_accuracy(g, truth_graph(vpar)),
                                             "seconds": time.time() - t0}
         print(VARIANT_NAMES[variant], vthr_results[VARIANT_NAMES[variant]])
@@ -361,7 +366,7 @@ results["claims"] = [
              "tie-breaking node orders")
     for f in acc
 ] + [
-    dict(claim=f"{f}: MoTHer with the whole pipeline (clustering first) reaches the paper's whole-graph score",
+    dict(claim=f"{f}: the whole pipeline (clustering first) reaches the paper's whole-graph score",
          paper="whole 105-model VTHR graph with clustering: 0.89 (unconfirmed)",
          lhs=f"accuracy/{f}/MoTHer/with_clustering", op=">=", rhs=0.89,
          how="recover() on the whole forest: Ward clustering, number of trees read off the dendrogram, "
@@ -373,8 +378,7 @@ results["claims"] = [
          lhs="clustering_accuracy_min", op=">=", rhs=0.95,
          how="accuracy under the best label permutation, all models kept; minimum over forests"),
 ] + [
-    dict(claim=f"{f}: the direction matrices chosen on a separate forest recover the trees at least as well as "
-               "the paper's",
+    dict(claim=f"{f}: the direction matrices chosen on a separate forest do at least as well as the paper's",
          paper="not in the paper (the paper fixes the value matrices for LoRA)",
          lhs=f"accuracy/{f}/{SEPARATE}/mean", op=">=", rhs=f"accuracy/{f}/MoTHer/mean",
          how=f"matrices chosen in notebook 04 on {selection['trees']} trees of another seed "
@@ -390,13 +394,15 @@ results["figures"] = {
 }
 roots = lambda r: f"root found {round(r['root_found'] * n_trees)}/{n_trees}"
 results["headline"] = [
-    [f"{f}: MoTHer (paper's matrices), directed edges · roots", f"{a['MoTHer']['mean']:.2f} · {roots(a['MoTHer'])}",
-     f"perfect on {round(PAPER_PERFECT[f] * 5)}/5 trees"] for f, a in acc.items()] + [
+    [f"{f}: MoTHer (paper's matrices), directed edges · roots",
+     f"{a['MoTHer']['mean']:.2f} · {roots(a['MoTHer'])}", f"perfect on {round(PAPER_PERFECT[f] * 5)}/5 trees"]
+    for f, a in acc.items()] + [
     [f"{f}: MST from highest kurtosis, directed edges · roots", f"{a[MST]['mean']:.2f} · {roots(a[MST])}",
      "no such baseline in the paper"] for f, a in acc.items()] + [
     [f"{f}: {SEPARATE} ({selection['chosen'][f]}), directed edges · roots",
      f"{a[SEPARATE]['mean']:.2f} · {roots(a[SEPARATE])}", "not in the paper"]
     for f, a in acc.items() if SEPARATE in a] + [
-    ["clustering accuracy (min over forests)", results["clustering_accuracy_min"], "whole graph 0.89 (unconfirmed)"]]
+    ["clustering accuracy (min over forests)", results["clustering_accuracy_min"],
+     "whole graph 0.89 (unconfirmed)"]]
 path = plotting.save_results(results_dir, "05_mother_recovery", results)
 plotting.claims_table(path)

@@ -430,7 +430,8 @@ def test_direction_choice_and_lambda_sweep_figure():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from weightspace.mother.analysis import choose_direction, falls_by_matrices, lambda_sweep, plot_lambda_sweep
+    from weightspace.mother.analysis import (choose_direction, falls_by_matrices, lambda_sweep,
+                                             plot_lambda_sweep)
 
     g = torch.Generator().manual_seed(3)
     root = _vit_like(g, heavy=True)
@@ -451,7 +452,7 @@ def test_direction_choice_and_lambda_sweep_figure():
     falls = falls_by_matrices(models, par, groups, "ft")
     assert falls["out"] == 0.0 and falls["v"] == 1.0 and np.isnan(falls["mlp"])
     assert choose_direction(falls) == "v"
-    assert choose_direction({"paper": 0.9, "other": 0.9, "none": float("nan")}) == "paper"   # tie: first listed
+    assert choose_direction({"paper": 0.9, "other": 0.9, "none": float("nan")}) == "paper"   # tie: first
     assert choose_direction({"none": float("nan"), "b": 0.5, "c": 0.7}) == "c"
     with pytest.raises(ValueError, match="no group"):
         choose_direction({"mlp": float("nan")})

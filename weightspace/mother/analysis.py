@@ -50,7 +50,7 @@ def falls_by(k: Mapping[str, float], parents: Mapping[str, str | None], group: M
     return {g: (float(np.mean(v)), len(v)) for g, v in sorted(out.items())}
 
 
-# the choices of direction matrices compared in notebook 04, the paper's first (a tie keeps the paper's choice)
+# the choices of direction matrices compared in notebook 04, the paper's first (a tie keeps the paper's)
 DIRECTION_GROUPS = {"attention output (FT paper)": "timm-vit:output", "value (LoRA paper)": "timm-vit:value",
                     "all attention (q, k, v, o)": "timm-vit:attention", "MLP": "timm-vit:mlp"}
 
@@ -242,8 +242,8 @@ def draw_tree(ax, parents: Mapping[str, str | None], pred_edges, names: Sequence
         if n in leaves:
             ax.text(x, y - 0.15, (labels or {}).get(n, n), ha="center", va="top", fontsize=6, rotation=90)
         else:
-            ax.text(x + 0.25, y + 0.08, (labels or {}).get(n, n), ha="left", va="bottom", fontsize=7, zorder=4,
-                    bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=0.6))
+            ax.text(x + 0.25, y + 0.08, (labels or {}).get(n, n), ha="left", va="bottom", fontsize=7,
+                    zorder=4, bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=0.6))
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
