@@ -20,7 +20,7 @@ PRESETS: dict[str, dict[str, dict]] = {
                           wide_models=8, wide_root_steps=30, wide_steps=[5, 10],
                           gentle_models=12, gentle_seeds=[0]),
         "04_mother_forests": dict(n_trees=3, n_children=2, root_steps=150, steps=40, embed_dim=32, num_heads=2,
-                                  ranks_v=[1, 2, 4], rank_f=2),
+                                  ranks_v=[1, 2, 4], rank_f=2, select_trees=1),
         "05_mother_recovery": dict(n_draws=5, tie_seeds=3, fractions=[1.0, 0.6, 0.3]),
     },
     "default": {},
