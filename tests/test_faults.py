@@ -10,7 +10,12 @@
 3. Fuzz the table and the manifest with seeded random edits: Zoo.open and the `zoo` command line only ever
    fail with ZooError (exit 1 and a message), and never read, move or touch a file outside the zoo.
 
+4. Faults while repairing: a damaged root or leaf, the builder's repair stopped at each of its write points.
+5. Builder parameters: clearly bad values are refused by name before anything is written.
+
 Cases that fail on today's main are strict xfails naming the defect, so they turn red when it is fixed.
+The sweeps (1, 4) are marked `slow`. The number of cases tried is printed:
+    pytest tests/test_faults.py -s | grep -F '[faults]'
 """
 from __future__ import annotations
 
