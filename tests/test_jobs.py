@@ -225,7 +225,8 @@ def test_workers_exit_when_their_driver_is_killed(tmp_path):
     (tmp_path / "slowjob.py").write_text(SLOW_JOB)
     (tmp_path / "driver.py").write_text(DRIVER)
     path, pid_file = tmp_path / "zoo", tmp_path / "worker.pid"
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(path), str(tmp_path), str(pid_file)])
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(path), str(tmp_path),
+                             str(pid_file)])
     deadline = time.time() + 120
     while time.time() < deadline and not (pid_file.exists() and pid_file.read_text()):
         assert proc.poll() is None, "the driver ended before its job started"

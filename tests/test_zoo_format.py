@@ -559,3 +559,28 @@ def test_writes_name_their_pid_and_host(tmp_path, monkeypatch):
     monkeypatch.setattr(fmt.os, "replace", lambda a, b: (seen.append(Path(a).name), real(a, b))[1])
     write_safetensors(tmp_path / "m.safetensors", {"w": torch.ones(2)})
     assert seen == [f".m.safetensors.{os.getpid()}@{fmt._host()}.tmp"]
+
+
+def test_verified_reads_parse_every_dtype_like_safetensors(tmp_path):
+    from safetensors.torch import load_file
+
+    from weightspace.zoo.format import _parse_bytes
+
+    tensors = {"f64": torch.randn(2, 3, dtype=torch.float64), "f16": torch.randn(4).half(),
+               "bf16": torch.randn(3, 1).bfloat16(), "i64": torch.arange(5),
+               "i8": torch.tensor([-3, 4], dtype=torch.int8),
+               "u8": torch.tensor([[1, 255]], dtype=torch.uint8), "b": torch.tensor([True, False]),
+               "empty": torch.zeros(0, 3), "scalar": torch.tensor(2.5)}
+    zoo = Zoo.create(tmp_path / "z", kind="t", builder="t", params={})
+    zoo.add("m", tensors, split=None)
+    ref = load_file(str(zoo.path / zoo.row("m")["file"]))
+    got = Zoo.open(zoo.path).load("m")
+    assert got.keys() == ref.keys()
+    assert all(got[k].dtype == ref[k].dtype and torch.equal(got[k], ref[k]) for k in ref)
+    for bad in (b"\x08" + b"\x00" * 7 + b"not json", b"\xff" * 8 + b"{}",
+                (20).to_bytes(8, "little") + b'{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}'[:20]):
+        with pytest.raises(ZooError, match="not a readable safetensors file"):
+            _parse_bytes(Path("x.safetensors"), bytearray(bad))
+    head = b'{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}'
+    with pytest.raises(ZooError, match="lies outside the data"):
+        _parse_bytes(Path("x.safetensors"), bytearray(len(head).to_bytes(8, "little") + head + b"\x00" * 8))

@@ -88,7 +88,8 @@ class ShardedStateDict(Mapping):
         return read_block(shard, Layer(key, None, key, tuple(shard.shape(key))), a, b)
 
 
-def load_folder(path, variant: str | None = None, verify: bool = True) -> tuple[dict[str, Mapping], dict | None]:
+def load_folder(path, variant: str | None = None,
+                verify: bool = True) -> tuple[dict[str, Mapping], dict | None]:
     """({name: lazy state dict}, ground-truth parents or None) for a folder (see the module docstring).
 
     A zoo's files are checked against its table's sha256 (verify=True: one read of each file on open); loose
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
                     help="number of Model Trees (default: from the dendrogram)")
     ap.add_argument("--variant", default=None, help="for a zoo of several forests: which one (e.g. ft, lora-v)")
     ap.add_argument("--no-verify", action="store_true",
-                    help="for a zoo: skip checking each file against the table's sha256 (saves one read of each)")
+                    help="for a zoo: skip checking files against the table's sha256 (saves a read of each)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", default=None, help="also write the edges and trees to this JSON file")
     args = ap.parse_args(argv)

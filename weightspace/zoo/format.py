@@ -5,7 +5,8 @@
     <zoo>/models.jsonl          the models table, one JSON object per line (pandas.read_json(lines=True))
     <zoo>/models/<id>.safetensors   one file per model (or per checkpoint), with string metadata
     <zoo>/assets/<name>.safetensors shared weights, e.g. the base UNet a LoRA zoo adapts
-    <zoo>/.cache/                   stacked layers, rebuilt when the models they came from change
+    <zoo>/.cache/                   stacked layers (each with a .sha256 sidecar), rebuilt when the models they
+                                    came from change
 
 Each row has at least `model_id, parent_id, tree_id, depth, split, file, sha256`; builders add labels,
 hyperparameters and metrics as further flat columns. `parent_id` mirrors Hugging Face's `base_model`.
@@ -33,8 +34,8 @@ keeps LoRA factors: `lora_factors.{}.U` / `.V` beside merged weights (W = W_base
 Writes are atomic (temporary file `.NAME.PID@HOST.tmp`, then rename; the table last), so a killed build leaves
 only whole files behind (and temporary files, removed when the zoo is next opened for writing:
 `Zoo.clean_temp_files`), and every model file carries its own row in its metadata so a re-run can adopt it.
-Reads check what they read against the table's sha256 (`verify=True`, the default): each file is hashed once per
-`Zoo` object while its size, mtime and inode stay the same, and stacked layers are cached under a key of the
+Reads check what they read against the table's sha256 (`verify=True`, the default): each file is hashed once
+per `Zoo` object while its size, mtime and inode stay the same, and stacked layers are cached under a key of the
 verified hashes, each cache file checked against its own sha256 (a `.sha256` sidecar) before it is served.
 Nothing here ever unpickles: weights are safetensors, everything else JSON.
 """
@@ -44,10 +45,12 @@ import difflib
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -76,7 +79,7 @@ LORA_LAYOUT = {"up": LORA_FACTORS + "{}.U", "down": LORA_FACTORS + "{}.V"}      
 DIFFUSERS_LORA_LAYOUT = {"up": "unet.{}.lora.up.weight", "down": "unet.{}.lora.down.weight"}   # diffusers files
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")      # a model id or asset name: always used with fullmatch
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-# temporary files of _atomic_write_bytes: ".NAME.PID@HOST.tmp" (and ".NAME.PID.tmp" from before the host was named)
+# temporary files of _atomic_write_bytes: ".NAME.PID@HOST.tmp" (".NAME.PID.tmp" before the host was named)
 _TEMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)(?:@(?P<host>[A-Za-z0-9_-]+))?\.tmp")
 log = logging.getLogger(__name__)
 
@@ -186,23 +189,73 @@ def _hash_mismatch(path: Path, expected: str, actual: str) -> ZooError:
                     "the file was changed or damaged after it was written")
 
 
-def _read_bytes(path: Path) -> tuple[bytes, tuple[int, int, int]]:
+def _read_bytes(path: Path) -> tuple[bytearray, tuple[int, int, int]]:
     """The whole file and the (size, mtime_ns, inode) of what was read (from the open descriptor, so a file
     replaced meanwhile cannot pair one file's bytes with another's identity)."""
     try:
         with open(path, "rb") as f:
-            key = _stat_key(os.fstat(f.fileno()))
-            return f.read(), key
+            st = os.fstat(f.fileno())
+            data = bytearray(st.st_size)
+            n = f.readinto(data)
+            return (data if n == st.st_size else data[:n]), _stat_key(st)
     except FileNotFoundError:
         raise ZooError(f"{path}: model file is missing") from None
 
 
-def _parse_bytes(path: Path, data: bytes) -> dict[str, torch.Tensor]:
+_FROM_NAME = {v: k for k, v in _DTYPES.items()}
+_NAMES = set(_FROM_NAME)
+
+
+def _parse_bytes(path: Path, data: bytearray, keys: Iterable[str] | None = None
+                 ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(tensors, every tensor name) of a safetensors file held in memory: all tensors, or those of `keys` the
+    file has, each a copy of its own; only the tensors asked for are built (the header says where)."""
+    def bad(why) -> ZooError:
+        return ZooError(f"{path}: not a readable safetensors file ({why}); it is truncated or corrupted — "
+                        "delete it and re-run the builder to redo it")
+
     try:
-        return _load_safetensors_bytes(data)
-    except Exception as e:  # safetensors raises its own error types for truncated or garbled data
-        raise ZooError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e}); "
-                       "it is truncated or corrupted — delete it and re-run the builder to redo it") from e
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(bytes(data[8:8 + n])) if 8 + n <= len(data) else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise bad(f"header: {e}") from e
+    if not isinstance(header, dict):
+        raise bad("no header")
+    header.pop("__metadata__", None)
+    if sys.byteorder != "little" or any(not isinstance(v, dict) or v.get("dtype") not in _NAMES
+                                        for v in header.values()):
+        try:                                      # a dtype or byte order we do not map: safetensors does it
+            tensors = _load_safetensors_bytes(bytes(data))
+        except Exception as e:  # safetensors raises its own error types for truncated or garbled data
+            raise bad(f"{type(e).__name__}: {e}") from e
+        return (tensors if keys is None else {k: tensors[k] for k in keys if k in tensors}), list(tensors)
+    out = {}
+    for k in (header if keys is None else [k for k in keys if k in header]):
+        info = header[k]
+        dtype, shape = _FROM_NAME[info["dtype"]], info.get("shape")
+        try:
+            start, end = (8 + n + int(o) for o in info["data_offsets"])
+            numel = math.prod(int(d) for d in shape)
+        except (KeyError, TypeError, ValueError) as e:
+            raise bad(f"tensor {k!r} has a malformed entry {info}") from e
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        if not 8 + n <= start <= end <= len(data) or end - start != numel * itemsize:
+            raise bad(f"tensor {k!r} lies outside the data or does not fit its shape {shape}")
+        if numel == 0:
+            out[k] = torch.empty(shape, dtype=dtype)
+        else:
+            out[k] = torch.frombuffer(data, dtype=dtype, count=numel, offset=start).reshape(shape).clone()
+    return out, list(header)
+
+
+def _read_keys(path: Path, keys: Iterable[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(those of `keys` the file has, every tensor name), in one open of the file."""
+    with _open(path) as f:
+        names = list(f.keys())
+        try:
+            return {k: f.get_tensor(k) for k in keys if k in set(names)}, names
+        except Exception as e:
+            raise ZooError(f"{path}: tensor data is truncated or corrupted ({e})") from e
 
 
 def _pid_alive(pid: int) -> bool:
@@ -356,7 +409,8 @@ class Zoo:
         self.path = Path(path)
         self.manifest = manifest
         self._rows: dict[str, dict] = {r["model_id"]: r for r in rows}
-        self._hashed: dict[str, tuple[tuple[int, int, int], str]] = {}   # path -> (size, mtime_ns, inode), sha256
+        # path -> ((size, mtime_ns, inode), sha256) of each file this object has hashed
+        self._hashed: dict[str, tuple[tuple[int, int, int], str]] = {}
 
     # -- creating and opening ---------------------------------------------------------------------
     @classmethod
@@ -712,21 +766,27 @@ class Zoo:
     def _read(self, path: Path, expected: str, keys: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         """Tensors (all, or `keys`) of a file checked against `expected`: read once, hashed from memory and
         parsed from the same bytes; a file this Zoo already verified unchanged is read without hashing."""
-        if self._memo_ok(path, expected) is not None:
-            return read_safetensors(path, keys)
+        tensors, names = self._read_some(path, expected, keys)
+        missing = [k for k in keys or () if k not in tensors]
+        if missing:
+            raise ZooError(missing_key_message(path, missing[0], names))
+        return tensors
+
+    def _read_some(self, path: Path, expected: str | None, keys: Iterable[str] | None
+                   ) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """(those of `keys` (default all) the file has, every tensor name); checked against `expected` unless
+        it is None, reading the whole file once only when this Zoo has not verified this version of it."""
+        if expected is None or self._memo_ok(path, expected) is not None:
+            if keys is None:
+                tensors = read_safetensors(path)
+                return tensors, list(tensors)
+            return _read_keys(path, keys)
         data, key = _read_bytes(path)
         actual = hashlib.sha256(data).hexdigest()
         if actual != expected:
             raise _hash_mismatch(path, expected, actual)
         self._hashed[str(path)] = (key, actual)
-        tensors = _parse_bytes(path, data)
-        if keys is None:
-            return tensors
-        keys = list(keys)
-        missing = [k for k in keys if k not in tensors]
-        if missing:
-            raise ZooError(missing_key_message(path, missing[0], list(tensors)))
-        return {k: tensors[k] for k in keys}
+        return _parse_bytes(path, data, keys)
 
     def load(self, model_id: str, verify: bool = True) -> dict[str, torch.Tensor]:
         """The state dict of one model (sha256 checked unless verify=False; the file is read once)."""
@@ -814,7 +874,7 @@ class Zoo:
         up, down = (_pattern_regex(self.lora_spec[s]) for s in ("up", "down"))
         keys = set()
         for r in self._rows.values():
-            keys.update(LazyStateDict(self.path / r["file"]))   # tensor names from the header; no weights read
+            keys.update(LazyStateDict(self.path / r["file"]))   # names from the header; no weights read
         stems = {}
         for k in sorted(keys):
             m = up.match(k) or down.match(k)
@@ -858,7 +918,7 @@ class Zoo:
             log.warning("%s: cache file does not match its checksum (damaged); rebuilding it", cpath)
             return None
         try:
-            stack = _parse_bytes(cpath, data).get("stack")
+            stack = _parse_bytes(cpath, data, ["stack"])[0].get("stack")
         except ZooError:
             stack = None
         if stack is None or stack.ndim == 0 or stack.shape[0] != n:
@@ -891,16 +951,10 @@ class Zoo:
         first_shape, out = None, []
         for r in it:
             path = self.path / r["file"]
-            if verify:
-                tensors = self._read(path, r["sha256"])
-            else:
-                with _open(path) as f:
-                    have = set(f.keys())
-                tensors = read_safetensors(path, [k for k in keys if k in have])
+            tensors, have = self._read_some(path, r["sha256"] if verify else None, keys)
             missing = [k for k in keys if k not in tensors]
             if missing:
-                have = sorted(tensors) if verify else sorted(have)
-                raise ZooError(missing_key_message(path, missing[0], have)
+                raise ZooError(missing_key_message(path, missing[0], sorted(have))
                                + (describe(path, missing[0]) if describe else ""))
             t = make(path, tensors)
             if first_shape is None:

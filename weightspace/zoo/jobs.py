@@ -12,8 +12,8 @@ or any object with `submit(fn, *args)` returning something with `.result()` and 
 
 Re-running resumes: models whose files are recorded and verified are skipped, files written by a
 killed run are adopted from their own metadata, damaged files are moved aside and redone, and the temporary
-files of dead writers are removed. Workers of the "local" pool exit when their driver dies (they watch its pid),
-so a killed build leaves no process training into the zoo.
+files of dead writers are removed. Workers of the "local" pool exit when their driver dies (they watch its
+pid), so a killed build leaves no process training into the zoo.
 """
 from __future__ import annotations
 
