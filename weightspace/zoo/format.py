@@ -91,6 +91,8 @@ class ZooError(RuntimeError):
 # ---------------------------------------------------------------------------------------------- files
 
 def sha256_file(path: str | os.PathLike) -> str:
+    if not Path(path).is_file():
+        raise ZooError(f"{path}: not a regular file (missing, or a directory stands in its place)")
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -376,7 +378,7 @@ def _read_json(path: Path) -> dict:
 def inside(root: Path, rel, where, under: str | None = None) -> Path:
     """`root / rel` for a path taken from a table or manifest, refused unless it is relative and stays inside
     `root` (or `root/under`) once resolved: a table never makes us read, move or delete anything else."""
-    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+    if not isinstance(rel, str) or not rel or "\x00" in rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
         raise ZooError(f"{where}: path {rel!r} is not a relative path inside the zoo")
     base = (root / under if under else root).resolve()
     full = (root / rel).resolve()
@@ -472,6 +474,7 @@ class Zoo:
             hint = " (the folder does not exist)" if not path.exists() else ""
             raise ZooError(f"{mpath}: no zoo manifest{hint}; is {path} a weightspace zoo? "
                            "Build it first (see the notebook that makes it)")
+        _own_file(mpath)
         manifest = _read_json(mpath)
         if manifest.get("format") != FORMAT_NAME:
             raise ZooError(f"{mpath}: format is {manifest.get('format')!r}, not {FORMAT_NAME!r}")
@@ -506,8 +509,13 @@ class Zoo:
     def _read_table(tpath: Path) -> list[dict]:
         if not tpath.exists():
             raise ZooError(f"{tpath}: the models table is missing")
+        _own_file(tpath)
+        try:
+            text = tpath.read_text()
+        except UnicodeDecodeError as e:
+            raise ZooError(f"{tpath}: not a text file ({e}); the models table is damaged") from None
         rows = []
-        for i, line in enumerate(tpath.read_text().splitlines(), 1):
+        for i, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -971,7 +979,8 @@ class Zoo:
 
     # -- integrity ------------------------------------------------------------------------------------
     def verify(self, ids: Iterable[str] | None = None, raise_errors: bool = True) -> list[str]:
-        """Recompute every file's sha256; returns (or raises with) the list of problems."""
+        """Recompute the sha256 of every model file (of `ids`) and, when all are asked for, of every asset;
+        returns (or raises with) the list of problems."""
         problems = []
         for i in (self.ids if ids is None else ids):
             r = self.row(i)
@@ -979,6 +988,11 @@ class Zoo:
                 _check_hash(self.path / r["file"], r["sha256"])
             except ZooError as e:
                 problems.append(str(e))
+        for name, asset in (self.manifest.get("assets") or {}).items() if ids is None else ():
+            try:
+                _check_hash(self.path / asset["file"], asset["sha256"])
+            except ZooError as e:
+                problems.append(f"asset {name!r}: {e}")
         if problems and raise_errors:
             more = f"\n... and {len(problems) - 10} more" if len(problems) > 10 else ""
             raise ZooError(f"{self.path}: {len(problems)} model file(s) failed verification:\n"
@@ -1063,9 +1077,19 @@ def _check_labels(spec: dict, where) -> dict:
     return spec
 
 
+def _own_file(path: Path) -> None:
+    """A zoo's own file must be a regular file inside its folder: not a directory, not a link out of the zoo."""
+    if not path.is_file():
+        raise ZooError(f"{path}: not a regular file (a directory or something else stands in its place)")
+    if path.is_symlink() and path.resolve().parent != path.parent.resolve():
+        raise ZooError(f"{path}: a symlink to {path.resolve()}, outside the zoo; refusing to use it")
+
+
 def _check_hash(path: Path, expected: str) -> None:
     if not path.exists():
         raise ZooError(f"{path}: model file is missing")
+    if not path.is_file():
+        raise ZooError(f"{path}: not a regular file (a directory stands in its place)")
     actual = sha256_file(path)
     if actual != expected:
         raise _hash_mismatch(path, expected, actual)
