@@ -218,6 +218,7 @@ def plan_jobs(params: Mapping) -> list[Job]:
 
 
 def build_forests(path, *, executor="local", workers: int | None = 2, progress: bool = True,
+                      repair: bool = False,
                   preset: str | None = None, **params) -> Zoo:
     """Build (or resume, or open when complete) the forests zoo at `path`: the roots and one forest of
     n_trees x (1 + n_children + n_children^2) models per variant, all sharing the roots. One forest is
@@ -230,7 +231,8 @@ def build_forests(path, *, executor="local", workers: int | None = 2, progress: 
     if bad:
         raise ValueError(f"unknown variant(s) {bad}; choose from {VARIANTS}")
     classes = styled_digits(ALL_STYLES).class_names
-    zoo = Zoo.create(path, kind=KIND, builder="weightspace.zoo.forests.build_forests", params=p, preset=preset,
+    zoo = Zoo.create(path, kind=KIND, repair=repair,
+                     builder="weightspace.zoo.forests.build_forests", params=p, preset=preset,
                      command=f"build_forests({str(path)!r}, **params)",
                      labels=dict(column="classes", class_names=classes, per_model="many",
                                  description="the StyledDigits classes of the task a model was fine-tuned on "

@@ -201,13 +201,15 @@ def _finetune_job(spec, writer) -> None:
 
 
 def build_model_trees(path, *, executor="local", workers: int | None = 2, progress: bool = True,
+                      repair: bool = False,
                       preset: str | None = None, **params) -> Zoo:
     """Build (or resume, or just open when complete) a ViT Model Trees zoo at `path`: DEFAULTS's parameters,
     and LORA_DEFAULTS's for a LoRA Model Tree (`finetune_mode="lora"`)."""
     p = resolve_params(params)
     lora = p.get("finetune_mode") == "lora"
     arch = {**timm_architecture(**p["vit"]), "num_classes_column": "num_classes"}
-    zoo = Zoo.create(path, kind=KIND, builder="weightspace.zoo.model_trees.build_model_trees", params=p,
+    zoo = Zoo.create(path, kind=KIND, repair=repair,
+                     builder="weightspace.zoo.model_trees.build_model_trees", params=p,
                      preset=preset, command=f"build_model_trees({str(path)!r}, **params)",
                      labels=dict(column="classes", class_names=styled_digits(tuple(p["styles"])).class_names,
                                  per_model="many",
