@@ -43,7 +43,7 @@ def test_avg_pool_trees_load_into_timm(tmp_path):
     from weightspace.nets import make_vit
 
     zoo = build_model_trees(tmp_path / "z", n_trees=1, n_per_tree=2, root_steps=2, steps=[2, 3],
-                            vit={"global_pool": "avg"}, executor="inline", progress=False)
+                            vit={"global_pool": "avg"}, split=[0.5, 0.5, 0.0], executor="inline", progress=False)
     sd = zoo.load("t0-0001")
     assert "fc_norm.weight" in sd and "norm.weight" not in sd
     make_vit(40, global_pool="avg").load_state_dict(sd, strict=True)
