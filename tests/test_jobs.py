@@ -189,8 +189,8 @@ def _salted_job(spec, writer):
 
 def _chain(salt=0, fail_root=False):
     """a -> b -> c, one job each."""
-    return [Job(_failing_job if fail_root else _salted_job, {"ids": ["a"], "parent": None, "salt": salt}, ("a",),
-                name="root"),
+    root = _failing_job if fail_root else _salted_job
+    return [Job(root, {"ids": ["a"], "parent": None, "salt": salt}, ("a",), name="root"),
             Job(_salted_job, {"ids": ["b"], "parent": "a"}, ("b",), parents=("a",), name="child"),
             Job(_salted_job, {"ids": ["c"], "parent": "b"}, ("c",), parents=("b",), name="grandchild")]
 
@@ -202,8 +202,8 @@ def _stamps(path, ids):
 def test_resume_that_dies_before_a_damaged_parent_is_rebuilt_leaves_a_zoo_that_opens(tmp_path):
     """A damaged parent is redone; if the run dies first the zoo still opens, and the next run rebuilds the
     parent (same bytes) and re-adopts its intact descendants instead of retraining them."""
-    zoo = run_jobs(Zoo.create(tmp_path / "z", kind="toy", builder="t", params={}), _chain(), executor="inline",
-                   progress=False)
+    zoo = Zoo.create(tmp_path / "z", kind="toy", builder="t", params={})
+    zoo = run_jobs(zoo, _chain(), executor="inline", progress=False)
     table = _table(zoo.path)
     assert zoo.row("b")["parent_sha256"] == zoo.row("a")["sha256"]         # recorded by the writer
     kept = _stamps(zoo.path, ["b", "c"])
@@ -211,7 +211,7 @@ def test_resume_that_dies_before_a_damaged_parent_is_rebuilt_leaves_a_zoo_that_o
     damaged.write_bytes(damaged.read_bytes()[:50])
     with pytest.raises(RuntimeError, match="job 'root' failed"):
         run_jobs(Zoo.open(zoo.path), _chain(fail_root=True), executor="inline", progress=False)
-    half = Zoo.open(zoo.path)                                              # opens: no row names a missing parent
+    half = Zoo.open(zoo.path)                                  # opens: no row names a missing parent
     assert half.ids == [] and half.set_aside_ids == ["b", "c"]
     run_jobs(half, _chain(), executor="inline", progress=False)
     assert _table(zoo.path) == table and _stamps(zoo.path, ["b", "c"]) == kept
@@ -219,15 +219,15 @@ def test_resume_that_dies_before_a_damaged_parent_is_rebuilt_leaves_a_zoo_that_o
 
 
 def test_descendants_of_a_parent_rebuilt_with_other_bytes_are_retrained(tmp_path):
-    zoo = run_jobs(Zoo.create(tmp_path / "z", kind="toy", builder="t", params={}), _chain(), executor="inline",
-                   progress=False)
+    zoo = Zoo.create(tmp_path / "z", kind="toy", builder="t", params={})
+    zoo = run_jobs(zoo, _chain(), executor="inline", progress=False)
     old = {i: zoo.row(i)["sha256"] for i in "abc"}
     damaged = zoo.model_path("a")
     damaged.write_bytes(damaged.read_bytes()[:50])
     zoo = run_jobs(Zoo.open(zoo.path), _chain(salt=7), executor="inline", progress=False)
     assert zoo.ids == ["a", "b", "c"] and all(zoo.row(i)["sha256"] != old[i] for i in "abc")
     assert zoo.row("c")["parent_sha256"] == zoo.row("b")["sha256"]
-    assert len(list((zoo.path / ".quarantine").iterdir())) == 3          # damaged a, stale b and c, kept aside
+    assert len(list((zoo.path / ".quarantine").iterdir())) == 3      # damaged a, stale b and c, kept aside
     zoo.verify()
 
 

@@ -43,7 +43,8 @@ def test_avg_pool_trees_load_into_timm(tmp_path):
     from weightspace.nets import make_vit
 
     zoo = build_model_trees(tmp_path / "z", n_trees=1, n_per_tree=2, root_steps=2, steps=[2, 3],
-                            vit={"global_pool": "avg"}, split=[0.5, 0.5, 0.0], executor="inline", progress=False)
+                            vit={"global_pool": "avg"}, split=[0.5, 0.5, 0.0], executor="inline",
+                            progress=False)
     sd = zoo.load("t0-0001")
     assert "fc_norm.weight" in sd and "norm.weight" not in sd
     make_vit(40, global_pool="avg").load_state_dict(sd, strict=True)
@@ -155,13 +156,14 @@ def test_lora_tree_is_merged_with_its_factors(tiny_lora_trees):
     (dict(split=[0.9, 0.9, 0.9]), r"split=\[0.9, 0.9, 0.9\]: expected \[train, val, test\]: three fractions"),
     (dict(split=[0.5, 0.5]), r"split=\[0.5, 0.5\]"),
     (dict(split=[1.2, -0.1, -0.1]), r"split=\[1.2, -0.1, -0.1\]"),
-    (dict(n_per_tree=4, split=[0.95, 0.05, 0.0]), r"split=\[0.95, 0.05, 0.0\]: expected .*non-empty train and "
-                                                  r"val split of each tree's 4 fine-tunes \(these give 4 train, 0 val"),
+    (dict(n_per_tree=4, split=[0.95, 0.05, 0.0]),
+     r"split=\[0.95, 0.05, 0.0\]: expected .*non-empty train and val split of each tree's 4 fine-tunes "
+     r"\(these give 4 train, 0 val"),
     (dict(styles=["plain", "wavy"]), r"styles=\['plain', 'wavy'\]"),
     (dict(styles=["plain", "plain"]), r"styles=\['plain', 'plain'\]: expected a non-empty list of distinct"),
     (dict(recipes=["supervised", "magic"]), r"recipes=\['supervised', 'magic'\]"),
     (dict(vit=[("embed_dim", 32)]), r"vit=\[\('embed_dim', 32\)\]: expected a dict"),
-    (dict(vit={"embed_dim": 30, "num_heads": 4}), r"vit\['embed_dim'\]=30: expected a multiple of num_heads = 4"),
+    (dict(vit={"embed_dim": 30, "num_heads": 4}), r"vit\['embed_dim'\]=30: expected a multiple of num_heads"),
     (dict(vit={"depth": 0}), r"vit\['depth'\]=0: expected a positive integer"),
     (dict(seed=-1), r"seed=-1: expected an integer >= 0"),
     (dict(seed="0"), r"seed='0'"),

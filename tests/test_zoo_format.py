@@ -437,7 +437,7 @@ def test_quarantined_parent_sets_its_descendants_aside(toy_zoo):
     toy_zoo.quarantine("a")
     again = Zoo.open(toy_zoo.path)
     assert again.ids == ["root", "b", "b1"] and again.set_aside_ids == ["a1"]
-    assert again.orphans() == []                                  # a1 waits on the side list, not as an orphan
+    assert again.orphans() == []                            # a1 waits on the side list, not as an orphan
     assert again.readopt() == ([], [])                            # its parent is still missing
     again.model_path("a").write_bytes(a_bytes)                    # rebuilt, bit for bit
     again.record([a_row])

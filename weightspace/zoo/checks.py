@@ -37,8 +37,8 @@ def interval(p: Mapping, name: str, integers: bool, lo: float) -> None:
     """[low, high] with lo <= low <= high (integers, or positive numbers)."""
     v = p[name]
     ok = _is_int if integers else _is_number
-    if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(ok(x) for x in v) or not lo <= v[0] <= v[1] \
-            or (not integers and v[0] <= 0):
+    if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(ok(x) for x in v) \
+            or not lo <= v[0] <= v[1] or (not integers and v[0] <= 0):
         _fail(name, v, f"[low, high] with {'integers' if integers else 'positive numbers'} "
                        f"{'>= ' + str(lo) + ' and ' if integers else ''}low <= high")
 
@@ -52,7 +52,7 @@ def choices(p: Mapping, name: str, allowed: Collection, distinct: bool = True) -
 
 
 def vit(p: Mapping, name: str = "vit") -> int:
-    """Overrides of nets.vit.VIT_TINY (other timm VisionTransformer arguments pass through); returns the width."""
+    """Overrides of nets.vit.VIT_TINY (other VisionTransformer arguments pass through); returns the width."""
     v = p[name]
     if not isinstance(v, Mapping) or not all(isinstance(k, str) for k in v):
         _fail(name, v, "a dict of VisionTransformer arguments (overrides of nets.vit.VIT_TINY)")
@@ -74,7 +74,7 @@ def seed(p: Mapping, name: str = "seed") -> None:
 
 
 def split(p: Mapping, n: int, name: str = "split") -> None:
-    """Three fractions >= 0 summing to 1 that give each tree's `n` fine-tunes a non-empty train and val split."""
+    """Three fractions >= 0 summing to 1 giving each tree's `n` fine-tunes a non-empty train and val split."""
     v = p[name]
     if not isinstance(v, (list, tuple)) or len(v) != 3 or not all(_is_number(x) and x >= 0 for x in v) \
             or abs(sum(v) - 1) > 1e-6:

@@ -16,8 +16,9 @@ def main(argv=None) -> int:
         if args.action == "repair":
             kept = Zoo.repair(args.path)
             Zoo.open(args.path)
-            print(f"{args.path}: " + (f"{len(kept)} row(s) whose parent is missing set aside; re-run the builder to "
-                                       "rebuild the parents and re-adopt them" if kept else "nothing to repair"))
+            done = (f"{len(kept)} row(s) whose parent is missing set aside; re-run the builder to "
+                    "rebuild the parents and re-adopt them") if kept else "nothing to repair"
+            print(f"{args.path}: {done}")
             return 0
         zoo = Zoo.open(args.path)
         if args.action == "info":

@@ -226,7 +226,7 @@ def resolve_params(params: Mapping) -> dict:
     p = {**DEFAULTS, **params}
     for name in ("n_trees", "root_steps", "steps", "batch_size", "chunk", "log_every"):
         checks.integer(p, name)
-    checks.integer(p, "n_children", hi=len(TASKS) - 1)     # a child's task differs from its parent's and siblings'
+    checks.integer(p, "n_children", hi=len(TASKS) - 1)     # a task other than its parent's and siblings'
     checks.choices(p, "variants", VARIANTS)
     checks.choices(p, "root_recipes", RECIPES, distinct=False)
     checks.choices(p, "root_styles", STYLES)
@@ -238,7 +238,8 @@ def resolve_params(params: Mapping) -> dict:
     v = p["ranks_v"]
     if not isinstance(v, (list, tuple)) or not v or not all(isinstance(r, int) and not isinstance(r, bool)
                                                             and 1 <= r <= d for r in v):
-        raise ValueError(f"ranks_v={v!r}: expected a non-empty list of integer LoRA ranks in 1..embed_dim = {d}")
+        raise ValueError(f"ranks_v={v!r}: expected a non-empty list of integer LoRA ranks in "
+                         f"1..embed_dim = {d}")
     checks.integer(p, "rank_f", hi=d)
     checks.choices(p, "lora_targets", ("q", "k", "v"))
     checks.seed(p)

@@ -346,9 +346,9 @@ class Zoo:
 
     @classmethod
     def repair(cls, path) -> list[str]:
-        """Set aside the rows that start (through any ancestor) from a model missing from the table, so the zoo
-        opens again; returns their ids. A builder re-run rebuilds the missing parents and re-adopts these rows
-        (see `readopt`) instead of retraining them."""
+        """Set aside the rows that start (through any ancestor) from a model missing from the table, so the
+        zoo opens again; returns their ids. A builder re-run rebuilds the missing parents and re-adopts
+        these rows (see `readopt`) instead of retraining them."""
         path = Path(path)
         rows = cls._read_table(path / TABLE)
         stranded = set(_stranded(rows))
@@ -567,11 +567,14 @@ class Zoo:
                 if parent is None and opening and pid not in {x.get("model_id") for x in rows}:
                     n = len(_stranded(rows))
                     raise ZooError(
-                        f"{where}: model {mid!r} names parent {pid!r}, which is not in the zoo ({n} row(s) start "
-                        f"from a missing model, e.g. after a resume cut short by an older weightspace). Repair "
-                        f"without retraining: `python -m weightspace zoo repair {self.path}` (or "
-                        f"Zoo.repair(path), or the builder with repair=True) sets those rows aside; re-running the "
-                        f"builder then rebuilds the missing models and re-adopts every row whose file is intact")
+                        f"{where}: model {mid!r} names parent {pid!r}, which is not in the zoo ({n} row(s) "
+                        f"start from a missing model, e.g. after a resume cut short by an older "
+                        f"weightspace). "
+                        f"Repair without retraining: `python -m weightspace zoo repair {self.path}` (or "
+                        f"Zoo.repair(path), or the builder with repair=True) sets those rows aside; "
+                        f"re-running "
+                        f"the builder then rebuilds the missing models and re-adopts every row whose file is "
+                        f"intact")
                 if parent is None:
                     raise ZooError(f"{where}: model {mid!r} names parent {pid!r}, which is not in the zoo "
                                    "(parents must be recorded before their children)")
@@ -826,7 +829,7 @@ class Zoo:
             r = self._rows[mid]
             parent = self._rows.get(r["parent_id"]) or {}
             aside[mid] = {"row": r, "parent_sha256": r.get("parent_sha256") or parent.get("sha256")}
-        self._write_set_aside(aside)        # first the side list, then the table: a kill between loses nothing
+        self._write_set_aside(aside)        # the side list first: a kill before the table write loses nothing
         for mid in out:
             del self._rows[mid]
         self._write_table()
@@ -846,9 +849,10 @@ class Zoo:
         return list(self._read_set_aside())
 
     def readopt(self) -> tuple[list[str], list[str]]:
-        """Record again each set-aside row whose parent is in the table with the sha256 it was trained from and
-        whose own file is intact; move aside (to .quarantine) the files of those whose parent came back different
-        or whose file is damaged, so a builder retrains them. Returns (re-adopted ids, moved-aside ids).
+        """Record again each set-aside row whose parent is in the table with the sha256 it was trained from
+        and whose own file is intact; move aside (to .quarantine) the files of those whose parent came back
+        different or whose file is damaged, so a builder retrains them. Returns (re-adopted ids,
+        moved-aside ids).
         A row set aside without a known parent hash (`Zoo.repair` of a table from an older weightspace) is
         re-adopted on the builders' determinism: a rebuilt parent has the same bytes."""
         aside = self._read_set_aside()

@@ -232,17 +232,18 @@ def _resume(zoo: Zoo, jobs: list[Job], log) -> None:
         for r in ready:
             del orphans[r["model_id"]]
     waiting = [r for r in orphans.values() if r.get("parent_sha256")]
-    if waiting:      # unrecorded files whose parent is still to be built: adopted once it is, if it is the same
+    if waiting:      # unrecorded files whose parent is still to be built: adopted once it is, if the same
         zoo.add_set_aside(waiting)
     if len(orphans) > len(waiting):
-        log(f"{zoo.path}: {len(orphans) - len(waiting)} unrecorded file(s) wait for their parents and will be redone")
+        log(f"{zoo.path}: {len(orphans) - len(waiting)} unrecorded file(s) wait for their parents and "
+            "will be redone")
 
 
 def _readopt(zoo: Zoo, log) -> list[str]:
     adopted, stale = zoo.readopt()
     if stale:
-        log(f"{zoo.path}: {len(stale)} set-aside model(s) no longer match their rebuilt parent or are damaged; "
-            "moved to .quarantine and redone")
+        log(f"{zoo.path}: {len(stale)} set-aside model(s) no longer match their rebuilt parent or are "
+            "damaged; moved to .quarantine and redone")
     return adopted
 
 

@@ -83,7 +83,7 @@ def _check(p: Mapping) -> None:
 
 def resolve_params(params: Mapping) -> dict:
     """The build's full parameters: DEFAULTS, plus LORA_DEFAULTS in LoRA mode, overridden by `params`,
-    checked (unknown names, every value's type and range, the fine-tuning mode, the LoRA ranks and targets)."""
+    checked (unknown names, every value's type and range, the fine-tuning mode, the LoRA ranks, targets)."""
     unknown = sorted(set(params) - set(DEFAULTS) - set(LORA_DEFAULTS))
     if unknown:
         raise TypeError(f"build_model_trees got unknown parameter(s) {unknown}; known: "
