@@ -151,6 +151,21 @@ def test_bad_inputs_are_clear():
         fit("mlp", (X, Y), (X, Y))
     with pytest.raises(ValueError, match=r"ProbeX expects \[B, 8, 8\]"):
         ProbeX(8, 8, 2, 2, 2, 6)(torch.randn(2, 8, 9))
+    # labels: NaN, not 0/1, wrong width across splits; recipe values that once gave cryptic errors
+    Yn = Y.clone()
+    Yn[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"train split: labels must be 0 or 1 .* row 2, class 1 is nan"):
+        fit("probex", (X, Yn), (X, Y))
+    with pytest.raises(ValueError, match=r"validation split: labels must be 0 or 1 .* is 2.0"):
+        fit("dense", (X, Y), (X, Y * 2))
+    with pytest.raises(ValueError, match="validation split: labels have 5 classes, the expert predicts 6"):
+        fit("probex", (X, Y), (X, Y[:, :5]))
+    with pytest.raises(ValueError, match=r"labels must be a \[models, classes\] 0/1 matrix"):
+        fit("probex", (X, Y[:, 0]), (X, Y))
+    for bad in (dict(epochs=0), dict(eval_every=0), dict(batch_size=0), dict(batch_size=2.5), dict(lr=0.0),
+                dict(lr=float("nan")), dict(weight_decay=-1.0)):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))}=.*must be"):
+            fit("probex", (X, Y), (X, Y), **bad)
 
 
 def test_delta_inputs_by_hand():
@@ -198,6 +213,10 @@ def test_on_a_tiny_zoo(tiny_zoo):
     router = Router(["blocks.0.attn.proj.weight"]).fit(data)
     res = route_and_evaluate(experts, router, data)
     assert res["routing_acc"] == 1.0 and res["routed_acc"] == res["oracle_acc"]
+    with pytest.raises(ValueError, match="no models of trees .* in split 'val_holdout' to route"):
+        route_and_evaluate(experts, router, data, "val_holdout")       # an empty split: not NaN accuracies
+    with pytest.raises(ValueError, match="no models in split 'test_holdout' to place the tree centroids"):
+        Router(["blocks.0.attn.proj.weight"]).fit(data, "test_holdout")
     feats = statnn_features(tiny_zoo, data.ids)
     assert feats.shape[0] == 16 and torch.isfinite(feats).all()
     m = torch.from_numpy(data.mask(split="train"))

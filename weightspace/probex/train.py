@@ -59,12 +59,34 @@ class Fit:
         return _logits(self.model, X)
 
 
-def _check_split(name: str, X: torch.Tensor, Y: torch.Tensor) -> None:
+def _check_split(name: str, X: torch.Tensor, Y: torch.Tensor, width: int | None = None) -> None:
+    """Inputs and multi-hot labels of one split: non-empty, as many label rows as models, finite weights, labels
+    exactly 0 or 1, and (given `width`) as many label columns as the expert has outputs."""
     if X is None or len(X) == 0:
         raise ValueError(f"the {name} split is empty: no models to {'train on' if name == 'train' else 'evaluate'}")
+    if Y is None or Y.ndim != 2:
+        raise ValueError(f"{name} split: labels must be a [models, classes] 0/1 matrix, got shape "
+                         f"{None if Y is None else tuple(Y.shape)}")
     if len(X) != len(Y):
         raise ValueError(f"{name} split: {len(X)} inputs but {len(Y)} label rows")
+    if width is not None and Y.shape[1] != width:
+        raise ValueError(f"{name} split: labels have {Y.shape[1]} classes, the expert predicts {width}")
+    bad = ~((Y == 0) | (Y == 1))
+    if bad.any():
+        row, col = (int(i) for i in torch.nonzero(bad)[0])
+        raise ValueError(f"{name} split: labels must be 0 or 1 (multi-hot); model row {row}, class {col} is "
+                         f"{float(Y[row, col])!r} ({int(bad.sum())} such entries)")
     check_finite(X, f"{name} split")
+
+
+def _check_recipe(batch_size, epochs, eval_every, lr, weight_decay) -> None:
+    for name, value in (("batch_size", batch_size), ("epochs", epochs), ("eval_every", eval_every)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}={value!r}: must be a whole number >= 1")
+    for name, value in (("lr", lr), ("weight_decay", weight_decay)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value) or value < 0 \
+                or (name == "lr" and value == 0):
+            raise ValueError(f"{name}={value!r}: must be a finite number {'> 0' if name == 'lr' else '>= 0'}")
 
 
 @torch.no_grad()
@@ -79,10 +101,11 @@ def train(model: nn.Module, train: tuple, val: tuple, test: tuple | None = None,
           seed: int = 0, device=None) -> Fit:
     """Train `model` on (X, Y) tensors with BCE + Adam; select the checkpoint on validation accuracy."""
     (Xtr, Ytr), (Xva, Yva) = train, val
+    _check_recipe(batch_size, epochs, eval_every, lr, weight_decay)
     _check_split("train", Xtr, Ytr)
-    _check_split("validation", Xva, Yva)
+    _check_split("validation", Xva, Yva, Ytr.shape[1])
     if test is not None:
-        _check_split("test", *test)
+        _check_split("test", *test, width=Ytr.shape[1])
     dev = torch.device(device) if device is not None else default_device()
     model = model.to(dev)
     Xtr_d, Ytr_d = Xtr.float().to(dev), Ytr.float().to(dev)
