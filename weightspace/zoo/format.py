@@ -1047,7 +1047,7 @@ class Zoo:
             return None
         qdir = self.path / QUARANTINE_DIR
         qdir.mkdir(exist_ok=True)
-        stamp = time.time_ns()
+        stamp = int(time.time() * 1e6)
         while True:   # a fresh name: never overwrite an earlier quarantined copy
             moved = qdir / f"{path.name}.{stamp}"
             try:

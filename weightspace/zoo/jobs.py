@@ -246,10 +246,11 @@ def _resume(zoo: Zoo, jobs: list[Job], log) -> None:
         ready = [r for r in orphans.values() if r["parent_id"] is None or r["parent_id"] in zoo]
         if not ready:
             break
-        zoo.record([r for r in ready if r.get("parent_sha256") in (None, zoo.row(r["parent_id"])["sha256"])
-                    or r["parent_id"] is None])
+        zoo.record([r for r in ready if r["parent_id"] is None
+                    or r.get("parent_sha256") in (None, zoo.row(r["parent_id"])["sha256"])])
         for r in ready:
             del orphans[r["model_id"]]
+    _readopt(zoo, log)         # set-aside rows whose parent was just adopted
     waiting = [r for r in orphans.values() if r.get("parent_sha256")]
     if waiting:      # unrecorded files whose parent is still to be built: adopted once it is, if the same
         zoo.add_set_aside(waiting)
@@ -277,7 +278,11 @@ def run_jobs(zoo: Zoo, jobs: Iterable[Job], executor="local", workers: int | Non
     _resume(zoo, jobs, log)
     todo = [job for lvl in levels for job in lvl if any(m not in zoo for m in job.model_ids)]
     n_todo = sum(sum(m not in zoo for m in job.model_ids) for job in todo)
+    # jobs finish in any order; the table is stored in job order so every executor gives the same file
+    built = [m for lvl in levels for job in lvl for m in job.model_ids]
     if not todo:
+        if set(built) <= set(zoo.ids):
+            zoo.reorder([m for m in zoo.ids if m not in set(built)] + built)
         return zoo
     from tqdm.auto import tqdm
 
@@ -317,7 +322,5 @@ def run_jobs(zoo: Zoo, jobs: Iterable[Job], executor="local", workers: int | Non
                         finish(fut, pending.pop(fut))
     finally:
         bar.close()
-    # jobs finish in any order; the table is stored in job order so every executor gives the same file
-    built = [m for lvl in levels for job in lvl for m in job.model_ids]
     zoo.reorder([m for m in zoo.ids if m not in set(built)] + built)
     return zoo
