@@ -680,16 +680,14 @@ def _repair_sweep(clean, tmp_path, damaged: str) -> tuple[int, list[str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damaged", [pytest.param(ROOT, marks=pytest.mark.xfail(strict=True, reason=PARENT_DEFECT)),
-                                     pytest.param(LEAF, marks=pytest.mark.xfail(strict=True, reason=ORDER_DEFECT))])
+@pytest.mark.parametrize("damaged", [pytest.param(ROOT),
+                                     pytest.param(LEAF)])
 def test_a_repair_stopped_at_any_write_point_leaves_a_zoo_that_reopens(clean, tmp_path, damaged):
     n, problems = _repair_sweep(clean, tmp_path, damaged)
     _report(f"write points of the repair of a damaged {damaged}", n)
     assert n >= 6 and not problems, f"{len(problems)} of {n} points:\n" + "\n".join(problems)
 
 
-@pytest.mark.xfail(strict=True, reason="quarantine name collision: <name>.<int(time.time())> is reused within one "
-                                      "second and shutil.move overwrites the earlier quarantined file")
 def test_quarantine_never_overwrites_an_earlier_quarantined_file(clean, tmp_path, monkeypatch):
     """The same model damaged twice in one second: both damaged files are kept aside (quarantine never deletes)."""
     import time
@@ -731,8 +729,7 @@ UNVALIDATED = ("builder parameters not validated: the bad value fails deep insid
 
 
 @pytest.mark.parametrize("name, value", [
-    pytest.param(n, v, marks=[] if n == "styles" else [pytest.mark.xfail(strict=True, reason=UNVALIDATED)])
-    for n, v in BAD_PARAMS])
+    pytest.param(n, v) for n, v in BAD_PARAMS])
 def test_a_bad_builder_parameter_is_refused_by_name_before_anything_is_written(tmp_path, monkeypatch, name, value):
     from weightspace.zoo import jobs
 

@@ -171,3 +171,39 @@ def test_forest_declares_its_lora_layout(tiny_forest):
 
     with pytest.raises(ZooError, match=r"ft-t0-c0\.safetensors: no tensor named 'lora_factors\.blocks\.1\.attn\.qkv\.U'"):
         zoo.lora_layer("blocks.1.attn.qkv", ["ft-t0-c0"])
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(n_trees=0), r"n_trees=0: expected an integer >= 1"),
+    (dict(n_trees="2"), r"n_trees='2'"),
+    (dict(n_children=0), r"n_children=0"),
+    (dict(n_children=len(TASKS)),
+     rf"n_children={len(TASKS)}: expected an integer >= 1 and <= {len(TASKS) - 1}"),
+    (dict(variants=["ft", "dora"]), r"variants=\['ft', 'dora'\]: expected a non-empty list of distinct"),
+    (dict(variants=[]), r"variants=\[\]"),
+    (dict(root_recipes=["masked", "x"]), r"root_recipes=\['masked', 'x'\]"),
+    (dict(root_steps=0), r"root_steps=0"),
+    (dict(root_lr=0), r"root_lr=0: expected a positive number"),
+    (dict(steps=2.5), r"steps=2.5: expected an integer >= 1"),
+    (dict(lr_ft=-1e-3), r"lr_ft=-0.001"),
+    (dict(lr_lora="3e-3"), r"lr_lora='3e-3'"),
+    (dict(ranks_v=[1, 0]),
+     r"ranks_v=\[1, 0\]: expected a non-empty list of integer LoRA ranks in 1..embed_dim = 16"),
+    (dict(ranks_v=[]), r"ranks_v=\[\]"),
+    (dict(vit=dict(embed_dim=16, num_heads=2), ranks_v=[1, 17]), r"ranks_v=\[1, 17\].*embed_dim = 16"),
+    (dict(rank_f=0), r"rank_f=0: expected an integer >= 1 and <= 16"),
+    (dict(rank_f=17), r"rank_f=17"),
+    (dict(lora_targets=["q", "q"]), r"lora_targets=\['q', 'q'\]"),
+    (dict(lora_targets=["o"]), r"lora_targets=\['o'\]"),
+    (dict(batch_size=0), r"batch_size=0"),
+    (dict(weight_decay=-0.01), r"weight_decay=-0.01: expected a number >= 0"),
+    (dict(head_lr_mult=0), r"head_lr_mult=0: expected a positive number"),
+    (dict(chunk=0), r"chunk=0"),
+    (dict(log_every=0), r"log_every=0"),
+    (dict(vit={"embed_dim": 64, "num_heads": 5}), r"vit\['embed_dim'\]=64: expected a multiple of num_heads"),
+    (dict(seed=1.5), r"seed=1.5"),
+])
+def test_parameters_are_checked_before_anything_is_written(tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        build_forests(tmp_path / "f", executor="inline", progress=False, **{**TINY_FOREST, **bad})
+    assert not (tmp_path / "f").exists()

@@ -182,6 +182,72 @@ def test_unknown_executor(tmp_path):
     assert torch.get_num_threads() >= 1
 
 
+def _salted_job(spec, writer):
+    for i in spec["ids"]:
+        writer.write(i, toy_state_dict(len(i) + spec.get("salt", 0)),
+                     dict(parent_id=spec["parent"], tree_id=0, depth=0, split="train"))
+
+
+def _chain(salt=0, fail_root=False):
+    """a -> b -> c, one job each."""
+    root = _failing_job if fail_root else _salted_job
+    return [Job(root, {"ids": ["a"], "parent": None, "salt": salt}, ("a",), name="root"),
+            Job(_salted_job, {"ids": ["b"], "parent": "a"}, ("b",), parents=("a",), name="child"),
+            Job(_salted_job, {"ids": ["c"], "parent": "b"}, ("c",), parents=("b",), name="grandchild")]
+
+
+def _stamps(path, ids):
+    return {i: (path / "models" / f"{i}.safetensors").stat().st_ino for i in ids}
+
+
+def test_resume_that_dies_before_a_damaged_parent_is_rebuilt_leaves_a_zoo_that_opens(tmp_path):
+    """A damaged parent is redone; if the run dies first the zoo still opens, and the next run rebuilds the
+    parent (same bytes) and re-adopts its intact descendants instead of retraining them."""
+    zoo = Zoo.create(tmp_path / "z", kind="toy", builder="t", params={})
+    zoo = run_jobs(zoo, _chain(), executor="inline", progress=False)
+    table = _table(zoo.path)
+    assert zoo.row("b")["parent_sha256"] == zoo.row("a")["sha256"]         # recorded by the writer
+    kept = _stamps(zoo.path, ["b", "c"])
+    damaged = zoo.model_path("a")
+    damaged.write_bytes(damaged.read_bytes()[:50])
+    with pytest.raises(RuntimeError, match="job 'root' failed"):
+        run_jobs(Zoo.open(zoo.path), _chain(fail_root=True), executor="inline", progress=False)
+    half = Zoo.open(zoo.path)                                  # opens: no row names a missing parent
+    assert half.ids == [] and half.set_aside_ids == ["b", "c"]
+    run_jobs(half, _chain(), executor="inline", progress=False)
+    assert _table(zoo.path) == table and _stamps(zoo.path, ["b", "c"]) == kept
+    assert Zoo.open(zoo.path).set_aside_ids == [] and not Zoo.open(zoo.path).verify(raise_errors=False)
+
+
+def test_descendants_of_a_parent_rebuilt_with_other_bytes_are_retrained(tmp_path):
+    zoo = Zoo.create(tmp_path / "z", kind="toy", builder="t", params={})
+    zoo = run_jobs(zoo, _chain(), executor="inline", progress=False)
+    old = {i: zoo.row(i)["sha256"] for i in "abc"}
+    damaged = zoo.model_path("a")
+    damaged.write_bytes(damaged.read_bytes()[:50])
+    zoo = run_jobs(Zoo.open(zoo.path), _chain(salt=7), executor="inline", progress=False)
+    assert zoo.ids == ["a", "b", "c"] and all(zoo.row(i)["sha256"] != old[i] for i in "abc")
+    assert zoo.row("c")["parent_sha256"] == zoo.row("b")["sha256"]
+    assert len(list((zoo.path / ".quarantine").iterdir())) == 3      # damaged a, stale b and c, kept aside
+    zoo.verify()
+
+
+def test_builder_repairs_a_table_left_by_an_interrupted_resume(reference, tmp_path):
+    """The table an older weightspace left (a root's row gone, its fine-tunes' rows kept) refuses to open;
+    the builder with repair=True rebuilds the root and re-adopts every fine-tune without retraining."""
+    import shutil
+
+    path = tmp_path / "zoo"
+    shutil.copytree(reference, path)
+    rows = [json.loads(line) for line in _table(path).splitlines()]
+    (path / TABLE).write_text("".join(json.dumps(r) + "\n" for r in rows if r["model_id"] != "t1-root"))
+    (path / "models" / "t1-root.safetensors").unlink()
+    kept = _stamps(path, [r["model_id"] for r in rows if r["parent_id"] == "t1-root"])
+    with pytest.raises(ZooError, match="names parent 't1-root', which is not in the zoo.*repair=True"):
+        build_model_trees(path, executor="inline", progress=False, **TINY_TREES)
+    build_model_trees(path, executor="inline", progress=False, repair=True, **TINY_TREES)
+    assert _table(path) == _table(reference) and _stamps(path, list(kept)) == kept
+
 SLOW_JOB = """
 import os, time
 import torch

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_TREES
 
 from weightspace.zoo.model_trees import DEFAULTS, build_model_trees, finetune_plan
 
@@ -42,7 +43,8 @@ def test_avg_pool_trees_load_into_timm(tmp_path):
     from weightspace.nets import make_vit
 
     zoo = build_model_trees(tmp_path / "z", n_trees=1, n_per_tree=2, root_steps=2, steps=[2, 3],
-                            vit={"global_pool": "avg"}, executor="inline", progress=False)
+                            vit={"global_pool": "avg"}, split=[0.5, 0.5, 0.0], executor="inline",
+                            progress=False)
     sd = zoo.load("t0-0001")
     assert "fc_norm.weight" in sd and "norm.weight" not in sd
     make_vit(40, global_pool="avg").load_state_dict(sd, strict=True)
@@ -132,3 +134,43 @@ def test_lora_tree_is_merged_with_its_factors(tiny_lora_trees):
         assert sd["head.weight"].abs().sum() > 0                                        # the zero-init head trained
         m = zoo.model(mid)                                                              # strict, factors left out
         assert torch.equal(m.state_dict()["blocks.0.attn.qkv.weight"], sd["blocks.0.attn.qkv.weight"])
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(n_per_tree="abc"), r"n_per_tree='abc': expected an integer >= 1"),
+    (dict(n_per_tree=-3), r"n_per_tree=-3: expected an integer >= 1"),
+    (dict(n_per_tree=2.5), r"n_per_tree=2.5: expected an integer >= 1"),
+    (dict(n_trees=0), r"n_trees=0: expected an integer >= 1"),
+    (dict(n_trees=True), r"n_trees=True"),
+    (dict(chunk=0), r"chunk=0: expected an integer >= 1"),
+    (dict(root_steps=-1), r"root_steps=-1"),
+    (dict(batch_size="32"), r"batch_size='32'"),
+    (dict(steps=[6, 3]), r"steps=\[6, 3\]: expected \[low, high\] with integers >= 1 and low <= high"),
+    (dict(steps=[0, 3]), r"steps=\[0, 3\]"),
+    (dict(steps=5), r"steps=5: expected \[low, high\]"),
+    (dict(lr=[1e-2, 1e-3]), r"lr=\[0.01, 0.001\]: expected \[low, high\] with positive numbers"),
+    (dict(lr=[0, 1e-3]), r"lr=\[0, 0.001\]"),
+    (dict(schedules=["cosine", "step"]), r"schedules=\['cosine', 'step'\]: expected a non-empty list"),
+    (dict(schedules=[]), r"schedules=\[\]"),
+    (dict(head_init_std=-0.1), r"head_init_std=-0.1: expected a number >= 0"),
+    (dict(split=[0.9, 0.9, 0.9]), r"split=\[0.9, 0.9, 0.9\]: expected \[train, val, test\]: three fractions"),
+    (dict(split=[0.5, 0.5]), r"split=\[0.5, 0.5\]"),
+    (dict(split=[1.2, -0.1, -0.1]), r"split=\[1.2, -0.1, -0.1\]"),
+    (dict(n_per_tree=4, split=[0.95, 0.05, 0.0]),
+     r"split=\[0.95, 0.05, 0.0\]: expected .*non-empty train and val split of each tree's 4 fine-tunes "
+     r"\(these give 4 train, 0 val"),
+    (dict(styles=["plain", "wavy"]), r"styles=\['plain', 'wavy'\]"),
+    (dict(styles=["plain", "plain"]), r"styles=\['plain', 'plain'\]: expected a non-empty list of distinct"),
+    (dict(recipes=["supervised", "magic"]), r"recipes=\['supervised', 'magic'\]"),
+    (dict(vit=[("embed_dim", 32)]), r"vit=\[\('embed_dim', 32\)\]: expected a dict"),
+    (dict(vit={"embed_dim": 30, "num_heads": 4}), r"vit\['embed_dim'\]=30: expected a multiple of num_heads"),
+    (dict(vit={"depth": 0}), r"vit\['depth'\]=0: expected a positive integer"),
+    (dict(seed=-1), r"seed=-1: expected an integer >= 0"),
+    (dict(seed="0"), r"seed='0'"),
+])
+def test_parameters_are_checked_before_anything_is_written(tmp_path, bad, match):
+    """A bad value once failed later with an unrelated error, or gave empty splits, after zoo.json was written
+    (so the corrected run was refused: "started with other parameters")."""
+    with pytest.raises(ValueError, match=match):
+        build_model_trees(tmp_path / "z", executor="inline", progress=False, **{**TINY_TREES, **bad})
+    assert not (tmp_path / "z").exists()

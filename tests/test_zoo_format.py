@@ -414,6 +414,60 @@ def test_lora_layout_entry_is_checked_and_added_on_resume(tmp_path):
                    lora={"up": "unet.{}.lora.up.weight", "down": "unet.{}.lora.down.weight"})
 
 
+def test_quarantine_never_overwrites_an_earlier_copy(toy_zoo, monkeypatch):
+    """Two copies moved aside in the same clock tick keep both (a name from the time alone collided)."""
+    import weightspace.zoo.format as fmt
+
+    monkeypatch.setattr(fmt.time, "time", lambda: 1.0)
+    monkeypatch.setattr(fmt.time, "time_ns", lambda: 1_000_000_000)
+    path = toy_zoo.model_path("b1")
+    copies = []
+    for k in range(3):
+        path.write_bytes(f"copy {k}".encode())
+        copies.append(toy_zoo.quarantine("b1"))
+    assert len(set(copies)) == 3
+    assert [c.read_bytes() for c in copies] == [b"copy 0", b"copy 1", b"copy 2"]
+
+
+def test_quarantined_parent_sets_its_descendants_aside(toy_zoo):
+    """The table never names a missing parent: the descendants leave it with their parent, and come back
+    when it is recorded again with the same bytes."""
+    table = (toy_zoo.path / TABLE).read_text()
+    a_bytes = (toy_zoo.path / toy_zoo.row("a")["file"]).read_bytes()
+    a_row = toy_zoo.row("a")
+    toy_zoo.quarantine("a")
+    again = Zoo.open(toy_zoo.path)
+    assert again.ids == ["root", "b", "b1"] and again.set_aside_ids == ["a1"]
+    assert again.orphans() == []                            # a1 waits on the side list, not as an orphan
+    assert again.readopt() == ([], [])                            # its parent is still missing
+    again.model_path("a").write_bytes(a_bytes)                    # rebuilt, bit for bit
+    again.record([a_row])
+    assert again.readopt() == (["a1"], []) and again.set_aside_ids == []
+    again.reorder(["root", "a", "b", "a1", "b1"])
+    assert (toy_zoo.path / TABLE).read_text() == table
+
+
+def test_set_aside_child_of_a_different_parent_is_moved_aside(toy_zoo):
+    a1 = (toy_zoo.path / toy_zoo.row("a1")["file"]).read_bytes()
+    toy_zoo.quarantine("a")
+    toy_zoo.add("a", toy_state_dict(99), parent_id="root", depth=1, classes=[0, 2])   # other bytes
+    assert toy_zoo.readopt() == ([], ["a1"])
+    assert "a1" not in toy_zoo and not toy_zoo.model_path("a1").exists()
+    assert [f.read_bytes() for f in (toy_zoo.path / ".quarantine").glob("a1.*")] == [a1]
+
+
+def test_a_table_naming_a_missing_parent_says_how_to_repair(toy_zoo, capsys):
+    from weightspace.zoo.cli import main
+
+    rows = [json.loads(line) for line in (toy_zoo.path / TABLE).read_text().splitlines()]
+    (toy_zoo.path / TABLE).write_text("".join(json.dumps(r) + "\n" for r in rows if r["model_id"] != "a"))
+    with pytest.raises(ZooError, match=r"names parent 'a', which is not in the zoo \(1 row\(s\).*zoo repair"):
+        Zoo.open(toy_zoo.path)
+    assert main(["repair", str(toy_zoo.path)]) == 0
+    assert "1 row(s) whose parent is missing set aside" in capsys.readouterr().out
+    zoo = Zoo.open(toy_zoo.path)
+    assert zoo.ids == ["root", "b", "b1"] and zoo.set_aside_ids == ["a1"]
+
 # ------------------------------------------------------------------------- no silent wrong weights
 
 def _flip16(path, tensor):

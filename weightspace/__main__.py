@@ -1,7 +1,7 @@
 """Command line: python -m weightspace <command> ...
 
   reproduce   run the notebooks for a preset (see weightspace.reproduce)
-  zoo         inspect a zoo folder: `zoo info DIR`, `zoo verify DIR`
+  zoo         inspect a zoo folder: `zoo info DIR`, `zoo verify DIR`, `zoo repair DIR`
   mother      recover the model tree of a folder of checkpoints (see weightspace.mother.cli)
   doctor      check that this machine can run the notebooks
 """

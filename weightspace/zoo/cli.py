@@ -1,4 +1,4 @@
-"""python -m weightspace zoo {info,verify} DIR — look at a zoo folder from the shell."""
+"""python -m weightspace zoo {info,verify,repair} DIR — look at (or repair) a zoo folder from the shell."""
 from __future__ import annotations
 
 import argparse
@@ -9,10 +9,17 @@ from .format import Zoo, ZooError
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m weightspace zoo")
-    ap.add_argument("action", choices=["info", "verify"])
+    ap.add_argument("action", choices=["info", "verify", "repair"])
     ap.add_argument("path")
     args = ap.parse_args(argv)
     try:
+        if args.action == "repair":
+            kept = Zoo.repair(args.path)
+            Zoo.open(args.path)
+            done = (f"{len(kept)} row(s) whose parent is missing set aside; re-run the builder to "
+                    "rebuild the parents and re-adopt them") if kept else "nothing to repair"
+            print(f"{args.path}: {done}")
+            return 0
         zoo = Zoo.open(args.path)
         if args.action == "info":
             m = zoo.manifest

@@ -40,10 +40,11 @@ import torch
 
 from weightspace.data import STYLES, styled_digits
 from weightspace.nets.vit import group_matrices, timm_architecture
-from weightspace.nets.vit_training import finetune_stacked, pretrain
+from weightspace.nets.vit_training import RECIPES, finetune_stacked, pretrain
 from weightspace.runtime import derive_seed, np_rng
 from weightspace.stats import excess_kurtosis
 
+from . import checks
 from .format import LORA_FACTORS as FACTORS
 from .format import LORA_LAYOUT, MODELS_DIR, Zoo, read_safetensors
 from .jobs import Job, run_jobs
@@ -217,20 +218,44 @@ def plan_jobs(params: Mapping) -> list[Job]:
     return jobs
 
 
-def build_forests(path, *, executor="local", workers: int | None = 2, progress: bool = True,
-                  preset: str | None = None, **params) -> Zoo:
-    """Build (or resume, or open when complete) the forests zoo at `path`: the roots and one forest of
-    n_trees x (1 + n_children + n_children^2) models per variant, all sharing the roots. One forest is
-    `zoo.variant(name)`; its ground truth `zoo.parents(ids)`."""
+def resolve_params(params: Mapping) -> dict:
+    """DEFAULTS overridden by `params`, each checked for type and range before anything is written."""
     unknown = sorted(set(params) - set(DEFAULTS))
     if unknown:
         raise TypeError(f"build_forests got unknown parameter(s) {unknown}; known: {sorted(DEFAULTS)}")
     p = {**DEFAULTS, **params}
-    bad = sorted(set(p["variants"]) - set(VARIANTS))
-    if bad:
-        raise ValueError(f"unknown variant(s) {bad}; choose from {VARIANTS}")
+    for name in ("n_trees", "root_steps", "steps", "batch_size", "chunk", "log_every"):
+        checks.integer(p, name)
+    checks.integer(p, "n_children", hi=len(TASKS) - 1)     # a task other than its parent's and siblings'
+    checks.choices(p, "variants", VARIANTS)
+    checks.choices(p, "root_recipes", RECIPES, distinct=False)
+    checks.choices(p, "root_styles", STYLES)
+    for name in ("root_lr", "lr_ft", "lr_lora", "head_lr_mult"):
+        checks.number(p, name)
+    for name in ("root_weight_decay", "weight_decay"):
+        checks.number(p, name, positive=False)
+    d = checks.vit(p)
+    v = p["ranks_v"]
+    if not isinstance(v, (list, tuple)) or not v or not all(isinstance(r, int) and not isinstance(r, bool)
+                                                            and 1 <= r <= d for r in v):
+        raise ValueError(f"ranks_v={v!r}: expected a non-empty list of integer LoRA ranks in "
+                         f"1..embed_dim = {d}")
+    checks.integer(p, "rank_f", hi=d)
+    checks.choices(p, "lora_targets", ("q", "k", "v"))
+    checks.seed(p)
+    return p
+
+
+def build_forests(path, *, executor="local", workers: int | None = 2, progress: bool = True,
+                      repair: bool = False,
+                  preset: str | None = None, **params) -> Zoo:
+    """Build (or resume, or open when complete) the forests zoo at `path`: the roots and one forest of
+    n_trees x (1 + n_children + n_children^2) models per variant, all sharing the roots. One forest is
+    `zoo.variant(name)`; its ground truth `zoo.parents(ids)`."""
+    p = resolve_params(params)
     classes = styled_digits(ALL_STYLES).class_names
-    zoo = Zoo.create(path, kind=KIND, builder="weightspace.zoo.forests.build_forests", params=p, preset=preset,
+    zoo = Zoo.create(path, kind=KIND, repair=repair,
+                     builder="weightspace.zoo.forests.build_forests", params=p, preset=preset,
                      command=f"build_forests({str(path)!r}, **params)",
                      labels=dict(column="classes", class_names=classes, per_model="many",
                                  description="the StyledDigits classes of the task a model was fine-tuned on "

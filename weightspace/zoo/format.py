@@ -67,6 +67,7 @@ MODELS_DIR = "models"
 ASSETS_DIR = "assets"
 CACHE_DIR = ".cache"
 QUARANTINE_DIR = ".quarantine"
+SET_ASIDE = ".set_aside.jsonl"   # rows taken out of the table while a parent they start from is redone
 REQUIRED_COLUMNS = ("model_id", "parent_id", "tree_id", "depth", "split", "file", "sha256")
 SPLITS = ("train", "val", "test", "val_holdout", "test_holdout")   # the values `split` may take (or null)
 ZOO_TAG = "weightspace_zoo"   # the safetensors header key that marks a zoo model file
@@ -418,7 +419,8 @@ class Zoo:
     @classmethod
     def create(cls, path, *, kind: str, builder: str, params: Mapping, preset: str | None = None,
                command: str | None = None, layers: Mapping | None = None, labels: Mapping | None = None,
-               architecture: Mapping | None = None, lora: Mapping[str, str] | None = None) -> "Zoo":
+               architecture: Mapping | None = None, lora: Mapping[str, str] | None = None,
+               repair: bool = False) -> "Zoo":
         """Create a zoo folder, or reopen it to resume when it was started with the same parameters.
 
         labels        {"column": "classes", "class_names": [...], "per_model": "many" | "one",
@@ -427,12 +429,15 @@ class Zoo:
                        "extra_prefixes": [...]}: what `Zoo.model` rebuilds each model with
         lora          {"up": "lora_factors.{}.U", "down": "lora_factors.{}.V"} (e.g. LORA_LAYOUT): where the
                        files keep LoRA factors (see the module docstring); added to a resumed zoo that lacks it
+        repair        first set aside the rows whose parent is missing (see `Zoo.repair`)
         """
         path = Path(path)
         params = _jsonable(dict(params))
         labels = _check_labels(_jsonable(dict(labels)), path / MANIFEST) if labels else None
         lora = _check_lora(dict(lora), path / MANIFEST) if lora else None
         if (path / MANIFEST).exists():
+            if repair:
+                cls.repair(path)
             zoo = cls.open(path, kind=kind)
             zoo.clean_temp_files()
             if zoo.manifest.get("params") != params:
@@ -501,9 +506,30 @@ class Zoo:
             raise ZooError(f"{mpath}: this zoo is of kind {manifest.get('kind')!r}, expected {kind!r}")
         rows = cls._read_table(path / TABLE)
         zoo = cls(path, manifest, [])
-        zoo._check_rows(rows, known={})
+        zoo._check_rows(rows, known={}, opening=True)
         zoo._rows = {r["model_id"]: r for r in rows}
         return zoo
+
+    @classmethod
+    def repair(cls, path) -> list[str]:
+        """Set aside the rows that start (through any ancestor) from a model missing from the table, so the
+        zoo opens again; returns their ids. A builder re-run rebuilds the missing parents and re-adopts
+        these rows (see `readopt`) instead of retraining them."""
+        path = Path(path)
+        rows = cls._read_table(path / TABLE)
+        stranded = set(_stranded(rows))
+        if not stranded:
+            return []
+        keep = [r for r in rows if not (isinstance(r, dict) and r.get("model_id") in stranded)]
+        out = [r for r in rows if isinstance(r, dict) and r.get("model_id") in stranded]
+        zoo = cls(path, {}, [])
+        aside = zoo._read_set_aside()
+        for r in out:   # the parent's hash is the one the child's writer recorded, else unknown (None)
+            aside[r["model_id"]] = {"row": r, "parent_sha256": r.get("parent_sha256")}
+        zoo._write_set_aside(aside)
+        zoo._rows = {r["model_id"]: r for r in keep}
+        zoo._write_table()
+        return [r["model_id"] for r in out]
 
     @staticmethod
     def _read_table(tpath: Path) -> list[dict]:
@@ -672,7 +698,7 @@ class Zoo:
             self._rows = {i: self._rows[i] for i in ids}
             self._write_table()
 
-    def _check_rows(self, rows: list[dict], known: Mapping[str, dict]) -> None:
+    def _check_rows(self, rows: list[dict], known: Mapping[str, dict], opening: bool = False) -> None:
         where = self.path / TABLE
         seen = dict(known)
         labels = self.manifest.get("labels")
@@ -709,6 +735,17 @@ class Zoo:
             pid = r["parent_id"]
             if pid is not None:
                 parent = seen.get(pid)
+                if parent is None and opening and pid not in {x.get("model_id") for x in rows}:
+                    n = len(_stranded(rows))
+                    raise ZooError(
+                        f"{where}: model {mid!r} names parent {pid!r}, which is not in the zoo ({n} row(s) "
+                        f"start from a missing model, e.g. after a resume cut short by an older "
+                        f"weightspace). "
+                        f"Repair without retraining: `python -m weightspace zoo repair {self.path}` (or "
+                        f"Zoo.repair(path), or the builder with repair=True) sets those rows aside; "
+                        f"re-running "
+                        f"the builder then rebuilds the missing models and re-adopts every row whose file is "
+                        f"intact")
                 if parent is None:
                     raise ZooError(f"{where}: model {mid!r} names parent {pid!r}, which is not in the zoo "
                                    "(parents must be recorded before their children)")
@@ -1008,18 +1045,134 @@ class Zoo:
         return path.exists() and sha256_file(path) == r["sha256"]
 
     def quarantine(self, model_id: str) -> Path | None:
-        """Move a damaged file aside (never delete) and forget its row, so a builder redoes it."""
-        r = self._rows.pop(model_id, None)
-        path = self.model_path(model_id) if r is None else self.path / r["file"]
-        moved = None
-        if path.exists():
-            qdir = self.path / QUARANTINE_DIR
-            qdir.mkdir(exist_ok=True)
-            moved = qdir / f"{path.name}.{int(time.time())}"
-            shutil.move(str(path), moved)
+        """Move a damaged file aside (never delete) and forget its row, so a builder redoes it.
+
+        Its recorded descendants are set aside in the same table write (see `set_aside`), so the table never
+        names a parent it lacks, however the run ends."""
+        self.set_aside([model_id])
+        return self._move_aside(self.model_path(model_id) if model_id not in self._rows
+                                else self.path / self._rows[model_id]["file"], forget=model_id)
+
+    def _move_aside(self, path: Path, forget: str | None = None) -> Path | None:
+        r = self._rows.pop(forget, None) if forget is not None else None
         if r is not None:
             self._write_table()
+        if not path.exists():
+            return None
+        qdir = self.path / QUARANTINE_DIR
+        qdir.mkdir(exist_ok=True)
+        stamp = int(time.time() * 1e6)
+        while True:   # a fresh name: never overwrite an earlier quarantined copy
+            moved = qdir / f"{path.name}.{stamp}"
+            try:
+                fd = os.open(moved, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                stamp += 1
+                continue
+            os.close(fd)
+            break
+        os.replace(path, moved)
         return moved
+
+    def set_aside(self, ids: Iterable[str]) -> list[str]:
+        """Take the recorded descendants of `ids` out of the table into the zoo's side list, each with the
+        sha256 of the parent it was trained from; returns their ids. `readopt` puts them back once that parent
+        is recorded again with the same bytes."""
+        ids = set(ids)
+        children: dict[str, list[str]] = {}
+        for mid, r in self._rows.items():
+            children.setdefault(r["parent_id"], []).append(mid)
+        out, todo = [], list(ids)
+        while todo:
+            for c in children.get(todo.pop(), []):
+                if c not in ids and c not in out:
+                    out.append(c)
+                    todo.append(c)
+        if not out:
+            return []
+        aside = self._read_set_aside()
+        for mid in [m for m in self._rows if m in set(out)]:
+            r = self._rows[mid]
+            parent = self._rows.get(r["parent_id"]) or {}
+            aside[mid] = {"row": r, "parent_sha256": r.get("parent_sha256") or parent.get("sha256")}
+        self._write_set_aside(aside)        # the side list first: a kill before the table write loses nothing
+        for mid in out:
+            del self._rows[mid]
+        self._write_table()
+        return [m for m in aside if m in set(out)]
+
+    def add_set_aside(self, rows: Iterable[dict]) -> None:
+        """Put rows of files not in the table (each with the `parent_sha256` it was trained from) on the side
+        list, for `readopt` to record once their parent is."""
+        aside = self._read_set_aside()
+        for r in rows:
+            aside[r["model_id"]] = {"row": _jsonable(dict(r)), "parent_sha256": r.get("parent_sha256")}
+        self._write_set_aside(aside)
+
+    @property
+    def set_aside_ids(self) -> list[str]:
+        """Models taken out of the table until their parent is rebuilt (see `set_aside`)."""
+        return list(self._read_set_aside())
+
+    def readopt(self) -> tuple[list[str], list[str]]:
+        """Record again each set-aside row whose parent is in the table with the sha256 it was trained from
+        and whose own file is intact; move aside (to .quarantine) the files of those whose parent came back
+        different or whose file is damaged, so a builder retrains them. Returns (re-adopted ids,
+        moved-aside ids).
+        A row set aside without a known parent hash (`Zoo.repair` of a table from an older weightspace) is
+        re-adopted on the builders' determinism: a rebuilt parent has the same bytes."""
+        aside = self._read_set_aside()
+        if not aside:
+            return [], []
+        adopted, stale = [], []
+        changed = True
+        while changed:
+            changed = False
+            for mid, e in list(aside.items()):
+                r = e["row"]
+                if mid in self._rows:          # redone meanwhile: the side copy is obsolete
+                    del aside[mid]
+                    changed = True
+                    continue
+                parent = self._rows.get(r["parent_id"])
+                if parent is None:
+                    continue
+                f = self.path / r["file"]
+                ok = (e.get("parent_sha256") in (None, parent["sha256"]) and f.exists()
+                      and sha256_file(f) == r["sha256"])
+                del aside[mid]
+                changed = True
+                if ok:
+                    self._check_rows([r], known=self._rows)
+                    self._rows[mid] = r
+                    adopted.append(mid)
+                else:
+                    self._move_aside(f)
+                    stale.append(mid)
+        if adopted:
+            self._write_table()
+        self._write_set_aside(aside)
+        return adopted, stale
+
+    def _read_set_aside(self) -> dict[str, dict]:
+        f = self.path / SET_ASIDE
+        if not f.exists():
+            return {}
+        out = {}
+        for line in f.read_text().splitlines():
+            try:
+                e = json.loads(line)
+                out[e["row"]["model_id"]] = e
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue      # a damaged entry: that model is simply retrained
+        return out
+
+    def _write_set_aside(self, aside: Mapping[str, dict]) -> None:
+        f = self.path / SET_ASIDE
+        if not aside:
+            f.unlink(missing_ok=True)
+            return
+        _atomic_write_bytes(f, "".join(json.dumps(e) + "\n" for e in aside.values()).encode())
 
     def orphans(self) -> list[dict]:
         """Rows of model files present on disk but not in the table (a build killed before recording).
@@ -1031,9 +1184,10 @@ class Zoo:
         mdir = self.path / MODELS_DIR
         if not mdir.exists():
             return out
+        aside = self._read_set_aside()
         for f in sorted(mdir.glob("*.safetensors")):
             mid = f.name[: -len(".safetensors")]
-            if mid in self._rows:
+            if mid in self._rows or mid in aside:
                 continue
             try:
                 meta = read_metadata(f)
@@ -1046,6 +1200,21 @@ class Zoo:
             row["sha256"] = sha256_file(f)
             out.append(row)
         return out
+
+
+def _stranded(rows: list) -> list[str]:
+    """Ids of the rows that start, through some ancestor, from a model id that is not in `rows`."""
+    by_id = {r["model_id"]: r for r in rows if isinstance(r, dict) and isinstance(r.get("model_id"), str)}
+    bad: dict = {}
+
+    def stranded(mid, seen=()):
+        if mid not in bad:
+            pid = by_id[mid].get("parent_id")
+            bad[mid] = pid is not None and isinstance(pid, str) and mid not in seen and (
+                pid not in by_id or stranded(pid, seen + (mid,)))
+        return bad[mid]
+
+    return [m for m in by_id if stranded(m)]
 
 
 def _check_lora(spec: dict, where) -> dict:

@@ -13,7 +13,10 @@ or any object with `submit(fn, *args)` returning something with `.result()` and 
 Re-running resumes: models whose files are recorded and verified are skipped, files written by a
 killed run are adopted from their own metadata, damaged files are moved aside and redone, and the temporary
 files of dead writers are removed. Workers of the "local" pool exit when their driver dies (they watch its
-pid), so a killed build leaves no process training into the zoo.
+pid), so a killed build leaves no process training into the zoo. A redone
+model's descendants are set aside (never left in the table without their parent, so a run stopped at any
+point leaves a zoo that opens) and re-adopted once it is rebuilt, if it has the bytes they were trained
+from (`parent_sha256`, which every job-written row records).
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import torch
 
 from weightspace.runtime import torch_threads
 
-from .format import Zoo, ZooError, write_model
+from .format import MODELS_DIR, Zoo, ZooError, sha256_file, write_model
 
 EXECUTORS = ("local", "inline", "dask", "slurm")
 
@@ -60,10 +63,18 @@ class ModelWriter:
     zoo_path: str
     skip: frozenset = frozenset()
     rows: list = field(default_factory=list)
+    _parent_sha: dict = field(default_factory=dict)
 
     def write(self, model_id: str, tensors: Mapping[str, torch.Tensor], row: Mapping) -> None:
         if model_id in self.skip:
             return
+        pid = row.get("parent_id")
+        if pid is not None and "parent_sha256" not in row:
+            if pid not in self._parent_sha:
+                f = Path(self.zoo_path) / MODELS_DIR / f"{pid}.safetensors"
+                self._parent_sha[pid] = sha256_file(f) if f.exists() else None
+            if self._parent_sha[pid] is not None:
+                row = {**row, "parent_sha256": self._parent_sha[pid]}
         self.rows.append(write_model(self.zoo_path, model_id, tensors, row))
 
 
@@ -219,23 +230,41 @@ def job_levels(zoo: Zoo, jobs: list[Job]) -> list[list[Job]]:
 
 
 def _resume(zoo: Zoo, jobs: list[Job], log) -> None:
-    """Adopt whole files a killed run left unrecorded; move damaged recorded files aside."""
+    """Adopt whole files a killed run left unrecorded; move damaged recorded files aside (setting their
+    descendants aside until they are rebuilt)."""
     wanted = {m for job in jobs for m in job.model_ids}
+    _readopt(zoo, log)
     for mid in [m for m in zoo.ids if m in wanted]:
-        if not zoo.is_done(mid):
+        if mid in zoo and not zoo.is_done(mid):
+            kept = zoo.set_aside([mid])
             moved = zoo.quarantine(mid)
-            log(f"{zoo.path}: model {mid!r} failed verification; moved to {moved} and will be redone")
+            log(f"{zoo.path}: model {mid!r} failed verification; moved to {moved} and will be redone"
+                + (f" ({len(kept)} model(s) trained from it are set aside until then)" if kept else ""))
     orphans = {r["model_id"]: r for r in zoo.orphans() if r["model_id"] in wanted}
-    # parents first, so each adopted row finds its parent
+    # parents first, so each adopted row finds its parent; a row whose parent has other bytes is redone
     while orphans:
         ready = [r for r in orphans.values() if r["parent_id"] is None or r["parent_id"] in zoo]
         if not ready:
-            break  # the rest wait for their parents to be (re)built; they are re-written then
-        zoo.record(ready)
+            break
+        zoo.record([r for r in ready if r["parent_id"] is None
+                    or r.get("parent_sha256") in (None, zoo.row(r["parent_id"])["sha256"])])
         for r in ready:
             del orphans[r["model_id"]]
-    if orphans:
-        log(f"{zoo.path}: {len(orphans)} unrecorded file(s) wait for their parents and will be redone")
+    _readopt(zoo, log)         # set-aside rows whose parent was just adopted
+    waiting = [r for r in orphans.values() if r.get("parent_sha256")]
+    if waiting:      # unrecorded files whose parent is still to be built: adopted once it is, if the same
+        zoo.add_set_aside(waiting)
+    if len(orphans) > len(waiting):
+        log(f"{zoo.path}: {len(orphans) - len(waiting)} unrecorded file(s) wait for their parents and "
+            "will be redone")
+
+
+def _readopt(zoo: Zoo, log) -> list[str]:
+    adopted, stale = zoo.readopt()
+    if stale:
+        log(f"{zoo.path}: {len(stale)} set-aside model(s) no longer match their rebuilt parent or are "
+            "damaged; moved to .quarantine and redone")
+    return adopted
 
 
 def run_jobs(zoo: Zoo, jobs: Iterable[Job], executor="local", workers: int | None = None,
@@ -244,11 +273,16 @@ def run_jobs(zoo: Zoo, jobs: Iterable[Job], executor="local", workers: int | Non
     jobs = list(jobs)
     log = print
     levels = job_levels(zoo, jobs)
+    wanted = {m for job in jobs for m in job.model_ids}
     zoo.clean_temp_files()
     _resume(zoo, jobs, log)
     todo = [job for lvl in levels for job in lvl if any(m not in zoo for m in job.model_ids)]
     n_todo = sum(sum(m not in zoo for m in job.model_ids) for job in todo)
+    # jobs finish in any order; the table is stored in job order so every executor gives the same file
+    built = [m for lvl in levels for job in lvl for m in job.model_ids]
     if not todo:
+        if set(built) <= set(zoo.ids):
+            zoo.reorder([m for m in zoo.ids if m not in set(built)] + built)
         return zoo
     from tqdm.auto import tqdm
 
@@ -268,7 +302,7 @@ def run_jobs(zoo: Zoo, jobs: Iterable[Job], executor="local", workers: int | Non
         if missing:
             raise ZooError(f"{zoo.path}: job {job.name!r} did not write {sorted(missing)[:5]}")
         zoo.record(sorted(rows, key=lambda r: job.model_ids.index(r["model_id"])), replace=True)
-        bar.update(len(rows))
+        bar.update(len(rows) + sum(m in wanted for m in _readopt(zoo, log)))
 
     try:
         with make_executor(executor, workers, **executor_options) as ex:
@@ -288,7 +322,5 @@ def run_jobs(zoo: Zoo, jobs: Iterable[Job], executor="local", workers: int | Non
                         finish(fut, pending.pop(fut))
     finally:
         bar.close()
-    # jobs finish in any order; the table is stored in job order so every executor gives the same file
-    built = [m for lvl in levels for job in lvl for m in job.model_ids]
     zoo.reorder([m for m in zoo.ids if m not in set(built)] + built)
     return zoo

@@ -26,13 +26,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from weightspace.data import styled_digits
+from weightspace.data import STYLES, styled_digits
 from weightspace.nets.batched import SCHEDULES
 from weightspace.nets.lora import cumulative
 from weightspace.nets.vit import VIT_TINY, timm_architecture
 from weightspace.nets.vit_training import RECIPES, finetune, finetune_stacked, pretrain
 from weightspace.runtime import derive_seed, np_rng
 
+from . import checks
 from .format import LORA_FACTORS, LORA_LAYOUT, MODELS_DIR, Zoo, read_safetensors
 from .jobs import Job, run_jobs
 
@@ -65,9 +66,24 @@ LORA_DEFAULTS = dict(
 FINETUNE_MODES = ("ft", "lora")
 
 
+def _check(p: Mapping) -> None:
+    """Every parameter's type and range (see weightspace.zoo.checks), before anything is written."""
+    for name in ("n_trees", "n_per_tree", "root_steps", "batch_size", "chunk"):
+        checks.integer(p, name)
+    checks.interval(p, "steps", integers=True, lo=1)
+    checks.interval(p, "lr", integers=False, lo=0)
+    checks.choices(p, "schedules", SCHEDULES)
+    checks.number(p, "head_init_std", positive=False)
+    checks.split(p, p["n_per_tree"])
+    checks.choices(p, "styles", STYLES)
+    checks.choices(p, "recipes", RECIPES, distinct=False)
+    checks.vit(p)
+    checks.seed(p)
+
+
 def resolve_params(params: Mapping) -> dict:
     """The build's full parameters: DEFAULTS, plus LORA_DEFAULTS in LoRA mode, overridden by `params`,
-    checked (unknown names, the fine-tuning mode, the LoRA ranks and targets)."""
+    checked (unknown names, every value's type and range, the fine-tuning mode, the LoRA ranks, targets)."""
     unknown = sorted(set(params) - set(DEFAULTS) - set(LORA_DEFAULTS))
     if unknown:
         raise TypeError(f"build_model_trees got unknown parameter(s) {unknown}; known: "
@@ -79,8 +95,11 @@ def resolve_params(params: Mapping) -> dict:
         extra = sorted(k for k in params if k in LORA_DEFAULTS and k != "finetune_mode")
         if extra:
             raise ValueError(f"{extra} only apply with finetune_mode='lora' (this build fully fine-tunes)")
-        return {**DEFAULTS, **{k: v for k, v in params.items() if k != "finetune_mode"}}
+        p = {**DEFAULTS, **{k: v for k, v in params.items() if k != "finetune_mode"}}
+        _check(p)
+        return p
     p = {**DEFAULTS, **LORA_DEFAULTS, **params}
+    _check(p)
     d = {**VIT_TINY, **p["vit"]}["embed_dim"]
     ranks = p["lora_ranks"]
     if (not isinstance(ranks, (list, tuple)) or len(ranks) != 2
@@ -201,13 +220,15 @@ def _finetune_job(spec, writer) -> None:
 
 
 def build_model_trees(path, *, executor="local", workers: int | None = 2, progress: bool = True,
+                      repair: bool = False,
                       preset: str | None = None, **params) -> Zoo:
     """Build (or resume, or just open when complete) a ViT Model Trees zoo at `path`: DEFAULTS's parameters,
     and LORA_DEFAULTS's for a LoRA Model Tree (`finetune_mode="lora"`)."""
     p = resolve_params(params)
     lora = p.get("finetune_mode") == "lora"
     arch = {**timm_architecture(**p["vit"]), "num_classes_column": "num_classes"}
-    zoo = Zoo.create(path, kind=KIND, builder="weightspace.zoo.model_trees.build_model_trees", params=p,
+    zoo = Zoo.create(path, kind=KIND, repair=repair,
+                     builder="weightspace.zoo.model_trees.build_model_trees", params=p,
                      preset=preset, command=f"build_model_trees({str(path)!r}, **params)",
                      labels=dict(column="classes", class_names=styled_digits(tuple(p["styles"])).class_names,
                                  per_model="many",
