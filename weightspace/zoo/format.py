@@ -48,7 +48,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import socket
 import sys
 import time
@@ -203,6 +202,8 @@ def _read_bytes(path: Path) -> tuple[bytearray, tuple[int, int, int]]:
             return (data if n == st.st_size else data[:n]), _stat_key(st)
     except FileNotFoundError:
         raise ZooError(f"{path}: model file is missing") from None
+    except IsADirectoryError:
+        raise ZooError(f"{path}: not a regular file (a directory stands in its place)") from None
 
 
 _FROM_NAME = {v: k for k, v in _DTYPES.items()}
@@ -436,6 +437,8 @@ class Zoo:
         labels = _check_labels(_jsonable(dict(labels)), path / MANIFEST) if labels else None
         lora = _check_lora(dict(lora), path / MANIFEST) if lora else None
         if (path / MANIFEST).exists():
+            if not (path / TABLE).exists() and not any((path / MODELS_DIR).glob("*.safetensors")):
+                Zoo(path, {}, [])._write_table()     # created up to its manifest, nothing built: resume it
             if repair:
                 cls.repair(path)
             zoo = cls.open(path, kind=kind)
@@ -464,10 +467,13 @@ class Zoo:
             "labels": labels, "architecture": _jsonable(dict(architecture)) if architecture else None,
             **({"lora": lora} if lora else {}), "assets": {}, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        (path / MODELS_DIR).mkdir(parents=True, exist_ok=True)
+        # the manifest (what marks a zoo) first, then the table and the models folder: a build killed in here
+        # leaves a folder with only hidden temp files (started afresh) or a manifest that reopens (above)
+        path.mkdir(parents=True, exist_ok=True)
         zoo = cls(path, manifest, [])
         zoo._write_manifest()
         zoo._write_table()
+        (path / MODELS_DIR).mkdir(exist_ok=True)
         return zoo
 
     @classmethod
@@ -784,6 +790,8 @@ class Zoo:
         if name not in assets:
             raise ZooError(f"{self.path / MANIFEST}: no asset {name!r} (has {sorted(assets)})")
         path = self.path / assets[name]["file"]
+        if not path.is_file():
+            raise ZooError(f"{path}: asset {name!r} is missing or not a regular file")
         return self._read(path, assets[name]["sha256"]) if verify else read_safetensors(path)
 
     # -- reading weights ------------------------------------------------------------------------------
@@ -987,6 +995,9 @@ class Zoo:
         if cache:
             stack = self._cached_stack(cpath, len(rows))
             if stack is not None:
+                if verify:   # never served for a model file that fails now (hashed once per Zoo while unchanged)
+                    for r in rows:
+                        self._check_file(self.path / r["file"], r["sha256"])
                 return stack
         it = rows
         if progress:
@@ -1010,8 +1021,11 @@ class Zoo:
             out.append(t)
         stack = torch.stack(out)
         if cache and verify:
-            sha = write_safetensors(cpath, {"stack": stack}, {"layer": name, "digest": digest})
-            _atomic_write_bytes(cpath.with_name(cpath.name + ".sha256"), (sha + "\n").encode())
+            try:
+                sha = write_safetensors(cpath, {"stack": stack}, {"layer": name, "digest": digest})
+                _atomic_write_bytes(cpath.with_name(cpath.name + ".sha256"), (sha + "\n").encode())
+            except OSError as e:     # e.g. a directory where the cache file goes: serve, but do not cache
+                log.warning("%s: cannot write the layer cache (%s); the stack is not cached", cpath, e)
         return stack
 
     # -- integrity ------------------------------------------------------------------------------------

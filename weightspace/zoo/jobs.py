@@ -36,7 +36,7 @@ import torch
 
 from weightspace.runtime import torch_threads
 
-from .format import MODELS_DIR, Zoo, ZooError, sha256_file, write_model
+from .format import MODELS_DIR, Zoo, ZooError, _check_hash, sha256_file, write_model
 
 EXECUTORS = ("local", "inline", "dask", "slurm")
 
@@ -233,6 +233,12 @@ def _resume(zoo: Zoo, jobs: list[Job], log) -> None:
     """Adopt whole files a killed run left unrecorded; move damaged recorded files aside (setting their
     descendants aside until they are rebuilt)."""
     wanted = {m for job in jobs for m in job.model_ids}
+    for name, asset in (zoo.manifest.get("assets") or {}).items():   # shared weights the jobs may read
+        try:
+            _check_hash(zoo.path / asset["file"], asset["sha256"])
+        except ZooError as e:
+            raise ZooError(f"{zoo.path}: asset {name!r} is damaged, so the models built on it cannot be trusted "
+                           f"or resumed: {e}. Restore it or rebuild the zoo in a new folder") from None
     _readopt(zoo, log)
     for mid in [m for m in zoo.ids if m in wanted]:
         if mid in zoo and not zoo.is_done(mid):

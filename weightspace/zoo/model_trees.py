@@ -21,7 +21,7 @@ rate. It is stored merged (fp32) with its factors beside the weights (`lora_fact
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import torch
