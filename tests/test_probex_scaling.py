@@ -131,3 +131,23 @@ def test_bad_inputs():
         sc.tuned_comparison([], {"lr": [1e-3]})
     with pytest.raises(ValueError, match="kind"):
         sc.tuned_comparison([dict(splits=None)], {"lr": [1e-3]}, kinds=("mlp",))
+
+
+def test_same_models_pairs_the_fine_tunes_of_two_zoos(data, tmp_path):
+    from weightspace.zoo.model_trees import build_like
+
+    small = LayerData(build_like(tmp_path / "small", data.zoo, executor="inline", progress=False, n_per_tree=8,
+                                 split=[0.25, 0.25, 0.5]))
+    pair = sc.same_models(data, small)
+    assert pair.ids == small.ids and torch.equal(pair.Y, small.Y)
+    assert list(pair.split_of) == list(small.split_of) != list(LayerData(data.zoo, ids=small.ids).split_of)
+    assert torch.equal(pair.X(L1), data.X(L1)[[data.ids.index(i) for i in small.ids]])
+    other = LayerData(build_like(tmp_path / "other", data.zoo, executor="inline", progress=False, n_per_tree=8,
+                                 seed=5))
+    with pytest.raises(ValueError, match="different classes"):
+        sc.same_models(data, other)
+    with pytest.raises(ValueError, match="lacks"):
+        sc.same_models(small, data)
+    cells = sc.layer_cells({"a": data, "b": pair}, [L1], seeds=[0, 1])
+    assert [(c["data"], c["seed"]) for c in cells] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+    assert torch.equal(cells[2]["splits"][1][0], pair.split(L1, 0, "val")[0])

@@ -210,3 +210,27 @@ def probex_param_count(shape: Sequence[int], n_classes: int, ranks: Mapping[str,
     d_H, d_W = shape[-2:]
     return probex_params(d_H, d_W, min(ranks["n_probes"], d_W), min(ranks["proj_dim"], d_H), ranks["rep_dim"],
                          n_classes)
+
+
+def same_models(data: LayerData, like: LayerData) -> LayerData:
+    """`data`'s zoo restricted to `like`'s model ids, with `like`'s train / val / test split: the same
+    fine-tunes (same plan: classes, learning rate, steps, seed) of another zoo, e.g. a wider ViT fine-tuned
+    exactly like a narrower one, so the two differ in the architecture alone."""
+    missing = [i for i in like.ids if i not in set(data.ids)]
+    if missing:
+        raise ValueError(f"{data.zoo.path} lacks {len(missing)} of the models of {like.zoo.path} "
+                         f"(e.g. {missing[:3]}): build it with at least as many fine-tunes per tree")
+    out = LayerData(data.zoo, ids=like.ids, conv_reshape=data.conv_reshape)
+    if not torch.equal(out.Y, like.Y):
+        raise ValueError(f"{data.zoo.path} and {like.zoo.path}: the same model ids were trained on different "
+                         "classes, so they are not the same plan (build one with build_like of the other)")
+    out.split_of = like.split_of.copy()
+    out.tree = like.tree.copy()
+    return out
+
+
+def layer_cells(datas: Mapping[str, LayerData], layers: Sequence[str], tree: int = 0,
+                seeds: Sequence[int] = (0,)) -> list[dict]:
+    """One cell per (zoo label, layer, seed) on a tree's own train / val / test split."""
+    return [dict(splits=tuple(d.split(layer, tree, s) for s in SPLITS), data=label, layer=layer, seed=int(seed))
+            for label, d in datas.items() for layer in layers for seed in seeds]
