@@ -22,7 +22,8 @@
 # **Mirrors:** ProbeX paper (Horwitz et al., CVPR 2025): the discriminative results on Model-J (one expert
 # per subset, against the dense expert and StatNN), the layer sweep with the layer chosen on validation,
 # the ablation of the sizes, the downstream kNN on the frozen representation e, and (section 6) where
-# ProbeX matches the dense expert: learning curves, equal tuning, ranks that scale with the layer, LoRA. Chance is 0.5
+# ProbeX matches the dense expert: learning curves, equal tuning, ranks that scale with the layer, LoRA.
+# Chance is 0.5
 # (element-wise accuracy). The experiments are functions of `weightspace/probex/experiments.py`.
 #
 # **Figures:** `probex_03_layer_sweep.png`, `probex_03_results.png`, `probex_03_ablation.png`,
@@ -54,7 +55,7 @@ tune_lr = [1e-3, 3e-3]       # the validation grid of both experts: learning rat
 tune_weight_decay = [1e-5, 1e-3]   # ... x weight decay,
 tune_steps = 3000            # ... ~this many optimiser steps per fit at every size (the paper: ~3000)
 tune_evals = 50              # ... validated this many times (the checkpoint is kept on validation)
-rank_fraction = 0.1667       # ProbeX r_U, r_V = this fraction of the layer's sides (the paper: 128/768); r_T = classes
+rank_fraction = 0.1667       # ProbeX r_U, r_V: this fraction of the layer's sides (the paper: 128/768)
 width_models = 128           # the same fine-tunes on a wider ViT (0: skip) ...
 width_embed_dim = 64         # ... of this width,
 width_layers = ["blocks.1.mlp.fc1.weight", "blocks.1.mlp.fc2.weight"]
@@ -333,9 +334,9 @@ if scaling_models:
     curve_all, curve = sc.tuned_comparison(cells, grid, steps=tune_steps, n_evals=tune_evals, ranks=ranks_of,
                                            workers=workers, batch_size=batch_size)
     largest = [c for c in cells if c["size"] == curve_sizes[-1]]
-    fixed_all, fixed = sc.tuned_comparison(largest, grid, steps=tune_steps, n_evals=tune_evals, kinds=("probex",),
-                                           workers=workers, batch_size=batch_size, n_probes=n_probes,
-                                           proj_dim=proj_dim, rep_dim=rep_dim)
+    fixed_all, fixed = sc.tuned_comparison(largest, grid, steps=tune_steps, n_evals=tune_evals,
+                                           kinds=("probex",), workers=workers, batch_size=batch_size,
+                                           n_probes=n_probes, proj_dim=proj_dim, rep_dim=rep_dim)
     curve_seconds = time.time() - t_fit
     summ = sc.summarize(curve)
     shape = tuple(ldata.X(curve_layer).shape[1:])
@@ -388,8 +389,9 @@ if scaling_models and width_models:
     pair = {"narrow": sc.same_models(ldata, wdata), "wide": wdata}
     embed = {k: int(d.X("blocks.0.attn.proj.weight").shape[-1]) for k, d in pair.items()}
     t_fit = time.time()
-    _, width = sc.tuned_comparison(sc.layer_cells(pair, width_layers, seeds=width_seeds), grid, steps=tune_steps,
-                                   n_evals=tune_evals, ranks=ranks_of, workers=workers, batch_size=batch_size)
+    _, width = sc.tuned_comparison(sc.layer_cells(pair, width_layers, seeds=width_seeds), grid,
+                                   steps=tune_steps, n_evals=tune_evals, ranks=ranks_of, workers=workers,
+                                   batch_size=batch_size)
     width_seconds = time.time() - t_fit
     wsum = sc.summarize(width, by=("data", "layer"))
     fig, ax = plt.subplots(figsize=(8, 3.6))
@@ -397,7 +399,7 @@ if scaling_models and width_models:
     for j, (label, c) in enumerate(zip(pair, cols)):
         g = wsum.loc[label].loc[width_layers]
         ax.bar(xs + (j - 0.5) * 0.4, g.gap, 0.4, yerr=g.gap_std, color=c, capsize=3,
-               label=f"width {embed[label]} ({len(pair[label].split(width_layers[0], 0)[0])} training models)")
+               label=f"width {embed[label]} ({int(pair[label].mask(0, 'train').sum())} training models)")
         for x, (layer, r) in zip(xs + (j - 0.5) * 0.4, g.iterrows()):
             ax.text(x, 0, f"{r.n_params_dense / r.n_params_probex:.0f}x", ha="center",
                     va="bottom" if r.gap < 0 else "top", fontsize=7)
@@ -505,8 +507,9 @@ Markdown(gentle_text)
 lora = pd.DataFrame()
 if scaling_models and lora_models:
     t_build = time.time()
-    rzoo = build_like(f"{zoo_root}/vit_lora_tree", zoo, n_trees=1, n_per_tree=lora_models, split=scaling_split,
-                      finetune_mode="lora", lora_ranks=lora_ranks, workers=workers, progress=False)
+    rzoo = build_like(f"{zoo_root}/vit_lora_tree", zoo, n_trees=1, n_per_tree=lora_models,
+                      split=scaling_split, finetune_mode="lora", lora_ranks=lora_ranks, workers=workers,
+                      progress=False)
     lora_build_seconds = time.time() - t_build
     rdata = LayerData(rzoo)
     t_fit = time.time()
@@ -529,7 +532,8 @@ def _mean_gap(s):
 if scaling_models:
     big, small = summ.loc[curve_sizes[-1]], summ.loc[curve_sizes[0]]
     scaling = dict(
-        layer=curve_layer, shape=list(shape), n_classes=n_classes, sizes=list(curve_sizes), seeds=list(curve_seeds),
+        layer=curve_layer, shape=list(shape), n_classes=n_classes, sizes=list(curve_sizes),
+        seeds=list(curve_seeds),
         n_train_available=int(ldata.mask(0, "train").sum()), same_root=bool(
             lzoo.row("t0-root")["sha256"] == zoo.row("t0-root")["sha256"]),
         ranks=ranks_of(shape, n_classes), n_params=dict(probex=p_scaled, probex_fixed=p_fixed, dense=p_dense),
@@ -538,15 +542,17 @@ if scaling_models:
                      probex_fixed=float(fixed.test_acc.mean()), gap=float(big.gap)),
         smallest=dict(probex=float(small.mean_probex), dense=float(small.mean_dense), gap=float(small.gap)),
         gap_smallest=float(small.gap), gap_largest=float(big.gap),
-        fits=curve[["size", "seed", "kind", "lr", "weight_decay", "val_acc", "test_acc", "train_acc", "best_epoch",
-                    "best_step", "n_params"]].to_dict("records"),
-        fixed_fits=fixed[["seed", "lr", "weight_decay", "val_acc", "test_acc", "best_step"]].to_dict("records"),
+        fits=curve[["size", "seed", "kind", "lr", "weight_decay", "val_acc", "test_acc", "train_acc",
+                    "best_epoch", "best_step", "n_params"]].to_dict("records"),
+        fixed_fits=fixed[["seed", "lr", "weight_decay", "val_acc", "test_acc",
+                          "best_step"]].to_dict("records"),
         layer_choice=layer_choice[["layer", "kind", "val_acc", "test_acc"]].to_dict("records"),
         seconds=dict(large_build=round(large_build_seconds, 1), curve_fits=round(curve_seconds, 1)))
     if len(width):
         scaling["width"] = {k: {**_mean_gap(wsum.loc[k]), "embed_dim": embed[k],
                                 "layers": wsum.loc[k].reset_index().to_dict("records")} for k in pair}
-        scaling["seconds"].update(width_build=round(width_build_seconds, 1), width_fits=round(width_seconds, 1))
+        scaling["seconds"].update(width_build=round(width_build_seconds, 1),
+                                  width_fits=round(width_seconds, 1))
     if len(lora):
         scaling["lora"] = {**_mean_gap(lsum), "ranks": list(lora_ranks),
                            "layers": lsum.reset_index().to_dict("records")}
@@ -559,12 +565,12 @@ if scaling_models:
                   if r.gap >= -0.005]
     if len(lora):
         where += [f"LoRA B·A `{short_name(l)}` ({r.mean_probex:.3f} vs {r.mean_dense:.3f}, Dense "
-                  f"{r.n_params_dense / r.n_params_probex:.0f}x ProbeX's parameters)" for l, r in lsum.iterrows()
-                  if r.gap >= -0.005]
+                  f"{r.n_params_dense / r.n_params_probex:.0f}x ProbeX's parameters)"
+                  for l, r in lsum.iterrows() if r.gap >= -0.005]
     curve_txt = "; ".join(f"{s}: {r.mean_probex:.3f} ± {r.std_probex:.3f} vs {r.mean_dense:.3f} ± "
                           f"{r.std_dense:.3f} (gap {r.gap:+.3f})" for s, r in summ.iterrows())
-    steps_txt = {k: f"{int(curve[curve.kind == k].best_step.min())}-{int(curve[curve.kind == k].best_step.max())}"
-                 for k in sc.KINDS}
+    best_steps = {k: curve[curve.kind == k].best_step for k in sc.KINDS}
+    steps_txt = {k: f"{int(v.min())}-{int(v.max())}" for k, v in best_steps.items()}
     lines = [f"""**Learning curves** (`{short_name(curve_layer)}` {shape}, chosen on validation; ProbeX with
 (r_U, r_V, r_T) = {tuple(ranks_of(shape, n_classes).values())}, {p_scaled:,} parameters, against Dense's
 {p_dense:,}). Test accuracy, ProbeX vs Dense, mean ± sd over {len(curve_seeds)} seeds, per training size:
@@ -710,7 +716,7 @@ if scaling:
             dict(claim="ProbeX matches Dense on the wider tree (same task, ranks scaled with the layer)",
                  paper=beats_dense + " (Model-J: 768-wide layers)", lhs="scaling/width/wide/probex", op=">=",
                  rhs="scaling/width/wide/dense", tol=0.005, how=tuned + "; mean over width_layers and seeds"),
-            dict(claim="The ProbeX − Dense gap narrows from the narrow to the wide tree (same task, same fine-tunes)",
+            dict(claim="The ProbeX − Dense gap narrows from the narrow to the wide tree (same fine-tunes)",
                  paper="n/a (one width in the paper)", lhs="scaling/width/wide/gap", op=">",
                  rhs="scaling/width/narrow/gap", how=tuned + "; mean over width_layers and seeds"),
         ]
@@ -731,7 +737,8 @@ results["figures"] = {
                            "decodes best on validation; per-class kNN accuracy from e vs from the raw layer.",
     "probex_03_learning_curves": "ProbeX and Dense on one large tree, against the number of training models, "
                                  "both tuned on the same validation grid; the gap paired by seed.",
-    "probex_03_width": "ProbeX − Dense on the same task and fine-tunes at two widths, ranks scaled with the layer.",
+    "probex_03_width": "ProbeX − Dense on the same task and fine-tunes at two widths, ranks scaled with "
+                       "the layer.",
     "probex_03_gentle": "Fine-tunes that stay near their root; raw X vs the delta from the root as input.",
 }
 paper_rerun = {"supervised": "SupViT 0.881", "masked": "MAE 0.771", "contrastive": "DINO 0.725"}
@@ -753,13 +760,13 @@ results["headline"] = [
     *([[f"large tree ({short_name(scaling['layer'])}): ProbeX (scaled ranks) / Dense at "
          f"{curve_sizes[0]} and {curve_sizes[-1]} training models",
          f"{scaling['smallest']['probex']:.3f} / {scaling['smallest']['dense']:.3f}; "
-         f"{scaling['largest']['probex']:.3f} / {scaling['largest']['dense']:.3f}", "ProbeX >= Dense (~700 models)"],
+         f"{scaling['largest']['probex']:.3f} / {scaling['largest']['dense']:.3f}",
+         "ProbeX >= Dense (~700 models)"],
         ["large tree: ProbeX / Dense parameters (scaled ranks)",
          f"{scaling['n_params']['probex']:,} / {scaling['n_params']['dense']:,}", "2.3M / 59M (ViT-B)"]]
       if scaling else []),
-    *([[f"ProbeX - Dense, width {scaling['width']['narrow']['embed_dim']} / {scaling['width']['wide']['embed_dim']}"
-        " (same task)", f"{scaling['width']['narrow']['gap']:+.3f} / {scaling['width']['wide']['gap']:+.3f}", "n/a"]]
-      if scaling and "width" in scaling else []),
+    *([f"ProbeX - Dense, width {w['narrow']['embed_dim']} / {w['wide']['embed_dim']} (same task)",
+       f"{w['narrow']['gap']:+.3f} / {w['wide']['gap']:+.3f}", "n/a"] for w in [scaling.get("width")] if w),
     *([["ProbeX / Dense on the LoRA tree's B·A",
         f"{scaling['lora']['probex']:.3f} / {scaling['lora']['dense']:.3f}", "SD_200: 0.973 / 0.801"]]
       if scaling and "lora" in scaling else []),
