@@ -62,7 +62,7 @@ width_layers = ["blocks.1.mlp.fc1.weight", "blocks.1.mlp.fc2.weight"]
 width_seeds = [0, 1]         # expert seeds per cell (width and LoRA)
 lora_models = 0              # section 6c: LoRA fine-tunes of notebook 01's supervised root (0: skip) ...
 lora_ranks = [4, 16]         # ... with ranks drawn from these,
-lora_layers = ["lora:blocks.0.attn.qkv", "lora:blocks.1.attn.qkv"]   # ... read as X = B·A
+lora_layers = ["lora:blocks.0.attn.qkv", "lora:blocks.1.attn.qkv"]   # ... read as X = B @ A
 gentle_models = 256          # section 6b: notebook 01's first tree again (0: skip) ...
 gentle_lr = [1e-5, 1e-4]     # ... fine-tuned with a 100x smaller learning rate
 gentle_layers = ["blocks.1.mlp.fc2.weight", "blocks.1.attn.proj.weight"]
@@ -575,7 +575,7 @@ if scaling_models:
 (r_U, r_V, r_T) = {tuple(ranks_of(shape, n_classes).values())}, {p_scaled:,} parameters, against Dense's
 {p_dense:,}). Test accuracy, ProbeX vs Dense, mean ± sd over {len(curve_seeds)} seeds, per training size:
 {curve_txt}. The gap goes from {small.gap:+.3f} at {curve_sizes[0]} to {big.gap:+.3f} at {curve_sizes[-1]}
-training models ({"narrowing" if big.gap > small.gap else "not narrowing"}). With section 2's sizes
+training models ({"ProbeX gains on Dense" if big.gap > small.gap else "ProbeX does not gain on Dense"}). With section 2's sizes
 ({n_probes}, {proj_dim}, {rep_dim}; {p_fixed:,} parameters) ProbeX reaches {fixed.test_acc.mean():.3f} at the
 largest size. The checkpoints kept were reached after {steps_txt['probex']} (ProbeX) and {steps_txt['dense']}
 (Dense) optimiser steps of the {tune_steps} allowed."""]
@@ -587,7 +587,7 @@ training models): ProbeX − Dense, mean over {", ".join(f"`{short_name(l)}`" fo
     if len(lora):
         lines.append(f"""**LoRA tree** (ranks {lora_ranks}): ProbeX {scaling['lora']['probex']:.3f} vs Dense
 {scaling['lora']['dense']:.3f} on B·A, mean over {len(lora_layers)} adapted layers.""")
-    lines.append("**Where ProbeX matches or beats Dense** (within 0.005): " + ("; ".join(where) if where else
+    lines.append("**Where ProbeX matches or beats Dense** (mean over seeds, within 0.005): " + ("; ".join(where) if where else
                  "nowhere in this section: Dense is ahead at every training size, width and input tried."))
     scaling_text = "\n\n".join(lines)
 else:
@@ -706,7 +706,7 @@ if scaling:
         dict(claim="... and with section 2's fixed sizes (r_U, r_V, r_T)", paper=beats_dense,
              lhs="scaling/largest/probex_fixed", op=">=", rhs="scaling/largest/dense", tol=0.005,
              how=tuned + "; the same subsets and layer"),
-        dict(claim="The ProbeX − Dense gap narrows with more training models",
+        dict(claim="ProbeX − Dense grows with more training models (the gap narrows, or ProbeX pulls ahead)",
              paper="n/a (the paper trains at one size; it would explain the ranking by Model-J's size)",
              lhs="scaling/gap_largest", op=">", rhs="scaling/gap_smallest",
              how=tuned + "; the gap paired by seed, largest vs smallest training size"),

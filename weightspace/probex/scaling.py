@@ -16,6 +16,7 @@ Every choice (grid point, checkpoint, layer) is made on validation; test accurac
 """
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import itertools
 import math
@@ -106,9 +107,20 @@ def run_fits(tasks: Sequence[tuple], workers: int = 1) -> list[dict]:
     (1: here, one after another). Results come back in task order and equal the serial ones."""
     if workers <= 1 or len(tasks) <= 1:
         return [_fit_task(*t) for t in tasks]
-    ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        return list(pool.map(_fit_task, *zip(*tasks), chunksize=1))
+    return list(_pool(workers).map(_fit_task, *zip(*tasks), chunksize=1))
+
+
+_POOLS: dict[int, cf.ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int) -> cf.ProcessPoolExecutor:
+    """One process pool per size, kept for the session: starting processes (each imports torch) costs
+    seconds, the fits often less."""
+    if workers not in _POOLS:
+        _POOLS[workers] = cf.ProcessPoolExecutor(max_workers=workers,
+                                                 mp_context=multiprocessing.get_context("spawn"))
+        atexit.register(_POOLS[workers].shutdown)
+    return _POOLS[workers]
 
 
 def tuned_comparison(cells: Sequence[Mapping], grid: Mapping[str, Sequence], *, steps: int = 3000,
