@@ -296,10 +296,11 @@ measure (mean per-class kNN accuracy {float(dec.test_e.mean()):.3f} vs {float(de
 # ## 6 · When does ProbeX catch up with Dense?
 # Section 2 compares ProbeX with Dense on the same layers. The paper reports that ProbeX at least matches
 # the dense linear expert it factorises, with far fewer parameters; its regime differs from ours in many
-# ways, any of which could decide the ranking: ~700 training models per tree (ours: the figure printed
-# below), 768-wide layers where a linear expert has ~840 input entries per training model (ours: 7-27),
-# ranks that are a fraction of the layer (128 of 768) with r_T above the number of classes (our default
-# r_T = 32 is below the 40 outputs), ~3000 optimiser steps, and LoRA fine-tunes in its generative setting.
+# ways, any of which could decide the ranking: ~700 training models per tree (ours: printed below), 768-wide
+# layers where a linear expert has ~840 input entries per training model (768² / ~700; ours far fewer, so
+# Dense is far better determined here), ranks that are a fraction of the layer (128 of 768) with r_T above
+# the number of classes (our section-2 r_T is `rep_dim`, the classes 40), ~3000 optimiser steps, and LoRA
+# fine-tunes in its generative setting.
 #
 # ### 6a · More training models, equal tuning, ranks that scale with the layer
 # One **large tree**: notebook 01's supervised root (rebuilt bit for bit from the same seed) with
@@ -325,6 +326,11 @@ if scaling_models:
     large_build_seconds = time.time() - t_build
     ldata = LayerData(lzoo)
     n_classes = int(ldata.Y.shape[1])
+    entries = lambda d, layer: int(d.X(layer).shape[1:].numel())
+    print(f"training models per tree: {int(data.mask(trees[0], 'train').sum())} in notebook 01's zoo, "
+          f"{int(ldata.mask(0, 'train').sum())} in the large tree; input entries per training model, "
+          + ", ".join(f"{short_name(l)} {entries(ldata, l) / int(data.mask(trees[0], 'train').sum()):.0f} "
+                      f"-> {entries(ldata, l) / int(ldata.mask(0, 'train').sum()):.0f}" for l in curve_layers))
     ranks_of = lambda shape, n: sc.scaled_ranks(shape, n, fraction=rank_fraction)
     grid = {"lr": tune_lr, "weight_decay": tune_weight_decay}
     t_fit = time.time()
