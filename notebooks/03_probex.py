@@ -55,6 +55,7 @@ tune_lr = [1e-3, 3e-3]       # the validation grid of both experts: learning rat
 tune_weight_decay = [1e-5, 1e-3]   # ... x weight decay,
 tune_steps = 3000            # ... ~this many optimiser steps per fit at every size (the paper: ~3000)
 tune_evals = 50              # ... validated this many times (the checkpoint is kept on validation)
+tune_all_sizes = False       # tune at every size, or at the largest only (smaller sizes reuse its choice)
 long_steps = 9000            # ProbeX again at the largest size with this many steps (0: skip)
 rank_fraction = 0.1667       # ProbeX r_U, r_V: this fraction of the layer's sides (the paper: 128/768)
 width_models = 128           # the same fine-tunes on a wider ViT (0: skip) ...
@@ -313,7 +314,9 @@ measure (mean per-class kNN accuracy {float(dec.test_e.mean()):.3f} vs {float(de
 # rate `tune_lr` × weight decay `tune_weight_decay`, ~`tune_steps` optimiser steps whatever the size, the
 # checkpoint kept on validation), and ProbeX has **ranks that scale with the layer**: r_U and r_V =
 # `rank_fraction` of the layer's input and output sides (the paper's 128 of 768; at least 4), r_T = the
-# number of classes (`probex.scaling`). At the largest size ProbeX with section 2's fixed sizes is fitted too.
+# number of classes (`probex.scaling`). The grid is searched at the largest size (at every size with
+# `tune_all_sizes`); smaller sizes reuse each expert's most chosen grid point. At the largest size ProbeX
+# with section 2's fixed sizes, and with `long_steps` steps, is fitted too.
 
 # %%
 scaling = {}
@@ -328,19 +331,19 @@ if scaling_models:
     ldata = LayerData(lzoo)
     n_classes = int(ldata.Y.shape[1])
     entries = lambda d, layer: int(d.X(layer).shape[1:].numel())
-    print(f"training models per tree: {int(data.mask(trees[0], 'train').sum())} in notebook 01's zoo, "
-          f"{int(ldata.mask(0, 'train').sum())} in the large tree; input entries per training model, "
-          + ", ".join(f"{short_name(l)} {entries(ldata, l) / int(data.mask(trees[0], 'train').sum()):.0f} "
-                      f"-> {entries(ldata, l) / int(ldata.mask(0, 'train').sum()):.0f}" for l in curve_layers))
+    n01, nlarge = int(data.mask(trees[0], "train").sum()), int(ldata.mask(0, "train").sum())
+    print(f"training models per tree: {n01} in notebook 01's zoo, {nlarge} in the large tree; input entries "
+          "per training model: " + ", ".join(f"{short_name(l)} {entries(ldata, l) / n01:.0f} -> "
+                                            f"{entries(ldata, l) / nlarge:.0f}" for l in curve_layers))
     ranks_of = lambda shape, n: sc.scaled_ranks(shape, n, fraction=rank_fraction)
     grid = {"lr": tune_lr, "weight_decay": tune_weight_decay}
     t_fit = time.time()
     curve_layer, layer_choice = sc.choose_layer(ldata, 0, curve_layers, steps=tune_steps, ranks=ranks_of,
                                                 workers=workers, batch_size=batch_size)
-    cells = sc.learning_curve_cells(ldata, 0, curve_layer, curve_sizes, curve_seeds)
-    curve_all, curve = sc.tuned_comparison(cells, grid, steps=tune_steps, n_evals=tune_evals, ranks=ranks_of,
-                                           workers=workers, batch_size=batch_size)
-    largest = [c for c in cells if c["size"] == curve_sizes[-1]]
+    curve_all, curve = sc.learning_curves(ldata, 0, curve_layer, curve_sizes, curve_seeds, grid,
+                                          tune_all_sizes=tune_all_sizes, steps=tune_steps, n_evals=tune_evals,
+                                          ranks=ranks_of, workers=workers, batch_size=batch_size)
+    largest = sc.learning_curve_cells(ldata, 0, curve_layer, curve_sizes[-1:], curve_seeds)
     fixed_all, fixed = sc.tuned_comparison(largest, grid, steps=tune_steps, n_evals=tune_evals,
                                            kinds=("probex",), workers=workers, batch_size=batch_size,
                                            n_probes=n_probes, proj_dim=proj_dim, rep_dim=rep_dim)
@@ -585,17 +588,18 @@ if scaling_models:
     curve_txt = "; ".join(f"{s}: {r.mean_probex:.3f} ± {r.std_probex:.3f} vs {r.mean_dense:.3f} ± "
                           f"{r.std_dense:.3f} (gap {r.gap:+.3f})" for s, r in summ.iterrows())
     best_steps = {k: curve[curve.kind == k].best_step for k in sc.KINDS}
-    long_txt = (f"; with scaled ranks and {long_steps} steps, {long.test_acc.mean():.3f} (best checkpoints after "
-                f"{int(long.best_step.min())}-{int(long.best_step.max())} steps)" if len(long) else "")
+    long_txt = (f"; with scaled ranks and {long_steps} steps, {long.test_acc.mean():.3f} (best checkpoints "
+                f"after {int(long.best_step.min())}-{int(long.best_step.max())} steps)" if len(long) else "")
+    gains = "ProbeX gains on Dense" if big.gap > small.gap else "ProbeX does not gain on Dense"
     steps_txt = {k: f"{int(v.min())}-{int(v.max())}" for k, v in best_steps.items()}
     lines = [f"""**Learning curves** (`{short_name(curve_layer)}` {shape}, chosen on validation; ProbeX with
 (r_U, r_V, r_T) = {tuple(ranks_of(shape, n_classes).values())}, {p_scaled:,} parameters, against Dense's
 {p_dense:,}). Test accuracy, ProbeX vs Dense, mean ± sd over {len(curve_seeds)} seeds, per training size:
 {curve_txt}. The gap goes from {small.gap:+.3f} at {curve_sizes[0]} to {big.gap:+.3f} at {curve_sizes[-1]}
-training models ({"ProbeX gains on Dense" if big.gap > small.gap else "ProbeX does not gain on Dense"}). With section 2's sizes
-({n_probes}, {proj_dim}, {rep_dim}; {p_fixed:,} parameters) ProbeX reaches {fixed.test_acc.mean():.3f} at the
-largest size{long_txt}. The checkpoints kept were reached after {steps_txt['probex']} (ProbeX) and {steps_txt['dense']}
-(Dense) optimiser steps of the {tune_steps} allowed."""]
+training models ({gains}). With section 2's sizes ({n_probes}, {proj_dim}, {rep_dim}; {p_fixed:,} parameters)
+ProbeX reaches {fixed.test_acc.mean():.3f} at the largest size{long_txt}. The checkpoints kept were reached
+after {steps_txt['probex']} (ProbeX) and {steps_txt['dense']} (Dense) optimiser steps of the {tune_steps}
+allowed."""]
     if len(width):
         w = scaling["width"]
         lines.append(f"""**Width** (same task and fine-tunes, {len(pair['wide'].split(width_layers[0], 0)[0])}
@@ -604,8 +608,9 @@ training models): ProbeX − Dense, mean over {", ".join(f"`{short_name(l)}`" fo
     if len(lora):
         lines.append(f"""**LoRA tree** (ranks {lora_ranks}): ProbeX {scaling['lora']['probex']:.3f} vs Dense
 {scaling['lora']['dense']:.3f} on B·A, mean over {len(lora_layers)} adapted layers.""")
-    lines.append("**Where ProbeX matches or beats Dense** (mean over seeds, within 0.005): " + ("; ".join(where) if where else
-                 "nowhere in this section: Dense is ahead at every training size, width and input tried."))
+    lines.append("**Where ProbeX matches or beats Dense** (mean over seeds, within 0.005): "
+                 + ("; ".join(where) if where else
+                    "nowhere in this section: Dense is ahead at every training size, width and input tried."))
     scaling_text = "\n\n".join(lines)
 else:
     scaling_text = "The large tree was skipped (`scaling_models = 0`)."
@@ -727,7 +732,7 @@ if scaling:
                 lhs="scaling/largest/probex_long", op=">=", rhs="scaling/largest/dense", tol=0.005,
                 how=tuned + f"; ProbeX trained {long_steps} steps, Dense {tune_steps}")]
           if "probex_long" in scaling["largest"] else []),
-        dict(claim="ProbeX − Dense grows with more training models (the gap narrows, or ProbeX pulls ahead)",
+        dict(claim="ProbeX − Dense grows with more training models (the gap narrows or ProbeX pulls ahead)",
              paper="n/a (the paper trains at one size; it would explain the ranking by Model-J's size)",
              lhs="scaling/gap_largest", op=">", rhs="scaling/gap_smallest",
              how=tuned + "; the gap paired by seed, largest vs smallest training size"),

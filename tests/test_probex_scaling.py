@@ -151,3 +151,22 @@ def test_same_models_pairs_the_fine_tunes_of_two_zoos(data, tmp_path):
     cells = sc.layer_cells({"a": data, "b": pair}, [L1], seeds=[0, 1])
     assert [(c["data"], c["seed"]) for c in cells] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
     assert torch.equal(cells[2]["splits"][1][0], pair.split(L1, 0, "val")[0])
+
+
+def test_learning_curves_tune_the_largest_size_and_reuse_its_choice(data):
+    grid = {"lr": [1e-3, 3e-2], "weight_decay": [1e-5]}
+    opts = dict(steps=6, n_evals=3, ranks="scaled")
+    every, chosen = sc.learning_curves(data, 0, L1, [2, 8], [0, 1], grid, tune_all_sizes=False, **opts)
+    big = chosen[chosen["size"] == 8]
+    assert len(every[every["size"] == 8]) == 2 * 2 * 2 and len(every[every["size"] == 2]) == 2 * 2
+    for kind in sc.KINDS:
+        g = big[big.kind == kind].grid
+        mode = int(min(g.value_counts().index[g.value_counts() == g.value_counts().max()]))
+        small = chosen[(chosen["size"] == 2) & (chosen.kind == kind)]
+        assert (small.grid == mode).all() and (small.lr == grid["lr"][mode]).all()
+    full_every, full = sc.learning_curves(data, 0, L1, [2, 8], [0, 1], grid, **opts)
+    assert len(full_every) == 2 * 2 * 2 * 2
+    key = ["size", "seed", "kind", "lr"]
+    a = full_every.set_index(key).test_acc
+    b = every.set_index(key).test_acc
+    assert all(a[k] == b[k] for k in b.index)          # the same fits, whichever protocol ran them

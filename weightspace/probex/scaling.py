@@ -186,6 +186,34 @@ def learning_curve_cells(data: LayerData, tree: int, layer: str, sizes: Sequence
     return cells
 
 
+def learning_curves(data: LayerData, tree: int, layer: str, sizes: Sequence[int], seeds: Sequence[int],
+                    grid: Mapping[str, Sequence], *, tune_all_sizes: bool = True, kinds: Sequence[str] = KINDS,
+                    **options) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """ProbeX and Dense on nested training subsets of one tree (`learning_curve_cells`), each tuned on the
+    validation `grid` (`tuned_comparison`, which takes `options`: steps, n_evals, ranks, workers, ...).
+
+    With `tune_all_sizes=False` only the largest size is tuned; each smaller size reuses, per expert, the
+    grid point chosen most often over the seeds at the largest size (ties: the earlier grid point), which
+    costs one fit per cell instead of one per grid point. Returns (all fits, chosen fits)."""
+    cells = learning_curve_cells(data, tree, layer, sizes, seeds)
+    if tune_all_sizes:
+        return tuned_comparison(cells, grid, kinds=kinds, **options)
+    big = [c for c in cells if c["size"] == max(sizes)]
+    rest = [c for c in cells if c["size"] != max(sizes)]
+    every, chosen = tuned_comparison(big, grid, kinds=kinds, **options)
+    points = grid_points(grid)
+    for kind in kinds:
+        counts = chosen[chosen.kind == kind].grid.value_counts()
+        g = int(min(counts.index[counts == counts.max()]))
+        if rest:
+            e, c = tuned_comparison(rest, {k: [v] for k, v in points[g].items()}, kinds=(kind,), **options)
+            e["grid"] = c["grid"] = g
+            every, chosen = pd.concat([every, e]), pd.concat([chosen, c])
+    order = ["size", "seed", "kind"]
+    return (every.sort_values(order + ["grid"]).reset_index(drop=True),
+            chosen.sort_values(order).reset_index(drop=True))
+
+
 def choose_layer(data: LayerData, tree: int, layers: Sequence[str], *, steps: int = 1000,
                  kinds: Sequence[str] = KINDS, ranks=None, workers: int = 1,
                  **config) -> tuple[str, pd.DataFrame]:
