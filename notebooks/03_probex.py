@@ -61,7 +61,7 @@ rank_fraction = 0.1667       # ProbeX r_U, r_V: this fraction of the layer's sid
 width_models = 128           # the same fine-tunes on a wider ViT (0: skip) ...
 width_embed_dim = 64         # ... of this width,
 width_layers = ["blocks.1.mlp.fc1.weight", "blocks.1.mlp.fc2.weight"]
-width_seeds = [0, 1]         # expert seeds per cell (width and LoRA)
+width_seeds = [0]            # expert seeds per cell (width and LoRA)
 lora_models = 0              # section 6c: LoRA fine-tunes of notebook 01's supervised root (0: skip) ...
 lora_ranks = [4, 16]         # ... with ranks drawn from these,
 lora_layers = ["lora:blocks.0.attn.qkv", "lora:blocks.1.attn.qkv"]   # ... read as X = B @ A
