@@ -367,7 +367,7 @@ if scaling_models:
     if len(long):
         ax.errorbar([curve_sizes[-1] * 0.96], [long.test_acc.mean()], yerr=[long.test_acc.std()], fmt="D",
                     color=cols[3], capsize=3, label=f"ProbeX, scaled ranks, {long_steps} steps")
-    ax.set_xscale("log"); ax.set_xticks(curve_sizes, [str(s) for s in curve_sizes])
+    ax.set_xscale("log"); ax.minorticks_off(); ax.set_xticks(curve_sizes, [str(s) for s in curve_sizes])
     ax.set_xlabel("training models"); ax.set_ylabel("test accuracy (mean ± sd over seeds)")
     ax.set_title(f"Learning curves on {short_name(curve_layer)} {shape}", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
@@ -377,7 +377,7 @@ if scaling_models:
     ax.scatter(gaps["size"], gaps.gap, color="gray", s=14, label="one seed")
     ax.plot(summ.index, summ.gap, "-o", color=cols[0], label="mean")
     ax.axhline(0, color="k", lw=0.8)
-    ax.set_xscale("log"); ax.set_xticks(curve_sizes, [str(s) for s in curve_sizes])
+    ax.set_xscale("log"); ax.minorticks_off(); ax.set_xticks(curve_sizes, [str(s) for s in curve_sizes])
     ax.set_xlabel("training models"); ax.set_ylabel("ProbeX − Dense test accuracy")
     ax.set_title("The gap, paired by seed (same subset)", fontsize=10); ax.legend(fontsize=7)
     fig.suptitle(f"One large tree ({lzoo.params['n_per_tree']} fine-tunes of notebook 01's {names[0]} root); "
