@@ -316,7 +316,7 @@ measure (mean per-class kNN accuracy {float(dec.test_e.mean()):.3f} vs {float(de
 # `rank_fraction` of the layer's input and output sides (the paper's 128 of 768; at least 4), r_T = the
 # number of classes (`probex.scaling`). The grid is searched at the largest size (at every size with
 # `tune_all_sizes`); smaller sizes reuse each expert's most chosen grid point. At the largest size ProbeX
-# with section 2's fixed sizes, and with `long_steps` steps, is fitted too.
+# with section 2's fixed sizes is fitted too, and ProbeX with `long_steps` steps (at its chosen grid point).
 
 # %%
 scaling = {}
@@ -349,8 +349,9 @@ if scaling_models:
                                            n_probes=n_probes, proj_dim=proj_dim, rep_dim=rep_dim)
     long = pd.DataFrame()
     if long_steps:
-        _, long = sc.tuned_comparison(largest, grid, steps=long_steps, n_evals=tune_evals, kinds=("probex",),
-                                      ranks=ranks_of, workers=workers, batch_size=batch_size)
+        _, long_point = sc.most_chosen(curve[curve["size"] == curve_sizes[-1]], "probex", grid)
+        _, long = sc.tuned_comparison(largest, long_point, steps=long_steps, n_evals=tune_evals,
+                                      kinds=("probex",), ranks=ranks_of, workers=workers, batch_size=batch_size)
     curve_seconds = time.time() - t_fit
     summ = sc.summarize(curve)
     shape = tuple(ldata.X(curve_layer).shape[1:])

@@ -170,3 +170,12 @@ def test_learning_curves_tune_the_largest_size_and_reuse_its_choice(data):
     a = full_every.set_index(key).test_acc
     b = every.set_index(key).test_acc
     assert all(a[k] == b[k] for k in b.index)          # the same fits, whichever protocol ran them
+
+
+def test_most_chosen():
+    grid = {"lr": [1, 2, 3]}
+    chosen = pd.DataFrame(dict(kind=["probex"] * 4 + ["dense"], grid=[2, 1, 2, 1, 0]))
+    assert sc.most_chosen(chosen, "probex", grid) == (1, {"lr": [2]})     # a tie: the earlier point
+    assert sc.most_chosen(chosen, "dense", grid) == (0, {"lr": [1]})
+    with pytest.raises(ValueError, match="no chosen"):
+        sc.most_chosen(chosen[chosen.kind == "dense"], "probex", grid)

@@ -201,17 +201,25 @@ def learning_curves(data: LayerData, tree: int, layer: str, sizes: Sequence[int]
     big = [c for c in cells if c["size"] == max(sizes)]
     rest = [c for c in cells if c["size"] != max(sizes)]
     every, chosen = tuned_comparison(big, grid, kinds=kinds, **options)
-    points = grid_points(grid)
     for kind in kinds:
-        counts = chosen[chosen.kind == kind].grid.value_counts()
-        g = int(min(counts.index[counts == counts.max()]))
+        g, point = most_chosen(chosen, kind, grid)
         if rest:
-            e, c = tuned_comparison(rest, {k: [v] for k, v in points[g].items()}, kinds=(kind,), **options)
+            e, c = tuned_comparison(rest, point, kinds=(kind,), **options)
             e["grid"] = c["grid"] = g
             every, chosen = pd.concat([every, e]), pd.concat([chosen, c])
     order = ["size", "seed", "kind"]
     return (every.sort_values(order + ["grid"]).reset_index(drop=True),
             chosen.sort_values(order).reset_index(drop=True))
+
+
+def most_chosen(chosen: pd.DataFrame, kind: str, grid: Mapping[str, Sequence]) -> tuple[int, dict]:
+    """(index, one-point grid) of the grid point that `kind`'s chosen fits picked most often (ties: the
+    earlier point), e.g. to train further fits with the recipe chosen on validation."""
+    counts = chosen[chosen.kind == kind].grid.value_counts()
+    if counts.empty:
+        raise ValueError(f"no chosen {kind!r} fits to take a grid point from")
+    g = int(min(counts.index[counts == counts.max()]))
+    return g, {k: [v] for k, v in grid_points(grid)[g].items()}
 
 
 def choose_layer(data: LayerData, tree: int, layers: Sequence[str], *, steps: int = 1000,
