@@ -19,8 +19,6 @@
 #
 # **Figures written:** `quickstart_01_styled_digits.png`, `quickstart_02_weights.png`,
 # `quickstart_03_distances.png`. **Results:** `results/00_quickstart.json`.
-#
-# Runs in about a minute on a laptop CPU.
 
 # %% tags=["parameters"]
 preset = "default"
@@ -134,7 +132,7 @@ print(f"mean distance within a tree: {within:.2f}; across trees: {across:.2f}")
 
 # %%
 results = dict(
-    preset=preset, n_models=len(zoo), n_trees=n_trees, build_seconds=round(build_seconds, 1),
+    preset=preset, paper="", n_models=len(zoo), n_trees=n_trees, build_seconds=round(build_seconds, 1),
     mean_finetune_test_acc=float(finetunes.test_acc.mean()),
     mean_distance_within_tree=float(within), mean_distance_across_trees=float(across),
     figures={
@@ -144,5 +142,11 @@ results = dict(
     },
     headline=[["mean distance within a tree / across trees", f"{within:.2f} / {across:.2f}", "n/a"]],
 )
-plotting.save_results(results_dir, "00_quickstart", results)
-results
+results["claims"] = [dict(
+    claim="models of one tree are closer than models of different trees",
+    paper="n/a (the premise of ProbeX and MoTHer: fine-tunes stay near their root)",
+    lhs="mean_distance_within_tree", op="<", rhs="mean_distance_across_trees",
+    how=f"mean L2 distance of {layer} over all pairs of distinct models, same tree vs different trees")]
+path = plotting.save_results(results_dir, "00_quickstart", results)
+print(f"{len(zoo)} models built in {build_seconds:.0f} s; results written to {path}")
+plotting.claims_table(path)

@@ -9,6 +9,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 # a few-second model-trees build for executor, resume and builder tests
 TINY_TREES = dict(n_trees=2, n_per_tree=6, root_steps=12, steps=[3, 6], chunk=4, split=[0.5, 0.25, 0.25])
+# the same as a LoRA Model Tree (rank-1..4 adapters on q and v, plus the head)
+TINY_LORA_TREES = dict(TINY_TREES, finetune_mode="lora", lora_ranks=[1, 4])
 
 
 def toy_state_dict(seed: int, d: int = 6) -> dict:
@@ -30,3 +32,12 @@ def toy_zoo(tmp_path):
     zoo.add("a1", toy_state_dict(3), parent_id="a", depth=2, split="test", classes=[0])
     zoo.add("b1", toy_state_dict(4), parent_id="b", depth=2, split="val", classes=[1])
     return zoo
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_trees(tmp_path_factory):
+    """A few-second LoRA Model Tree: 2 roots x 6 LoRA fine-tunes."""
+    from weightspace.zoo.model_trees import build_model_trees
+
+    return build_model_trees(tmp_path_factory.mktemp("lora-trees") / "z", executor="inline", progress=False,
+                             **TINY_LORA_TREES)

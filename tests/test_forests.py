@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from weightspace.nets.vit import split_qkv
-from weightspace.zoo import Zoo
+from weightspace.nets.vit_training import finetune_stacked
 from weightspace.stats import excess_kurtosis
-from weightspace.zoo.forests import DEFAULTS, TASKS, VARIANTS, build_forests, forest_plan, train_nodes
+from weightspace.zoo import Zoo
+from weightspace.zoo.forests import DEFAULTS, TASKS, VARIANTS, build_forests, forest_plan
 
 TINY_FOREST = dict(n_trees=2, n_children=2, root_steps=12, steps=6, log_every=3, chunk=8,
                    vit=dict(embed_dim=16, num_heads=2))
@@ -104,14 +105,15 @@ def test_rebuild_resumes_and_rejects_other_parameters(tiny_forest):
         build_forests(tiny_forest.path, n_roots=3)
 
 
-def test_train_nodes_lora_ranks_are_exact_per_model():
+def test_finetune_stacked_lora_ranks_are_exact_per_model():
     from weightspace.nets.vit import make_vit
+    from weightspace.zoo.forests import ALL_STYLES
 
     torch.manual_seed(0)
     root = make_vit(10).state_dict()
     names = list(TASKS)
-    sds, deltas, metrics = train_nodes([root] * 3, [TASKS[names[i]] for i in range(3)], [1, 2, 3], mode="lora",
-                                       ranks=[1, 3, 2], steps=5, lr=1e-2)
+    sds, deltas, metrics = finetune_stacked([root] * 3, [TASKS[names[i]] for i in range(3)], [1, 2, 3],
+                                            mode="lora", ranks=[1, 3, 2], steps=5, lr=1e-2, styles=ALL_STYLES)
     for sd, d, r in zip(sds, deltas, [1, 3, 2]):
         dv = split_qkv(sd["blocks.1.attn.qkv.weight"])[2] - split_qkv(root["blocks.1.attn.qkv.weight"])[2]
         assert np.linalg.matrix_rank(dv.numpy()) == r
@@ -119,7 +121,6 @@ def test_train_nodes_lora_ranks_are_exact_per_model():
         assert torch.allclose(sd["blocks.1.attn.qkv.weight"], root["blocks.1.attn.qkv.weight"] + U @ V, atol=1e-6)
     # the reported accuracy is the stored model's, measured again one nn.Module at a time
     from weightspace.data import styled_digits
-    from weightspace.zoo.forests import ALL_STYLES
 
     test = styled_digits(ALL_STYLES).test
     for sd, m, i in zip(sds, metrics, range(3)):
@@ -129,8 +130,20 @@ def test_train_nodes_lora_ranks_are_exact_per_model():
         with torch.no_grad():
             acc = float((net.eval()(own.x).argmax(1) == own.y).float().mean())
         assert m["test_acc"] == pytest.approx(acc, abs=1e-6)
+    # only the q and v blocks move, and the head; the key block and the MLP stay the parent's
+    for sd in sds:
+        assert torch.equal(split_qkv(sd["blocks.0.attn.qkv.weight"])[1], split_qkv(root["blocks.0.attn.qkv.weight"])[1])
+        assert torch.equal(sd["blocks.0.mlp.fc1.weight"], root["blocks.0.mlp.fc1.weight"])
     with pytest.raises(ValueError, match="fine-tuning mode"):
-        train_nodes([root], [TASKS[names[0]]], [1], mode="adapter")
+        finetune_stacked([root], [TASKS[names[0]]], [1], mode="adapter")
+    with pytest.raises(ValueError, match="needs ranks"):
+        finetune_stacked([root], [TASKS[names[0]]], [1], mode="lora")
+    with pytest.raises(ValueError, match="LoRA targets"):
+        finetune_stacked([root], [TASKS[names[0]]], [1], mode="lora", ranks=[1], targets=["q", "o"])
+    with pytest.raises(ValueError, match="rank 40 is out of range"):
+        finetune_stacked([root], [TASKS[names[0]]], [1], mode="lora", ranks=[40], steps=1)
+    with pytest.raises(ValueError, match="lr: got 2 values for 1 models"):
+        finetune_stacked([root], [TASKS[names[0]]], [1], lr=[1e-3, 1e-3])
 
 
 def test_models_rebuild_as_timm_modules_without_their_lora_factors(tiny_forest):
@@ -142,3 +155,19 @@ def test_models_rebuild_as_timm_modules_without_their_lora_factors(tiny_forest):
     assert torch.equal(m.state_dict()["blocks.0.attn.qkv.weight"], sd["blocks.0.attn.qkv.weight"])
     assert tiny_forest.model("t1-root").head.out_features == 4           # the masked root's pixel head
     assert tiny_forest.class_names[TASKS["mirrored digits"][3]] == "a mirrored three"
+
+
+def test_forest_declares_its_lora_layout(tiny_forest):
+    """The manifest's `lora` entry makes the stored factors a zoo-level LoRA layer: U V of each model."""
+    zoo = tiny_forest
+    assert zoo.manifest["lora"] == {"up": "lora_factors.{}.U", "down": "lora_factors.{}.V"}
+    assert zoo.lora_modules() == ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]
+    ids = ["loraf-t0-c0", "lorav-t1-c1-g0"]
+    X = zoo.lora_layer("blocks.1.attn.qkv", ids)
+    for x, mid in zip(X, ids):
+        sd = zoo.load(mid)
+        assert torch.equal(x, sd["lora_factors.blocks.1.attn.qkv.U"] @ sd["lora_factors.blocks.1.attn.qkv.V"])
+    from weightspace.zoo import ZooError
+
+    with pytest.raises(ZooError, match=r"ft-t0-c0\.safetensors: no tensor named 'lora_factors\.blocks\.1\.attn\.qkv\.U'"):
+        zoo.lora_layer("blocks.1.attn.qkv", ["ft-t0-c0"])

@@ -66,3 +66,69 @@ def test_evaluate_counts_each_models_own_classes():
         mine = torch.isin(ds.test.y, torch.tensor(c))
         with torch.no_grad():
             assert acc == float((m(ds.test.x[mine]).argmax(-1) == ds.test.y[mine]).float().mean())
+
+
+def test_lora_plan_adds_a_rank_after_the_ft_draws():
+    ft = finetune_plan(PARAMS)
+    lora = finetune_plan({**PARAMS, "finetune_mode": "lora", "lora_ranks": [2, 5]})
+    assert [{k: v for k, v in r.items() if k != "rank"} for r in lora] == ft      # the same plan, plus a rank
+    assert all("rank" not in r for r in ft)
+    assert {r["rank"] for r in lora} == {2, 3, 4, 5}                              # uniform over 2..5, inclusive
+    assert finetune_plan({**PARAMS, "finetune_mode": "lora"})[0]["rank"] in range(4, 17)   # default [4, 16]
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(finetune_mode="adapter"), r"finetune_mode='adapter': choose one of \('ft', 'lora'\)"),
+    (dict(finetune_mode="lora", lora_ranks=[0, 4]), r"lora_ranks=\[0, 4\]"),
+    (dict(finetune_mode="lora", lora_ranks=[5, 2]), r"lora_ranks=\[5, 2\]"),
+    (dict(finetune_mode="lora", lora_ranks=[1, 33]), r"lora_ranks=\[1, 33\].*embed_dim = 32"),
+    (dict(finetune_mode="lora", lora_ranks=[4]), r"lora_ranks=\[4\]"),
+    (dict(finetune_mode="lora", lora_ranks=[1.5, 3]), r"lora_ranks=\[1.5, 3\]"),
+    (dict(finetune_mode="lora", lora_targets=["q", "o"]), r"lora_targets=\['q', 'o'\]"),
+    (dict(finetune_mode="lora", lora_targets=[]), r"lora_targets=\[\]"),
+    (dict(finetune_mode="lora", head_lr_mult=0), r"head_lr_mult=0"),
+    (dict(lora_ranks=[1, 2]), r"\['lora_ranks'\] only apply with finetune_mode='lora'"),
+])
+def test_lora_parameters_are_checked(tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        build_model_trees(tmp_path / "z", **bad)
+    assert not (tmp_path / "z").exists()
+
+
+def test_ft_manifest_keeps_todays_parameters(tmp_path):
+    """A full fine-tuning zoo stores DEFAULTS's parameters alone, so zoos built before LoRA trees resume."""
+    from weightspace.zoo.model_trees import resolve_params
+
+    assert resolve_params({"finetune_mode": "ft", "n_trees": 1}) == {**DEFAULTS, "n_trees": 1}
+
+
+def test_lora_tree_is_merged_with_its_factors(tiny_lora_trees):
+    from weightspace.nets.vit import split_qkv
+    from weightspace.zoo import Zoo
+
+    zoo = Zoo.open(tiny_lora_trees.path)
+    assert zoo.manifest["lora"] == {"up": "lora_factors.{}.U", "down": "lora_factors.{}.V"}
+    assert zoo.params["finetune_mode"] == "lora" and zoo.params["lora_targets"] == ["q", "v"]
+    assert not any(k.startswith("lora_factors.") for k in zoo.manifest["layers"])
+    assert zoo.lora_modules() == ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]
+    fts = zoo.select(depth=1)
+    assert len(fts) == 12 and {zoo.row(i)["rank"] for i in fts} <= {1, 2, 3, 4}
+    assert len({zoo.row(i)["rank"] for i in fts}) > 1
+    for mid in fts:
+        row, sd = zoo.row(mid), zoo.load(mid)
+        root = zoo.load(row["parent_id"])
+        r = row["rank"]
+        for b in range(2):
+            key = f"blocks.{b}.attn.qkv"
+            U, V = sd[f"lora_factors.{key}.U"], sd[f"lora_factors.{key}.V"]
+            assert U.shape == (96, 2 * r) and V.shape == (2 * r, 32)                   # q and v adapters
+            assert torch.allclose(sd[f"{key}.weight"], root[f"{key}.weight"] + U @ V, atol=1e-6)
+            q, k, v = (a.double() - b_.double() for a, b_ in zip(split_qkv(sd[f"{key}.weight"]),
+                                                                  split_qkv(root[f"{key}.weight"])))
+            assert torch.linalg.matrix_rank(v, rtol=1e-4) == r == torch.linalg.matrix_rank(q, rtol=1e-4)
+            assert torch.equal(k, torch.zeros_like(k))                                  # the key block is frozen
+            assert torch.equal(sd[f"blocks.{b}.mlp.fc1.weight"], root[f"blocks.{b}.mlp.fc1.weight"])
+            assert torch.equal(sd[f"blocks.{b}.attn.proj.weight"], root[f"blocks.{b}.attn.proj.weight"])
+        assert sd["head.weight"].abs().sum() > 0                                        # the zero-init head trained
+        m = zoo.model(mid)                                                              # strict, factors left out
+        assert torch.equal(m.state_dict()["blocks.0.attn.qkv.weight"], sd["blocks.0.attn.qkv.weight"])

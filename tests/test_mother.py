@@ -422,3 +422,58 @@ def test_analysis_helpers_by_hand():
     assert draw_tree(ax, {k: par[k] for k in ["r", "a", "b", "a1"]}, [("r", "a"), ("a", "b"), ("a", "a1")],
                      ["r", "a", "b", "a1"]) == 1
     plt.close(fig)
+
+
+def test_direction_choice_and_lambda_sweep_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from weightspace.mother.analysis import (choose_direction, falls_by_matrices, lambda_sweep,
+                                             plot_lambda_sweep)
+
+    g = torch.Generator().manual_seed(3)
+    root = _vit_like(g, heavy=True)
+    # child: the value blocks moved toward a Gaussian (kurtosis falls), the output projections made heavier
+    # (it rises), the MLP untouched
+    child = {k: v.clone() for k, v in root.items()}
+    for b in range(2):
+        w = child[f"blocks.{b}.attn.qkv.weight"]
+        w[32:] = 0.2 * w[32:] + torch.randn(w[32:].shape, generator=g) * w[32:].std()
+        o = child[f"blocks.{b}.attn.proj.weight"]
+        o *= 1 + 5 * (torch.rand(o.shape, generator=g) > 0.97)
+    models, par = {"r": root, "c": child}, {"r": None, "c": "r"}
+    groups = {"out": "timm-vit:output", "v": "timm-vit:value", "mlp": "timm-vit:mlp"}
+    kurt = lambda n, pick: sum(scipy.stats.kurtosis(pick(models[n], b).numpy().ravel()) for b in range(2))
+    val = lambda sd, b: sd[f"blocks.{b}.attn.qkv.weight"][32:]
+    out = lambda sd, b: sd[f"blocks.{b}.attn.proj.weight"]
+    assert kurt("c", val) < kurt("r", val) and kurt("c", out) > kurt("r", out)   # the construction works
+    falls = falls_by_matrices(models, par, groups, "ft")
+    assert falls["out"] == 0.0 and falls["v"] == 1.0 and np.isnan(falls["mlp"])
+    assert choose_direction(falls) == "v"
+    assert choose_direction({"paper": 0.9, "other": 0.9, "none": float("nan")}) == "paper"   # tie: first
+    assert choose_direction({"none": float("nan"), "b": 0.5, "c": 0.7}) == "c"
+    with pytest.raises(ValueError, match="no group"):
+        choose_direction({"mlp": float("nan")})
+
+    # the sweep's placement, on a 4-node tree whose D places every edge
+    pnames = {"r": None, "a": "r", "b": "r", "a1": "a"}
+    D = np.array([[0, 1, 1, 2], [1, 0, 2, 1], [1, 2, 0, 3], [2, 1, 3, 0.0]])
+    tree = [{"tree": 0, "names": ["r", "a", "b", "a1"], "D": D, "k": np.array([4.0, 3.0, 2.0, 1.0])}]
+    sweep = lambda_sweep(tree, pnames, [0.0, 0.3, 10.0], tie_seeds=4)
+    assert sweep["placed"] == [1.0, 1.0, 1.0] and sweep["accuracy"][1:] == [1.0, 1.0]
+    # kurtosis rising along every edge: by hand, mean(D) = 1.25, so a penalised edge costs 1.375 and the
+    # cheapest arborescence is a1 -> a -> r -> b (3.375): placed right, only r -> b pointing the right way
+    bad = [{**tree[0], "k": np.array([1.0, 2.0, 3.0, 4.0])}]
+    s_bad = lambda_sweep(bad, pnames, [0.3], tie_seeds=1)
+    assert s_bad == {"accuracy": [pytest.approx(1 / 3)], "root_found": [0.0], "placed": [1.0]}
+    fig, axes = plt.subplots(1, 3)
+    plot_lambda_sweep(axes, {"one": sweep, "two": sweep}, [0.0, 0.3, 10.0], lam=0.3)
+    lines = [ln for ln in axes[0].get_lines() if ln.get_label() in ("one", "two")]
+    assert len(lines) == 2 and lines[0].get_marker() != lines[1].get_marker()
+    assert lines[0].get_linestyle() != lines[1].get_linestyle()
+    assert not np.allclose(lines[0].get_xdata(), lines[1].get_xdata())   # offset: same values stay visible
+    lo, hi = axes[1].get_ylim()
+    assert lo < 1.0 < hi and hi - lo < 0.2                                 # y-range fitted to the data
+    plt.close(fig)

@@ -187,8 +187,9 @@ def test_cli_reads_sharded_hf_checkpoints(tmp_path, capsys):
 
 # -------------------------------------------------------------------------------------- VTHR paper path
 
-def _lookalike_graph_pkl(path, nodes):
-    """Pickle a graph the way the official code does: objects of module `model_graph`'s classes."""
+def _lookalike_graph_pkl(path, nodes, lora=False):
+    """Pickle a graph the way the official code does: objects of module `model_graph`'s classes (for the
+    LoRA splits, of `model_graph_lora`'s LoRA* subclasses)."""
     mod = types.ModuleType("model_graph")
     src = textwrap.dedent("""
         class ModelGraphNodeMetadata:
@@ -205,23 +206,33 @@ def _lookalike_graph_pkl(path, nodes):
                 self.roots = roots
     """)
     exec(src, mod.__dict__)
+    classes = {}
     for cls in ("ModelGraphNodeMetadata", "ModelGraphNode", "ModelGraph"):
         getattr(mod, cls).__module__ = "model_graph"
+        classes[cls] = getattr(mod, cls)
     sys.modules["model_graph"] = mod
+    if lora:
+        lmod = types.ModuleType("model_graph_lora")
+        for cls, base in list(classes.items()):
+            classes[cls] = type("LoRA" + cls, (base,), {"__module__": "model_graph_lora"})
+            setattr(lmod, "LoRA" + cls, classes[cls])
+        sys.modules["model_graph_lora"] = lmod
     try:
         objs, roots = {}, []
         for uuid, parent, tree, depth in nodes:
-            md = mod.ModelGraphNodeMetadata(tree, depth, None if parent is None else "vtab-cifar100", 100, "c100", 0, uuid)
-            node = mod.ModelGraphNode(objs.get(parent), md, is_root=parent is None)
+            md = classes["ModelGraphNodeMetadata"](tree, depth, None if parent is None else "vtab-cifar100", 100,
+                                                   "c100", 0, uuid)
+            node = classes["ModelGraphNode"](objs.get(parent), md, is_root=parent is None)
             objs[uuid] = node
             if parent is None:
                 roots.append(node)
             else:
                 objs[parent].children.append(node)
         with open(path, "wb") as f:
-            pickle.dump(mod.ModelGraph(roots), f)
+            pickle.dump(classes["ModelGraph"](roots), f)
     finally:
         del sys.modules["model_graph"]
+        sys.modules.pop("model_graph_lora", None)
 
 
 def test_vthr_names():
@@ -268,6 +279,15 @@ def test_vthr_pickle_reader_refuses_other_objects(tmp_path):
         vthr.read_graph_pkl(bad)
 
 
+def test_vthr_lora_pickles_use_the_lora_subclasses(tmp_path):
+    """The official LoRA-V / LoRA-F pickles hold model_graph_lora.LoRAModelGraph* objects."""
+    pkl = tmp_path / vthr.GRAPH_FILES["lora-v"]
+    _lookalike_graph_pkl(pkl, [("aaaaaaaa", None, 0, 0), ("bbbbbbbb", "aaaaaaaa", 0, 1)], lora=True)
+    assert b"model_graph_lora" in pkl.read_bytes() and b"LoRAModelGraphNode" in pkl.read_bytes()
+    assert [(r["uuid"], r["parent"]) for r in vthr.read_graph_pkl(pkl)] == [("aaaaaaaa", None),
+                                                                          ("bbbbbbbb", "aaaaaaaa")]
+
+
 def test_download_script_skips_only_complete_files(tmp_path):
     f = tmp_path / "model.safetensors"
     write_safetensors(f, {"w": torch.randn(64, 64)})
@@ -275,12 +295,198 @@ def test_download_script_skips_only_complete_files(tmp_path):
     f.write_bytes(f.read_bytes()[:-100])          # an interrupted download
     assert not vthr.safetensors_complete(f)
     assert not vthr.safetensors_complete(tmp_path / "missing.safetensors")
-    import importlib.util
 
+
+def _vthr_script():
+    import importlib.util
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "data_scripts" / "download_vthr.py"
     spec = importlib.util.spec_from_file_location("download_vthr", script)
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)                  # imports cleanly; the download itself needs the Hub
-    assert mod.FILES == ("model.safetensors", "config.json")
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class _FakeHub:
+    """huggingface_hub and GitHub as the VTHR script sees them, with every call recorded."""
+
+    def __init__(self, tmp_path, names, nodes, monkeypatch):
+        import hashlib
+        import urllib.request
+
+        import huggingface_hub
+
+        from weightspace.zoo.format import safetensors_bytes
+
+        self.calls, self.names, self.corrupt = [], names, set()
+        self.files = {}
+        for k, n in enumerate(names):
+            self.files[n] = {"model.safetensors": safetensors_bytes({"w": torch.full((4, 4), float(k))}),
+                             "config.json": json.dumps({"name": n}).encode()}
+        self.commit = {n: f"{k:040x}" for k, n in enumerate(names)}
+        self.pkl = tmp_path / "official.pkl"
+        _lookalike_graph_pkl(self.pkl, nodes)
+        self.pkl_sha = hashlib.sha256(self.pkl.read_bytes()).hexdigest()
+        hub = self
+
+        class Api:
+            def list_models(self, author, search):
+                hub.calls.append(("list", author))
+                return [types.SimpleNamespace(id=f"{author}/{n}") for n in hub.names]
+
+            def model_info(self, repo_id, revision=None, files_metadata=False):
+                hub.calls.append(("info", repo_id, revision))
+                name = repo_id.split("/")[1]
+                sib = [types.SimpleNamespace(rfilename="model.safetensors", blob_id="x", lfs={
+                           "sha256": hashlib.sha256(hub.files[name]["model.safetensors"]).hexdigest()}),
+                       types.SimpleNamespace(rfilename="config.json", lfs=None, blob_id=hashlib.sha1(
+                           b"blob %d\0" % len(hub.files[name]["config.json"]) + hub.files[name]["config.json"]
+                       ).hexdigest())]
+                return types.SimpleNamespace(sha=hub.commit[name], siblings=sib)
+
+        def hf_hub_download(repo_id, filename, revision, local_dir, force_download=False):
+            hub.calls.append(("download", repo_id, filename, revision))
+            name = repo_id.split("/")[1]
+            assert revision == hub.commit[name]
+            data = hub.files[name][filename]
+            if name in hub.corrupt and filename == "model.safetensors":
+                data = data[:-4] + b"\x00\x00\x80\x7f"                   # one tensor value changed
+            out = local_dir / filename
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(data)
+            return str(out)
+
+        def urlretrieve(url, dest):
+            hub.calls.append(("url", url))
+            dest.write_bytes(hub.pkl.read_bytes())
+
+        monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+        monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+        monkeypatch.setattr(urllib.request, "urlretrieve", urlretrieve)
+
+
+def _vthr_names():
+    uuids = ["aaaaaaaa", "bbbbbbbb", "cccccccc"]
+    names = [vthr.repo_name("ft", 0, d, u) for d, u in zip((0, 1, 1), uuids)]
+    nodes = [("aaaaaaaa", None, 0, 0), ("bbbbbbbb", "aaaaaaaa", 0, 1), ("cccccccc", "aaaaaaaa", 0, 1)]
+    return names, nodes
+
+
+def test_vthr_ground_truth_is_pinned_and_hash_checked(tmp_path, monkeypatch):
+    from weightspace.downloads import DownloadError, Lock
+
+    mod = _vthr_script()
+    names, nodes = _vthr_names()
+    hub = _FakeHub(tmp_path, names, nodes, monkeypatch)
+    root = tmp_path / "vthr"
+    with pytest.raises(DownloadError, match=f"sha256 is {hub.pkl_sha}, but {vthr.GRAPH_SHA256['ft']} was "
+                                            "published.*refusing to use it"):
+        mod.fetch_graph("ft", Lock(root))                # a look-alike is not the official pickle
+    url = ("https://raw.githubusercontent.com/eliahuhorwitz/MoTHer/9ac0d5d6a7ac82777334d853db7c48e4728bb08e"
+           "/dataset/full_ft_model_graph.pkl")
+    assert hub.calls == [("url", url)]
+    assert not any((root / "ft").iterdir()) and Lock(root).entries == {}
+    assert mod.main(["--splits", "ft", "--root", str(root)]) == 1
+    monkeypatch.setitem(vthr.GRAPH_SHA256, "ft", hub.pkl_sha)
+    out = mod.fetch_graph("ft", Lock(root))
+    assert [r["uuid"] for r in json.loads(out.read_text())] == ["aaaaaaaa", "bbbbbbbb", "cccccccc"]
+    assert Lock(root).get("ft/full_ft_model_graph.pkl")["revision"] == vthr.GRAPH_COMMIT
+    n = len(hub.calls)
+    mod.fetch_graph("ft", Lock(root))
+    assert len(hub.calls) == n                         # present and as pinned: no second download
+
+
+def test_vthr_download_pins_checks_and_resumes(tmp_path, monkeypatch, capsys):
+    from weightspace.downloads import Lock
+
+    mod = _vthr_script()
+    names, nodes = _vthr_names()
+    hub = _FakeHub(tmp_path, names, nodes, monkeypatch)
+    monkeypatch.setitem(vthr.GRAPH_SHA256, "ft", hub.pkl_sha)
+    monkeypatch.setattr(mod.time, "sleep", lambda s: None)
+    root = tmp_path / "vthr"
+    hub.corrupt = {names[2]}                           # its download differs from the published sha256
+    c = mod.download("ft", root)
+    assert c["present"] == 0 and c["downloaded"] == 2 and len(c["failed"]) == 1
+    assert names[2] in c["failed"][0] and "was published" in c["failed"][0]
+    assert not (root / "ft" / names[2] / "model.safetensors").exists()
+    lock = Lock(root)
+    assert f"ft/{names[2]}/model.safetensors" not in lock.entries
+    e = lock.get(f"ft/{names[0]}/model.safetensors")
+    assert e["revision"] == hub.commit[names[0]] and e["source"] == f"hf:MoTHer-VTHR/{names[0]}/model.safetensors"
+    assert {c[3] for c in hub.calls if c[0] == "download" and c[1].endswith(names[0])} == {hub.commit[names[0]]}
+
+    hub.corrupt, hub.calls[:] = set(), []
+    c = mod.download("ft", root)                       # the failed one now; the others without the network
+    assert (c["present"], c["downloaded"], c["failed"]) == (2, 1, [])
+    assert {x[1] for x in hub.calls} == {f"MoTHer-VTHR/{names[2]}"}
+    hub.calls[:] = []
+    c = mod.download("ft", root)
+    assert (c["present"], c["downloaded"], hub.calls) == (3, 0, [])
+    _, parents = vthr.load_split(root, "ft")
+    assert parents == {names[0]: None, names[1]: names[0], names[2]: names[0]}
+
+    f = root / "ft" / names[1] / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-8])                 # changed on disk: re-downloaded at the locked commit
+    c = mod.download("ft", root)
+    assert (c["present"], c["downloaded"]) == (2, 1)
+    assert hub.calls == [("download", f"MoTHer-VTHR/{names[1]}", "model.safetensors", hub.commit[names[1]])]
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0x01                                   # same size and header: only --verify sees it
+    f.write_bytes(bytes(data))
+    assert mod.main(["--root", str(root), "--verify"]) == 1
+    assert f"ft/{names[1]}/model.safetensors: sha256" in capsys.readouterr().err
+
+
+def test_cli_bad_arguments_and_inputs_never_give_a_traceback(tmp_path, capsys, caplog):
+    """Each case once gave a raw traceback (or silently did the wrong thing); now a clear message and exit 2."""
+    g = torch.Generator().manual_seed(5)
+    models, _ = _family(g, _timm_like(g), n_children=2)
+    for name, sd in models.items():
+        write_safetensors(tmp_path / f"{name}.safetensors", sd)
+    base = [str(tmp_path), "--n-trees", "1", "--direction-layers", "timm-vit:hidden"]
+
+    def err(*extra):
+        assert cli_main(base + list(extra)) == 2
+        return capsys.readouterr().err
+
+    assert "--lam nan" in err("--lam", "nan") and "finite number >= 0" in err("--lam", "-1")
+    assert "device 'frobnicator'" in err("--device", "frobnicator")
+    assert "does not exist" in err("--json", str(tmp_path / "missing" / "tree.json"))
+    assert "--variant 'ft'" in err("--variant", "ft") and "no variants" in err("--variant", "ft")
+    # finite but huge weights: float32 squares overflow; distances are redone in float64, not inf
+    huge = {k: v * 1e25 for k, v in models["root"].items()}
+    write_safetensors(tmp_path / "zz_huge.safetensors", huge)
+    assert cli_main(base) == 0
+    capsys.readouterr()
+    (tmp_path / "zz_huge.safetensors").unlink()
+    # a folder of pickles is skipped with a word, never loaded
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    with caplog.at_level("WARNING", logger="weightspace.mother"):
+        assert cli_main(base) == 0
+    assert "skipped" in caplog.text and "pytorch_model.bin" in caplog.text and "never load" in caplog.text
+
+
+def test_cli_shard_indexes(tmp_path, capsys):
+    g = torch.Generator().manual_seed(6)
+    sd = _timm_like(g)
+    one = tmp_path / "one"
+    one.mkdir()
+    keys = sorted(sd)
+    half = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for file, ks in half.items():
+        write_safetensors(one / file, {k: sd[k] for k in ks})
+    index = one / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {k: f for f, ks in half.items() for k in ks}}))
+    # a folder that IS one sharded checkpoint is one model, not one model per shard
+    assert cli_main([str(one)]) == 2 and "at least 2 models to relate, got 1" in capsys.readouterr().err
+    index.write_text("{not json")
+    assert cli_main([str(one)]) == 2 and "not a readable shard index" in capsys.readouterr().err
+    index.write_text(json.dumps({"metadata": {}}))
+    assert cli_main([str(one)]) == 2 and 'needs a non-empty "weight_map"' in capsys.readouterr().err
+    index.write_text(json.dumps({"weight_map": {keys[0]: "../elsewhere.safetensors"}}))
+    assert cli_main([str(one)]) == 2 and "not a .safetensors file beside the index" in capsys.readouterr().err
+    index.write_text(json.dumps({"weight_map": {"no.such.tensor": "model-00001-of-00002.safetensors"}}))
+    assert cli_main([str(one)]) == 2 and "has no such tensor" in capsys.readouterr().err

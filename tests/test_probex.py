@@ -151,6 +151,21 @@ def test_bad_inputs_are_clear():
         fit("mlp", (X, Y), (X, Y))
     with pytest.raises(ValueError, match=r"ProbeX expects \[B, 8, 8\]"):
         ProbeX(8, 8, 2, 2, 2, 6)(torch.randn(2, 8, 9))
+    # labels: NaN, not 0/1, wrong width across splits; recipe values that once gave cryptic errors
+    Yn = Y.clone()
+    Yn[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"train split: labels must be 0 or 1 .* row 2, class 1 is nan"):
+        fit("probex", (X, Yn), (X, Y))
+    with pytest.raises(ValueError, match=r"validation split: labels must be 0 or 1 .* is 2.0"):
+        fit("dense", (X, Y), (X, Y * 2))
+    with pytest.raises(ValueError, match="validation split: labels have 5 classes, the expert predicts 6"):
+        fit("probex", (X, Y), (X, Y[:, :5]))
+    with pytest.raises(ValueError, match=r"labels must be a \[models, classes\] 0/1 matrix"):
+        fit("probex", (X, Y[:, 0]), (X, Y))
+    for bad in (dict(epochs=0), dict(eval_every=0), dict(batch_size=0), dict(batch_size=2.5), dict(lr=0.0),
+                dict(lr=float("nan")), dict(weight_decay=-1.0)):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))}=.*must be"):
+            fit("probex", (X, Y), (X, Y), **bad)
 
 
 def test_delta_inputs_by_hand():
@@ -198,6 +213,10 @@ def test_on_a_tiny_zoo(tiny_zoo):
     router = Router(["blocks.0.attn.proj.weight"]).fit(data)
     res = route_and_evaluate(experts, router, data)
     assert res["routing_acc"] == 1.0 and res["routed_acc"] == res["oracle_acc"]
+    with pytest.raises(ValueError, match="no models of trees .* in split 'val_holdout' to route"):
+        route_and_evaluate(experts, router, data, "val_holdout")       # an empty split: not NaN accuracies
+    with pytest.raises(ValueError, match="no models in split 'test_holdout' to place the tree centroids"):
+        Router(["blocks.0.attn.proj.weight"]).fit(data, "test_holdout")
     feats = statnn_features(tiny_zoo, data.ids)
     assert feats.shape[0] == 16 and torch.isfinite(feats).all()
     m = torch.from_numpy(data.mask(split="train"))
@@ -240,3 +259,26 @@ def test_mismatched_shapes_across_a_zoo(tiny_zoo, tmp_path):
     zoo.add("c", {"blocks.0.attn.proj.weight": torch.full((4, 4), float("nan"))}, parent_id="r", depth=1, classes=[1])
     with pytest.raises(ValueError, match="NaN or inf weights"):
         LayerData(zoo, ids=["a", "c"]).X("blocks.0.attn.proj.weight")
+
+
+def test_layer_data_reads_lora_layers(tiny_lora_trees):
+    """"lora:<stem>" is each model's B A (Zoo.lora_layer), what ProbeX reads for a LoRA (no alpha scaling)."""
+    data = LayerData(tiny_lora_trees)
+    layers = data.layers()
+    assert layers[-2:] == ["lora:blocks.0.attn.qkv", "lora:blocks.1.attn.qkv"]
+    assert not any(k.startswith("lora_factors.") for k in layers) and "blocks.0.attn.qkv.weight" in layers
+    X = data.X("lora:blocks.0.attn.qkv")
+    assert X.shape == (len(data.ids), 96, 32) and X.dtype == torch.float32
+    for n, mid in enumerate(data.ids):
+        sd = tiny_lora_trees.load(mid)
+        U, V = sd["lora_factors.blocks.0.attn.qkv.U"], sd["lora_factors.blocks.0.attn.qkv.V"]
+        by_hand = torch.einsum("ik,kj->ij", U.double(), V.double()).float()
+        assert torch.allclose(X[n], by_hand, atol=1e-7)
+        assert torch.linalg.matrix_rank(X[n].double(), rtol=1e-4) == 2 * tiny_lora_trees.row(mid)["rank"]
+    assert torch.equal(data.root("lora:blocks.0.attn.qkv", 0), torch.zeros(96, 32))   # the base: no adapter
+    Xtr, Ytr = data.split("lora:blocks.1.attn.qkv", 0, "train")
+    assert Xtr.shape[1:] == (96, 32) and len(Xtr) == len(Ytr)
+    with pytest.raises(ZooError, match="no tensor named 'lora_factors.blocks.7.attn.qkv.U'"):
+        data.X("lora:blocks.7.attn.qkv")
+    plain = LayerData(Zoo.open(tiny_lora_trees.path))                                    # reopened: same layers
+    assert plain.layers() == layers

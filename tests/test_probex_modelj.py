@@ -146,27 +146,92 @@ def test_full_size_vit_b16_layer_extraction_and_probex_step(tmp_path):
     assert torch.isfinite(loss) and net.probes.weight.grad.abs().sum() > 0
 
 
-def test_download_script_resumes(tmp_path, monkeypatch):
-    """The download script writes the layout ModelJSubset reads and skips models already present."""
+def _modelj_script():
     import importlib.util
-
-    import huggingface_hub
 
     spec = importlib.util.spec_from_file_location("download_modelj", os.path.join(
         os.path.dirname(__file__), "..", "data_scripts", "download_modelj.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_download_script_pins_checks_and_resumes(tmp_path, monkeypatch, capsys):
+    """The download script writes the layout ModelJSubset reads, at pinned commits with checked hashes,
+    and skips models already present without any network call."""
+    import hashlib
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    from weightspace.downloads import Lock
+    from weightspace.zoo.format import safetensors_bytes
+
+    mod = _modelj_script()
+    monkeypatch.setattr(mod.time, "sleep", lambda s: None)
     shapes = hf_vit_shapes(hidden=8, mlp=16, patch=16, image=32)
-    calls = []
+    ids = {split: [f"ProbeX/{split}_{i}" for i in range(2)] for split in ("train", "val", "test")}
+    files = {r: safetensors_bytes(_random(shapes, k), {"dataset_chosen_targets": "['apple']"})
+             for k, r in enumerate(r for split_ids in ids.values() for r in split_ids)}
+    commit = {r: f"{k + 1:040x}" for k, r in enumerate(files)}
+    calls, corrupt = [], set()
 
-    def fake_snapshot_download(repo_id, cache_dir, **kw):
-        calls.append(repo_id)
-        _write_model(__import__("pathlib").Path(cache_dir), repo_id, _random(shapes, len(calls)), ["apple"])
+    class Api:
+        def dataset_info(self, repo_id):
+            calls.append(("dataset_info", repo_id))
+            return SimpleNamespace(sha="d" * 40)
 
-    monkeypatch.setattr(mod, "list_models", lambda subset, split: [f"ProbeX/{split}_{i}" for i in range(2)])
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+        def model_info(self, repo_id, files_metadata=False):
+            calls.append(("model_info", repo_id))
+            return SimpleNamespace(sha=commit[repo_id], siblings=[SimpleNamespace(
+                rfilename="model.safetensors", blob_id="x", lfs={"sha256": hashlib.sha256(files[repo_id]).hexdigest()})])
+
+    def list_models(subset, split, revision):
+        calls.append(("list", split, revision))
+        return ids[split]
+
+    def snapshot_download(repo_id, revision, cache_dir, force_download=False, **kw):
+        calls.append(("snapshot", repo_id, revision, force_download))
+        snap = Path(cache_dir) / repo_folder(repo_id) / "snapshots" / revision
+        snap.mkdir(parents=True, exist_ok=True)          # no refs/main: the revision is a commit
+        data = files[repo_id] if repo_id not in corrupt else files[repo_id][:-1] + b"\x01"
+        (snap / "model.safetensors").write_bytes(data)
+        return str(snap)
+
+    monkeypatch.setattr(mod, "list_models", list_models)
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    corrupt.add("ProbeX/val_1")
     first = mod.download("SupViT", tmp_path)
-    assert first["downloaded"] == 6 and first["present"] == 0
+    assert first["downloaded"] == 5 and first["present"] == 0
+    assert first["failed"][0][0] == "ProbeX/val_1" and "was published" in first["failed"][0][1]
+    assert [c for c in calls if c[0] == "list"] == [("list", s, "d" * 40) for s in ("train", "val", "test")]
+    assert [c for c in calls if c[0] == "dataset_info"] == [("dataset_info", "ProbeX/Model-J")]
+    assert {c[2] for c in calls if c[0] == "snapshot" and c[1] == "ProbeX/test_0"} == {commit["ProbeX/test_0"]}
+    lock = Lock(tmp_path)
+    assert not lock.find("SupViT/val/models--ProbeX--val_1/")
+    rel = f"SupViT/train/models--ProbeX--train_0/snapshots/{commit['ProbeX/train_0']}/model.safetensors"
+    assert lock.get(rel)["sha256"] == hashlib.sha256(files["ProbeX/train_0"]).hexdigest()
+    assert lock.get("SupViT/val/models.txt")["revision"] == "d" * 40
+
+    corrupt.clear()
+    calls.clear()
     again = mod.download("SupViT", tmp_path)
-    assert again["downloaded"] == 0 and again["present"] == 6 and len(calls) == 6
-    assert len(ModelJSubset(tmp_path, "SupViT")) == 6
+    assert again["downloaded"] == 1 and again["present"] == 5 and again["failed"] == []
+    assert {c[0] for c in calls} == {"model_info", "snapshot"} and {c[1] for c in calls} == {"ProbeX/val_1"}
+    calls.clear()
+    third = mod.download("SupViT", tmp_path)
+    assert third["present"] == 6 and calls == []                    # no listing, no metadata, no download
+    sub = ModelJSubset(tmp_path, "SupViT")
+    assert len(sub) == 6 and not sub.incomplete
+
+    f = tmp_path / rel
+    f.write_bytes(f.read_bytes()[:-4])                              # changed on disk: re-downloaded
+    fourth = mod.download("SupViT", tmp_path)
+    assert fourth["downloaded"] == 1 and calls == [("snapshot", "ProbeX/train_0", commit["ProbeX/train_0"], True)]
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0x01                                                # same size: reported by --verify
+    f.write_bytes(bytes(data))
+    assert mod.main(["--root", str(tmp_path), "--verify"]) == 1
+    assert f"{rel}: sha256" in capsys.readouterr().err

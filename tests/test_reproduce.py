@@ -64,7 +64,7 @@ def test_unknown_preset_parameter_or_notebook(repo):
     quiet = dict(root=repo, progress=False, log=lambda *a: None)
     with pytest.raises(ValueError, match="unknown preset 'fast'"):
         reproduce.run("fast", **quiet)
-    with pytest.raises(ValueError, match=r"00_ok.ipynb: .*sets parameter\(s\) \['n_modelz'\]"):
+    with pytest.raises(ValueError, match=r"-p n_modelz: no selected notebook declares"):
         reproduce.run("tiny", only=["00"], overrides={"n_modelz": 3}, **quiet)
     with pytest.raises(ValueError, match="--only '07' matches no notebook"):
         reproduce.run("tiny", only=["07"], **quiet)
@@ -82,3 +82,44 @@ def test_output_folders_keep_the_gallery_for_default_only(tmp_path):
     t = reproduce.output_dirs(tmp_path, "tiny", None)
     assert t["figures_dir"] == tmp_path / "runs" / "tiny" / "figures"
     assert t["zoo_root"] == tmp_path / "zoos" / "tiny"
+
+
+def test_parameters_are_typed_against_each_notebooks_defaults(repo):
+    """-p values are Python literals of the notebook's type (strings as they are); checked before anything runs."""
+    quiet = dict(root=repo, progress=False, log=lambda *a: None, raw_overrides=True)
+    out = repo / "typed"
+    with pytest.raises(ValueError, match=r"-p x 'abc': not a Python literal, but 00_ok.ipynb expects int"):
+        reproduce.run("tiny", only=["00"], out=out, overrides={"x": "abc"}, **quiet)
+    with pytest.raises(ValueError, match=r"-p x '\[1\]': 00_ok.ipynb expects int like its default 1, got list"):
+        reproduce.run("tiny", only=["00"], out=out, overrides={"x": "[1]"}, **quiet)
+    with pytest.raises(ValueError, match="expects int"):
+        reproduce.run("tiny", only=["00"], out=out, overrides={"x": "True"}, **quiet)
+    assert not out.exists()                                   # nothing created before the checks pass
+    reproduce.run("tiny", only=["00"], out=out, overrides={"x": "12", "zoo_root": "my zoos"}, **quiet)
+    executed = nbformat.read(out / "notebooks" / "00_ok.ipynb", as_version=4)
+    assert executed.metadata.papermill.parameters["x"] == 12
+    assert executed.metadata.papermill.parameters["zoo_root"] == "my zoos"
+
+
+def test_an_override_goes_to_the_notebooks_that_declare_it(repo):
+    _notebook(repo / "notebooks" / "02_other.ipynb", "pass", params=COMMON + "workers = 2\n")
+    quiet = dict(root=repo, out=repo / "o", progress=False, log=lambda *a: None)
+    timings = reproduce.run("tiny", only=["00", "02"], overrides={"workers": 4, "x": 3}, **quiet)
+    assert [n for n, _ in timings] == ["00_ok", "02_other"]
+    assert nbformat.read(repo / "o" / "notebooks" / "02_other.ipynb", as_version=4).metadata.papermill.parameters["workers"] == 4
+    with pytest.raises(ValueError, match=r"-p n_modelz: no selected notebook declares this parameter"):
+        reproduce.run("tiny", only=["00", "02"], overrides={"n_modelz": 4}, **quiet)
+
+
+def test_only_names_one_notebook_each(repo):
+    quiet = dict(root=repo, progress=False, log=lambda *a: None)
+    with pytest.raises(ValueError, match=r"--only '0' is ambiguous: it matches \['00_ok', '01_fail'\]"):
+        reproduce.run("tiny", only=["0"], **quiet)
+    with pytest.raises(ValueError, match="--only got an empty name"):
+        reproduce.run("tiny", only=[""], **quiet)
+    with pytest.raises(ValueError, match="--only needs at least one"):
+        reproduce.run("tiny", only=[], **quiet)
+    cmd = [sys.executable, "-m", "weightspace", "reproduce", "--root", str(repo), "--out", str(repo / "c"),
+           "--no-progress", "--preset", "tiny", "--only", "00", "-p", "x", "seven"]
+    bad = subprocess.run(cmd, capture_output=True, text=True)
+    assert bad.returncode == 1 and "not a Python literal" in bad.stderr and "preset" not in bad.stderr

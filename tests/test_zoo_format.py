@@ -264,3 +264,150 @@ def test_the_label_contract(tmp_path):
         Zoo.create(tmp_path / "v", kind="toy", builder="t", params={}).class_names
     with pytest.raises(ZooError, match="records no architecture"):
         zoo.model("x")
+
+
+def test_table_and_manifest_values_are_checked_on_open(toy_zoo, tmp_path):
+    """Bad values found by hand once gave tracebacks or were used as given (paths out of the zoo)."""
+    from weightspace.zoo.format import TABLE
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    good = (toy_zoo.path / TABLE).read_text()
+
+    def with_row(**change):
+        rows = [json.loads(line) for line in good.splitlines()]
+        rows[1].update(change)
+        (toy_zoo.path / TABLE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    for change, message in [
+        (dict(file="../../victim.txt"), "is not a relative path inside the zoo"),
+        (dict(file=str(victim)), "is not a relative path inside the zoo"),
+        (dict(file="models/../../victim.txt"), "is not a relative path inside the zoo"),
+        (dict(sha256=None), "not 64 hex digits"),
+        (dict(model_id="a\n"), "is not a plain file name"),
+        (dict(depth="1"), "depth '1' of the wrong type"),
+        (dict(parent_id=3), "parent_id 3, not a model id"),
+    ]:
+        with_row(**change)
+        with pytest.raises(ZooError, match=message):
+            Zoo.open(toy_zoo.path)
+    (toy_zoo.path / "models" / "link.safetensors").symlink_to(victim)
+    with_row(file="models/link.safetensors")
+    with pytest.raises(ZooError, match="leads outside"):
+        Zoo.open(toy_zoo.path)
+    assert victim.read_text() == "precious"
+    (toy_zoo.path / TABLE).write_text(good)
+    m = json.loads((toy_zoo.path / MANIFEST).read_text())
+    for bad, message in [([1, 2], "should hold a JSON object"), ({**m, "kind": None}, "'kind' is missing"),
+                         ({k: v for k, v in m.items() if k != "params"}, "'params' is missing"),
+                         ({**m, "assets": {"base": {"file": "/etc/passwd", "sha256": "0" * 64}}}, "not a relative path")]:
+        (toy_zoo.path / MANIFEST).write_text(json.dumps(bad))
+        with pytest.raises(ZooError, match=message):
+            Zoo.open(toy_zoo.path)
+    with pytest.raises(ZooError, match="is not a plain file name"):
+        from weightspace.zoo import write_model
+
+        write_model(toy_zoo.path, "x\n", {"w": torch.zeros(1)}, {})
+
+
+# ------------------------------------------------------------------------------------- LoRA layers
+
+def _lora_zoo(path, layout, factors_of):
+    zoo = Zoo.create(path, kind="toy-lora", builder="tests", params={}, lora=layout)
+    zoo.add("base", {"w": torch.zeros(2)}, split=None)
+    for i, mid in enumerate(["a", "b", "c"]):
+        zoo.add(mid, factors_of(i), parent_id="base", depth=1)
+    return zoo
+
+
+def _factors(i, up="lora_factors.{}.U", down="lora_factors.{}.V", dtype=torch.float32):
+    g = torch.Generator().manual_seed(i)
+    out = {}
+    for stem, (d_out, r, d_in) in {"blocks.1.attn.qkv": (6, 2, 3), "blocks.0.attn.qkv": (6, 1 + i, 3),
+                                   "blocks.0.mlp.fc1": (5, 2, 4)}.items():
+        out[up.format(stem)] = torch.randn(d_out, r, generator=g).to(dtype)
+        out[down.format(stem)] = torch.randn(r, d_in, generator=g).to(dtype)
+    return out
+
+
+def test_lora_layer_is_up_times_down_by_hand(tmp_path):
+    from weightspace.zoo.format import LORA_LAYOUT
+
+    zoo = _lora_zoo(tmp_path / "z", LORA_LAYOUT, _factors)
+    assert Zoo.open(zoo.path).manifest["lora"] == {"up": "lora_factors.{}.U", "down": "lora_factors.{}.V"}
+    assert zoo.lora_modules() == ["blocks.0.attn.qkv", "blocks.0.mlp.fc1", "blocks.1.attn.qkv"]
+    X = zoo.lora_layer("blocks.0.attn.qkv", ["a", "b", "c"])
+    assert X.dtype == torch.float32 and X.shape == (3, 6, 3)
+    for n in range(3):
+        f = _factors(n)
+        U, V = f["lora_factors.blocks.0.attn.qkv.U"], f["lora_factors.blocks.0.attn.qkv.V"]   # rank 1 + n
+        by_hand = torch.tensor([[sum(float(U[i, k]) * float(V[k, j]) for k in range(U.shape[1]))
+                                 for j in range(3)] for i in range(6)])
+        assert torch.allclose(X[n], by_hand, atol=1e-6)
+        assert torch.linalg.matrix_rank(X[n]) == 1 + n
+    assert len(list((zoo.path / ".cache" / "lora").glob("*.safetensors"))) == 1          # cached like Zoo.layer
+    assert torch.equal(zoo.lora_layer("blocks.0.attn.qkv", ["a", "b", "c"]), X)
+    assert torch.equal(zoo.lora_layer("blocks.0.attn.qkv", ["c", "a"]), X[[2, 0]])
+    zoo.add("a", _factors(7), parent_id="base", depth=1, replace=True)                # a changed model: rebuilt
+    f = _factors(7)
+    assert torch.allclose(zoo.lora_layer("blocks.0.attn.qkv", ["a", "b", "c"])[0],
+                          f["lora_factors.blocks.0.attn.qkv.U"] @ f["lora_factors.blocks.0.attn.qkv.V"])
+
+
+def test_lora_layer_reads_diffusers_files(tmp_path):
+    from weightspace.zoo.format import DIFFUSERS_LORA_LAYOUT
+
+    stem = "down_blocks.2.attentions.1.transformer_blocks.0.attn2.to_q"
+    layout = {"up": "unet.{}.lora.up.weight", "down": "unet.{}.lora.down.weight"}
+    assert DIFFUSERS_LORA_LAYOUT == layout
+
+    def files(i):
+        g = torch.Generator().manual_seed(i)
+        return {f"unet.{stem}.lora.up.weight": torch.randn(8, 4, generator=g).half(),
+                f"unet.{stem}.lora.down.weight": torch.randn(4, 5, generator=g).half()}
+
+    zoo = _lora_zoo(tmp_path / "sd", layout, files)
+    assert zoo.lora_modules() == [stem]
+    X = zoo.lora_layer(stem, ["b"], cache=False)
+    f = files(1)
+    up, down = f[f"unet.{stem}.lora.up.weight"].float(), f[f"unet.{stem}.lora.down.weight"].float()
+    assert X.dtype == torch.float32 and torch.equal(X[0], up @ down)
+
+
+def test_lora_layer_errors_name_the_file(tmp_path):
+    from weightspace.zoo.format import LORA_LAYOUT
+
+    zoo = _lora_zoo(tmp_path / "z", LORA_LAYOUT, _factors)
+    with pytest.raises(ZooError, match=r"base\.safetensors: no tensor named 'lora_factors\.blocks\.0\.mlp\.fc1\.U'.*up"):
+        zoo.lora_layer("blocks.0.mlp.fc1")                                   # the base has no adapter
+    bad = _factors(1)
+    del bad["lora_factors.blocks.0.mlp.fc1.V"]
+    bad["lora_factors.blocks.1.attn.qkv.V"] = torch.randn(3, 3)            # rank 2 up, rank 3 down
+    zoo.add("d", bad, parent_id="base", depth=1)
+    with pytest.raises(ZooError, match=r"d\.safetensors: no tensor named 'lora_factors\.blocks\.0\.mlp\.fc1\.V'.*down"):
+        zoo.lora_layer("blocks.0.mlp.fc1", ["a", "d"])
+    with pytest.raises(ZooError, match=r"d\.safetensors: LoRA factors of 'blocks\.1\.attn\.qkv' do not chain: "
+                                       r"up .* is \(6, 2\), down .* is \(3, 3\)"):
+        zoo.lora_layer("blocks.1.attn.qkv", ["a", "d"])
+    odd = _factors(2)
+    odd["lora_factors.blocks.0.mlp.fc1.U"] = torch.randn(7, 2)
+    zoo.add("e", odd, parent_id="base", depth=1)
+    with pytest.raises(ZooError, match=r"e\.safetensors: layer 'blocks\.0\.mlp\.fc1' has shape \(7, 4\)"):
+        zoo.lora_layer("blocks.0.mlp.fc1", ["a", "e"])
+
+
+def test_lora_layout_entry_is_checked_and_added_on_resume(tmp_path):
+    from weightspace.zoo.format import LORA_LAYOUT
+
+    for bad in ({"up": "x.{}.U"}, {"up": "x.U", "down": "x.{}.V"}, {"up": "x.{}", "down": "x.{}"}):
+        with pytest.raises(ZooError, match="LoRA layout"):
+            Zoo.create(tmp_path / "bad", kind="t", builder="t", params={}, lora=bad)
+    plain = Zoo.create(tmp_path / "old", kind="t", builder="t", params={"n": 1})
+    assert "lora" not in plain.manifest and plain.lora_modules() == []
+    with pytest.raises(ZooError, match="records no LoRA layout"):
+        plain.lora_layer("blocks.0.attn.qkv")
+    again = Zoo.create(tmp_path / "old", kind="t", builder="t", params={"n": 1}, lora=LORA_LAYOUT)   # same zoo
+    assert Zoo.open(again.path).manifest["lora"] == LORA_LAYOUT
+    with pytest.raises(ZooError, match="LoRA layout is"):
+        Zoo.create(tmp_path / "old", kind="t", builder="t", params={"n": 1},
+                   lora={"up": "unet.{}.lora.up.weight", "down": "unet.{}.lora.down.weight"})

@@ -22,7 +22,7 @@ PRESETS: dict[str, dict[str, dict]] = {
                           tune_lr=[1e-3], tune_weight_decay=[1e-5, 1e-3], tune_steps=20, tune_evals=5,
                           long_steps=40, width_models=12, width_layers=["blocks.1.mlp.fc2.weight"], width_seeds=[0]),
         "04_mother_forests": dict(n_trees=3, n_children=2, root_steps=150, steps=40, embed_dim=32, num_heads=2,
-                                  ranks_v=[1, 2, 4], rank_f=2),
+                                  ranks_v=[1, 2, 4], rank_f=2, select_trees=1),
         "05_mother_recovery": dict(n_draws=5, tie_seeds=3, fractions=[1.0, 0.6, 0.3]),
     },
     "default": {},

@@ -36,13 +36,24 @@ def numbered_notebooks(notebooks_dir: Path) -> list[Path]:
 
 
 def select(notebooks: list[Path], only: list[str] | None) -> list[Path]:
-    if not only:
+    """The notebooks named by `only`: each name is a notebook's name or a prefix of exactly one (e.g. "03")."""
+    if only is None:
         return notebooks
+    if not only:
+        raise ValueError("--only needs at least one notebook name or number")
     chosen = []
+    have = [p.stem for p in notebooks]
     for name in only:
-        hits = [p for p in notebooks if p.stem == name or p.stem.startswith(name)]
+        name = str(name).strip()
+        if not name:
+            raise ValueError(f"--only got an empty name; have {have}")
+        exact = [p for p in notebooks if p.stem == name]
+        hits = exact or [p for p in notebooks if p.stem.startswith(name)]
         if not hits:
-            raise ValueError(f"--only {name!r} matches no notebook; have {[p.stem for p in notebooks]}")
+            raise ValueError(f"--only {name!r} matches no notebook; have {have}")
+        if len(hits) > 1:
+            raise ValueError(f"--only {name!r} is ambiguous: it matches {[p.stem for p in hits]}; "
+                             "give the two-digit number or the whole name")
         chosen += [h for h in hits if h not in chosen]
     return [p for p in notebooks if p in chosen]
 
@@ -65,10 +76,59 @@ def notebook_parameters(path: Path) -> dict:
     return papermill.inspect_notebook(str(path))
 
 
+def _declared_value(spec: dict):
+    import ast
+
+    try:
+        return ast.literal_eval(spec.get("default", "None"))
+    except (ValueError, SyntaxError):
+        return None
+
+
+def _compatible(value, default) -> bool:
+    """Does `value` fit a parameter whose default is `default` (None, i.e. unknown: anything fits)?"""
+    if default is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            return False
+        kinds = {type(d) for d in default}
+        return len(kinds) != 1 or all(_compatible(v, default[0]) for v in value)
+    return isinstance(value, type(default))
+
+
+def coerce_parameter(name: str, value, spec: dict, notebook: str, raw: bool = False):
+    """A command-line `-p NAME VALUE` (raw=True: a string) or a Python value, checked against the type of the
+    notebook's own default: strings stay strings, everything else must be a Python literal of that type."""
+    import ast
+
+    default = _declared_value(spec)
+    shown = value
+    if raw and not isinstance(default, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"-p {name} {value!r}: not a Python literal, but {notebook} expects "
+                             f"{type(default).__name__} (its default: {spec.get('default')})") from None
+    if not _compatible(value, default):
+        raise ValueError(f"-p {name} {shown!r}: {notebook} expects {type(default).__name__} like its default "
+                         f"{spec.get('default')}, got {type(value).__name__}")
+    return value
+
+
 def run(preset: str = "default", only: list[str] | None = None, out: Path | None = None,
         root: Path | None = None, overrides: dict | None = None, progress: bool = True,
-        log=print) -> list[tuple[str, float]]:
-    """Execute the notebooks; returns [(notebook, seconds)]. Raises NotebookFailed naming notebook and cell."""
+        log=print, raw_overrides: bool = False) -> list[tuple[str, float]]:
+    """Execute the notebooks; returns [(notebook, seconds)]. Raises NotebookFailed naming notebook and cell.
+
+    `overrides` set parameters of every selected notebook that declares them (an override no selected
+    notebook declares is an error), checked against the type of each notebook's default; `raw_overrides`:
+    the values are command-line strings (parsed as Python literals unless the parameter is a string).
+    Nothing is created or run before every parameter of every notebook has been checked."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -77,23 +137,33 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
     root = repo_root(root)
     chosen = select(numbered_notebooks(root / "notebooks"), only)
     dirs = output_dirs(root, preset, out)
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
 
     # check every parameter before running anything, so a typo fails in a second, not after an hour
-    plans = []
+    plans, used = [], set()
+    overrides = dict(overrides or {})
     for nb in chosen:
         declared = notebook_parameters(nb)
         params = {"preset": preset, **{k: str(dirs[k]) for k in ("zoo_root", "figures_dir", "results_dir")},
-                  **presets.parameters(preset, nb.stem), **(overrides or {})}
+                  **presets.parameters(preset, nb.stem)}
         unknown = sorted(set(params) - set(declared))
         if unknown:
             raise ValueError(f"{nb}: preset {preset!r} sets parameter(s) {unknown} that the notebook's "
                              f"`parameters` cell does not declare (it has {sorted(declared)})")
+        for name, value in overrides.items():
+            if name in declared:
+                params[name] = coerce_parameter(name, value, declared[name], nb.name, raw=raw_overrides)
+                used.add(name)
         plans.append((nb, params))
+    unused = sorted(set(overrides) - used)
+    if unused:
+        raise ValueError(f"-p {', '.join(unused)}: no selected notebook declares "
+                         f"{'this parameter' if len(unused) == 1 else 'these parameters'} "
+                         f"(notebooks: {[nb.stem for nb in chosen]})")
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
 
     timings = []
     log(f"weightspace reproduce: preset {preset!r}, {len(plans)} notebook(s)")
@@ -127,19 +197,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="put zoos, figures, results and executed notebooks under this folder")
     ap.add_argument("--root", type=Path, help="repository root (default: the one holding notebooks/)")
     ap.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
-                    help="override one notebook parameter (value parsed as Python literal)")
+                    help="set one parameter of every selected notebook that has it (a Python literal of the "
+                         "notebook's type; strings as they are)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    import ast
-
-    overrides = {}
-    for k, v in args.param:
-        try:
-            overrides[k] = ast.literal_eval(v)
-        except (ValueError, SyntaxError):
-            overrides[k] = v
+    overrides = dict(args.param)
     try:
-        run(args.preset, args.only, args.out, args.root, overrides, progress=not args.no_progress)
+        run(args.preset, args.only, args.out, args.root, overrides, progress=not args.no_progress,
+            raw_overrides=True)
     except (NotebookFailed, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

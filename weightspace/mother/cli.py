@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,17 +31,42 @@ from .layers import MotherError, detect_preset
 from .recover import edge_accuracy, format_tree, recover, truth_graph
 
 
+INDEX = "model.safetensors.index.json"
+log = logging.getLogger("weightspace.mother")
+
+
+def read_shard_index(index_path: Path) -> dict[str, str]:
+    """{tensor name: shard file} of a Hugging Face shard index, checked (shards must lie beside it)."""
+    index_path = Path(index_path)
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MotherError(f"{index_path}: not a readable shard index ({type(e).__name__}: {e})") from None
+    wmap = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(wmap, dict) or not wmap or not all(isinstance(k, str) and isinstance(v, str)
+                                                          for k, v in wmap.items()):
+        raise MotherError(f"{index_path}: a shard index needs a non-empty \"weight_map\" of tensor name -> "
+                          "shard file")
+    for file in set(wmap.values()):
+        shard = (index_path.parent / file).resolve()
+        if shard.parent != index_path.parent.resolve() or not shard.name.endswith(".safetensors"):
+            raise MotherError(f"{index_path}: shard {file!r} is not a .safetensors file beside the index")
+    return wmap
+
+
 class ShardedStateDict(Mapping):
     """A sharded HF checkpoint (model.safetensors.index.json) as one lazy state dict."""
 
     def __init__(self, index_path: Path):
-        index = json.loads(Path(index_path).read_text())
+        wmap = read_shard_index(index_path)
         self.path = None
         self._shards: dict[str, LazyStateDict] = {}
         self._where: dict[str, LazyStateDict] = {}
-        for key, file in index["weight_map"].items():
+        for key, file in wmap.items():
             if file not in self._shards:
                 self._shards[file] = LazyStateDict(Path(index_path).parent / file)
+            if key not in self._shards[file]:
+                raise MotherError(f"{index_path}: the index puts {key!r} in {file}, which has no such tensor")
             self._where[key] = self._shards[file]
 
     def __getitem__(self, key):
@@ -79,6 +106,9 @@ def load_folder(path, variant: str | None = None) -> tuple[dict[str, Mapping], d
         elif variant is not None:
             raise MotherError(f"{path}: --variant {variant!r}, but this zoo has no variants (one collection)")
         return zoo.state_dicts(ids), zoo.parents(ids)
+    if variant is not None:
+        raise MotherError(f"{path}: --variant {variant!r} picks one forest of a weightspace zoo, but this folder is "
+                          "not a zoo (it has no zoo.json), so it has no variants")
     models: dict[str, Mapping] = {}
     sources: dict[str, Path] = {}
 
@@ -87,13 +117,22 @@ def load_folder(path, variant: str | None = None) -> tuple[dict[str, Mapping], d
             raise MotherError(f"duplicate model name {name!r}: {sources[name]} and {src}")
         models[name], sources[name] = sd, src
 
+    if (path / INDEX).exists():      # the folder is itself ONE sharded checkpoint, not a folder of models
+        shards = set(read_shard_index(path / INDEX).values())
+        add(path.name, ShardedStateDict(path / INDEX), path)
+    else:
+        shards = set()
     for f in sorted(path.glob("*.safetensors")):
-        add(f.stem, LazyStateDict(f), f)
+        if f.name not in shards:
+            add(f.stem, LazyStateDict(f), f)
     for d in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if (d / "model.safetensors").exists():
             add(d.name, LazyStateDict(d / "model.safetensors"), d)
-        elif (d / "model.safetensors.index.json").exists():
-            add(d.name, ShardedStateDict(d / "model.safetensors.index.json"), d)
+        elif (d / INDEX).exists():
+            add(d.name, ShardedStateDict(d / INDEX), d)
+        elif any(d.glob("*.bin")) or any(d.glob("*.pt")) or any(d.glob("*.pth")):
+            log.warning("skipped %s: it holds only pickled weights (%s), which we never load (unpickling runs "
+                        "code); convert them to safetensors", d, ", ".join(sorted(p.name for p in d.glob("*.[bp]*"))))
     if not models:
         raise MotherError(f"{path}: no *.safetensors files, checkpoint sub-folders or zoo.json found")
     return models, None
@@ -116,6 +155,18 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", default=None, help="also write the edges and trees to this JSON file")
     args = ap.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    problem = None
+    if not math.isfinite(args.lam) or args.lam < 0:
+        problem = f"--lam {args.lam}: the weight of the kurtosis prior must be a finite number >= 0"
+    elif args.n_trees is not None and args.n_trees < 1:
+        problem = f"--n-trees {args.n_trees}: must be at least 1"
+    elif args.json and not Path(args.json).resolve().parent.is_dir():
+        problem = f"--json {args.json}: the folder {Path(args.json).resolve().parent} does not exist"
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         models, parents = load_folder(args.dir, args.variant)
         preset = None

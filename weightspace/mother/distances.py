@@ -50,7 +50,15 @@ CHUNK_BYTES = 16 << 20   # weights held at once per layer block (measured best o
 def _device(device) -> torch.device:
     from weightspace.runtime import device as default_device
 
-    return torch.device(device) if device is not None else default_device()
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, TypeError, AssertionError) as e:
+        raise MotherError(f"device {device!r} cannot be used here ({type(e).__name__}: {str(e)[:120]}); "
+                          "try 'cpu'") from None
+    return dev
 
 
 def _row_chunks(layer: Layer, n_models: int, chunk_bytes: int):
@@ -201,6 +209,13 @@ def rms_distances(models: Mapping[str, Mapping], layers: Sequence[Layer], *, dev
                 block = gram_sq_distances(X, tol=tol, centre=centre, stats=stats, raw=raw if centre else None)
             if not torch.isfinite(block).all():     # NaN/inf weights poison G: find whose
                 _check_finite(_stack(models, layer, r0, r1, dev), models, layer)
+                # finite weights whose squares overflow float32: redo this block in float64
+                X = _stack(models, layer, r0, r1, dev).double()
+                X -= X[:1].clone()
+                block = _sq_dists(X)[0].fill_diagonal_(0)
+                if not torch.isfinite(block).all():
+                    raise MotherError(f"layer {layer.name!r}: weight differences too large to square even in "
+                                      "float64 (|w| ~ 1e150 or more); these are not trained weights")
             sq += block
         D += (sq / layer.numel).sqrt()
     return (D / len(layers)).numpy()

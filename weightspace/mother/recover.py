@@ -219,6 +219,8 @@ def recover(models, *, layers, distance: str, direction_layers, lam: float = 0.3
         raise MotherError(f"unknown distance {distance!r}; choose one of {DISTANCES}")
     if stage not in STAGES:
         raise MotherError(f"unknown stage {stage!r}; choose one of {STAGES}")
+    if not (isinstance(lam, (int, float)) and np.isfinite(lam) and lam >= 0):
+        raise MotherError(f"lam={lam!r}: the weight of the kurtosis prior must be a finite number >= 0")
     models = as_models(models)
     if len(models) < 2:
         raise MotherError(f"MoTHer needs at least 2 models to relate, got {len(models)}")

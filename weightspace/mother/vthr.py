@@ -7,14 +7,16 @@ On the Hugging Face Hub (organisation `MoTHer-VTHR`), one repository per model:
 each a `ViTForImageClassification` checkpoint (fp32 `model.safetensors`, ~343 MB; LoRA models merged),
 with HF key names (`vit.encoder.layer.{i}.attention.attention.value.weight` ...): use the "hf-vit"
 preset. The ground truth (who is whose parent) is not in the names: it ships with the official code as
-pickles of its own `model_graph` classes (`dataset/{full_ft,lora_v,lora_f}_model_graph.pkl`). We never
-unpickle arbitrary objects: `read_graph_pkl` allows only those three classes, rebuilt as plain records,
+pickles of its own `model_graph` classes (`dataset/{full_ft,lora_v,lora_f}_model_graph.pkl`; the LoRA
+splits use their `model_graph_lora.LoRA*` subclasses), pinned here to one commit and sha256. We never
+unpickle arbitrary objects: `read_graph_pkl` allows only those classes, rebuilt as plain records,
 and `data_scripts/download_vthr.py` converts them once to `model_graph.json`.
 
 Layout written by the download script and read here:
 
     <root>/<split>/model_graph.json                      [{uuid, parent, tree, depth, dataset, ...}]
     <root>/<split>/VTHR-FT-ModelTree_0-Depth_1-Node_ab12cd34/model.safetensors (+ config.json)
+    <root>/weightspace-downloads.lock.json               commit, sha256 and size of every file
 """
 from __future__ import annotations
 
@@ -31,7 +33,12 @@ HUB_ORG = "MoTHer-VTHR"
 SPLITS = {"ft": "FT", "lora-v": "LoRA-V", "lora-f": "LoRA-F"}
 GRAPH_FILES = {"ft": "full_ft_model_graph.pkl", "lora-v": "lora_v_model_graph.pkl",
                "lora-f": "lora_f_model_graph.pkl"}
-GRAPH_URL = "https://raw.githubusercontent.com/eliahuhorwitz/MoTHer/main/dataset/{file}"
+# the official repository's last commit that changed dataset/, and the sha256 of each pickle at it
+GRAPH_COMMIT = "9ac0d5d6a7ac82777334d853db7c48e4728bb08e"
+GRAPH_URL = "https://raw.githubusercontent.com/eliahuhorwitz/MoTHer/{commit}/dataset/{file}"
+GRAPH_SHA256 = {"ft": "cfe56238ffff147513c9b0c5252f083fb53eada9ffe5633347eade357784fb60",
+                "lora-f": "f886609a144d9d4297b07e27f69edff25a66a542d2df21dd35d3f0818e05cf2f",
+                "lora-v": "93e2542f5b4ffd13eb6ac9c9365f8eae77d36a6cfd63bee0573eb4ea6b685241"}
 GRAPH_JSON = "model_graph.json"
 _NAME = re.compile(r"^(?:MoTHer-VTHR/)?VTHR-(FT|LoRA-V|LoRA-F)-ModelTree_(\d+)-Depth_(\d+)"
                    r"-Node_([A-Za-z0-9]{8})$")
@@ -69,24 +76,27 @@ class _Meta(_Record): ...
 
 
 _ALLOWED = {"ModelGraph": _Graph, "ModelGraphNode": _Node, "ModelGraphNodeMetadata": _Meta}
+_MODULES = {"model_graph": "", "__main__": "", "model_graph_lora": "LoRA"}   # the LoRA splits' subclasses
 
 
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module, name):
-        if module in ("model_graph", "__main__") and name in _ALLOWED:
-            return _ALLOWED[name]
+        prefix = _MODULES.get(module)
+        if prefix is not None and name.startswith(prefix) and name[len(prefix):] in _ALLOWED:
+            return _ALLOWED[name[len(prefix):]]
         if (module, name) == ("copyreg", "_reconstructor"):
             import copyreg
             return copyreg._reconstructor
         if (module, name) == ("builtins", "object"):
             return object
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: the VTHR graph files hold only "
-                                     "model_graph.ModelGraph* objects")
+                                     "model_graph.ModelGraph* / model_graph_lora.LoRAModelGraph* objects")
 
 
 def read_graph_pkl(path) -> list[dict]:
     """The official ground-truth pickle -> one row per node: uuid, parent (uuid or None), tree, depth,
-    dataset, num_classes, seed. Only the three model_graph classes are allowed in the file."""
+    dataset, num_classes, seed. Only the three model_graph classes (or, in the LoRA splits, their
+    model_graph_lora.LoRA* subclasses) are allowed in the file."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -119,22 +129,10 @@ def write_graph_json(rows: list[dict], path) -> None:
 # -------------------------------------------------------------------------------- a downloaded split
 
 def safetensors_complete(path) -> bool:
-    """Whether a safetensors file is whole: its header parses and the file is as long as it says
-    (how the download script skips finished models without asking the network)."""
-    import struct
+    """Whether a safetensors file is whole and well-formed (weightspace.downloads.check_safetensors)."""
+    from weightspace.downloads import check_safetensors
 
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            n = struct.unpack("<Q", f.read(8))[0]
-            if n > size - 8:
-                return False
-            header = json.loads(f.read(n))
-    except (OSError, struct.error, ValueError):
-        return False
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    return size == 8 + n + end
+    return check_safetensors(path) is None
 
 
 def load_split(root, split: str) -> tuple[dict[str, LazyStateDict], dict[str, str | None]]:

@@ -7,9 +7,9 @@ Roots differ the way SupViT / DINO / MAE roots differ — in seed AND in pre-tra
   contrastive  SimCLR: two shifted, noisy views of an image agree (NT-Xent)     (like DINO, self-supervised)
 Each root keeps its pre-training head as `head.*` (shapes differ); fine-tunes replace it.
 
-Fine-tuning trains many children at once (nets.batched): each child starts from its parent's weights
-with a fresh classification head and trains on its own class subset, learning rate, number of steps,
-schedule and seed.
+Fine-tuning trains many children at once (nets.batched, `finetune_stacked`): each child starts from its
+parent's weights with a fresh classification head and trains on its own class subset, learning rate,
+number of steps, schedule and seed, either every weight ("ft") or LoRA adapters on the attention ("lora").
 """
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call, vmap
 
 from weightspace.data import styled_digits
 from weightspace.nets.batched import SCHEDULES, BatchedAdamW, Stacked, lr_schedule
-from weightspace.nets.vit import make_vit
+from weightspace.nets.lora import init_factors, merge
+from weightspace.nets.vit import make_vit, split_qkv
 from weightspace.runtime import generator
 
 RECIPES = ("supervised", "digits", "masked", "contrastive")
@@ -145,47 +147,168 @@ def fresh_head(state_dict: Mapping[str, torch.Tensor], n_out: int, seed: int,
     return sd
 
 
+MODES = ("ft", "lora")
+
+
+def _per_model(value, M: int, name: str) -> list:
+    """One value per model: a list of M, or a single value (str or number) repeated."""
+    if isinstance(value, str) or not hasattr(value, "__len__") or getattr(value, "ndim", 1) == 0:
+        return [value.item() if hasattr(value, "item") else value] * M
+    value = value.tolist() if hasattr(value, "tolist") else list(value)
+    if len(value) != M:
+        raise ValueError(f"{name}: got {len(value)} values for {M} models (give one per model, or one for all)")
+    return value
+
+
 def finetune(parents: Sequence[Mapping[str, torch.Tensor]], classes: Sequence[Sequence[int]],
              lr: Sequence[float], steps: Sequence[int], schedule: Sequence[str], seeds: Sequence[int], *,
              vit: Mapping | None = None, styles=None, batch_size: int = 32, weight_decay: float = 0.01,
              head_init_std: float = 0.0, device="cpu", new_head: bool = True) -> tuple[list[dict[str, torch.Tensor]], list[dict]]:
-    """Fine-tune M models at once, model m from parents[m] on the images of classes[m].
+    """Fully fine-tune M models at once: `finetune_stacked` in mode "ft", returning (state dicts, metrics)."""
+    sds, _, metrics = finetune_stacked(parents, classes, seeds, lr=lr, steps=steps, schedule=schedule, vit=vit,
+                                       styles=styles, batch_size=batch_size, weight_decay=weight_decay,
+                                       head_init_std=head_init_std, device=device, new_head=new_head)
+    return sds, metrics
 
-    Each model has its own learning rate, number of steps, schedule ("constant", "cosine", "linear")
-    and seed (head init and data order). The new head starts at normal(0, head_init_std); 0 (zero init)
-    keeps the class signal in the hidden layers consistent across fine-tunes (see model_trees). Returns the M state dicts and per-model metrics (accuracy
-    on the test images of its own classes, final training loss).
+
+def finetune_stacked(parents: Sequence[Mapping[str, torch.Tensor]], classes: Sequence[Sequence[int]],
+                     seeds: Sequence[int], *, lr: float | Sequence[float] = 1e-3, steps: int | Sequence[int] = 300,
+                     schedule: str | Sequence[str] = "cosine", mode: str = "ft", ranks: Sequence[int] | None = None,
+                     targets: Sequence[str] = ("q", "v"), head_lr_mult: float = 1.0, head_init_std: float = 0.0,
+                     new_head: bool = True, vit: Mapping | None = None, styles=None, batch_size: int = 32,
+                     weight_decay: float = 0.01, data_key: str = "finetune-data",
+                     callback: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+                     callback_every: int = 0, eval_chunk: int = 128, device="cpu"):
+    """Fine-tune M ViTs at once (torch.func.vmap), model m from parents[m] on the images of classes[m].
+
+    Each model has its own learning rate, number of steps, schedule ("constant", "cosine", "linear") and
+    seed (head init, data order from generator(data_key, seed), LoRA init); each a list of M or one value
+    for all. The new head starts at normal(0, head_init_std) (0: zero init) and trains at `head_lr_mult`
+    times the learning rate.
+
+    mode "ft": every weight trains (dense AdamW). mode "lora" (LoRA, Hu et al. 2021, eq. (3) with
+    alpha = r): the parent's weights are frozen and model m trains rank-ranks[m] adapters B A on the
+    `targets` blocks ("q", "k", "v") of every fused qkv, plus its head; W = W_parent + B A. Adapters are
+    allocated at the largest rank and masked (nets.lora.init_factors, nets.lora.merge), A initialised as
+    peft does from derive_seed(seed, qkv key, block). `callback(step, params)` sees the stacked effective
+    weights every `callback_every` steps and at the end.
+
+    Returns (state_dicts (LoRA: merged, fp32), factors, metrics): factors is None for "ft", and for "lora"
+    one {qkv key: (U [3d, r T], V [r T, d])} per model with W = W_parent + U V (T = len(targets); U holds
+    B in the rows of its block, V stacks the A's); metrics are the accuracy on the test images of the
+    model's own classes and the final training loss.
     """
     M = len(parents)
+    if mode not in MODES:
+        raise ValueError(f"unknown fine-tuning mode {mode!r}; choose one of {MODES}")
+    targets = list(targets)
+    if mode == "lora":
+        if ranks is None:
+            raise ValueError("mode 'lora' needs ranks (one LoRA rank per model)")
+        ranks = [int(r) for r in _per_model(ranks, M, "ranks")]
+        if not targets or len(set(targets)) != len(targets) or not set(targets) <= set("qkv"):
+            raise ValueError(f"LoRA targets {targets!r}: give distinct blocks of the fused qkv, from 'q', 'k', 'v'")
     vit = dict(vit or {})
     ds = styled_digits(tuple(styles) if styles else styled_digits().styles)
     n_out = ds.n_classes
+    base_lr = torch.tensor(_per_model(lr, M, "lr"), dtype=torch.float32)
+    n_steps = torch.tensor(_per_model(steps, M, "steps"))
+    schedules = _per_model(schedule, M, "schedule")
+    bad = sorted({s for s in schedules if s not in SCHEDULES})
+    if bad:
+        raise ValueError(f"unknown schedule(s) {bad}; choose from {SCHEDULES}")
+    sched = torch.tensor([SCHEDULES.index(s) for s in schedules])
     starts = [fresh_head(p, n_out, s, head_init_std) if new_head else dict(p) for p, s in zip(parents, seeds)]
-    net = Stacked(lambda: make_vit(n_out, **vit), starts, device=device)
-    opt = BatchedAdamW(net.trainable(), weight_decay=weight_decay, decay=lambda n, p: n.endswith("weight") and p.ndim >= 3)
+    trainable = (lambda k: True) if mode == "ft" else (lambda k: k.startswith("head."))
+    net = Stacked(lambda: make_vit(n_out, **vit), starts, device=device, trainable=trainable)
+    qkv_keys = [k for k in net.keys if k.endswith("attn.qkv.weight")]
+    lora, mask = {}, None
+    if mode == "lora":
+        if not qkv_keys:
+            raise ValueError("mode 'lora': the parents have no fused attention weights (*.attn.qkv.weight)")
+        d = net.params[qkv_keys[0]].shape[-1]
+        for k in qkv_keys:
+            for blk in targets:
+                A, B, mask = init_factors(d, d, ranks, seeds=seeds, key=(k, blk), device=device)
+                lora[f"{k}|{blk}|A"] = A.requires_grad_(True)
+                lora[f"{k}|{blk}|B"] = B.requires_grad_(True)
+
+    def merged(params, lora_m, mask_m):
+        """Effective weights of one model: W_parent + B A on the adapted blocks of each qkv."""
+        out = dict(params)
+        for k in qkv_keys:
+            blocks = list(split_qkv(params[k]))
+            for bi, blk in enumerate("qkv"):
+                if f"{k}|{blk}|A" in lora_m:
+                    blocks[bi] = merge(blocks[bi], lora_m[f"{k}|{blk}|A"], lora_m[f"{k}|{blk}|B"], mask_m)
+            out[k] = torch.cat(blocks, 0)
+        return out
+
+    def forward(params, lora_m, mask_m, x):
+        return functional_call(net.skeleton, merged(params, lora_m, mask_m) if lora_m else params, (x,))
+
+    batched = vmap(forward, in_dims=(0, 0, 0 if mask is not None else None, 0))
+    body = {k: v for k, v in {**net.trainable(), **lora}.items() if not k.startswith("head.")}
+    head = {k: v for k, v in net.trainable().items() if k.startswith("head.")}
+    decay = lambda n, p: "|" in n or (n.endswith("weight") and p.ndim >= 3)
+    opt = BatchedAdamW(body, weight_decay=weight_decay, decay=decay)
+    opt_head = BatchedAdamW(head, weight_decay=weight_decay, decay=decay)
+
+    def effective():
+        with torch.no_grad():
+            if not lora:
+                return {k: v.detach() for k, v in net.params.items()}
+            return vmap(merged, in_dims=(0, 0, 0))(net.params, lora, mask)
 
     tr = ds.train
     table, lens = own_class_pools(tr, classes)
-    gens = [generator("finetune-data", s) for s in seeds]
-    base_lr = torch.tensor(lr, dtype=torch.float32)
-    n_steps = torch.tensor(steps)
-    sched = torch.tensor([SCHEDULES.index(s) for s in schedule])
+    gens = [generator(data_key, s) for s in seeds]
     x_all, y_all = tr.x.to(device), tr.y.to(device)
     last_loss = torch.zeros(M)
     for t in range(int(n_steps.max())):
+        if callback and callback_every and t % callback_every == 0:
+            callback(t, effective())
         u = torch.stack([torch.rand(batch_size, generator=g) for g in gens])    # [M, B]
         idx = table.gather(1, (u * lens[:, None]).long())
-        logits = net(x_all[idx])                                                 # [M, B, n_out]
+        logits = batched(net.params, lora, mask, x_all[idx])                    # [M, B, n_out]
         per_model = F.cross_entropy(logits.flatten(0, 1), y_all[idx].flatten(), reduction="none")
         per_model = per_model.view(M, batch_size).mean(1)
         opt.zero_grad()
+        opt_head.zero_grad()
         per_model.sum().backward()
-        opt.step(lr_schedule(base_lr, n_steps, sched, t))
-        active = t < n_steps
-        last_loss = torch.where(active, per_model.detach().cpu(), last_loss)
-    accs = evaluate(net, classes, ds.test, device)
-    metrics = [{"test_acc": a, "train_loss": float(l)} for a, l in zip(accs, last_loss)]
-    return net.state_dicts(), metrics
+        lr_t = lr_schedule(base_lr, n_steps, sched, t)
+        opt.step(lr_t)
+        opt_head.step(lr_t * head_lr_mult)
+        last_loss = torch.where(t < n_steps, per_model.detach().cpu(), last_loss)
+    final = effective()
+    if callback:
+        callback(int(n_steps.max()), final)
+    factors = None
+    if mode == "lora":
+        factors = [_qkv_factors(lora, qkv_keys, targets, m, ranks[m]) for m in range(M)]
+        with torch.no_grad():
+            for k, v in final.items():
+                net.params[k] = v.detach()
+    accs = evaluate(net, classes, ds.test, device, chunk=eval_chunk)
+    metrics = [{"test_acc": a, "train_loss": float(lo)} for a, lo in zip(accs, last_loss)]
+    return net.state_dicts(), factors, metrics
+
+
+def _qkv_factors(lora: Mapping[str, torch.Tensor], qkv_keys: Sequence[str], targets: Sequence[str], m: int,
+                 r: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Model m's adapters on each fused qkv as one product U V: U [3d, r T] holds each block's B in that
+    block's rows (zeros elsewhere), V [r T, d] stacks the A's, so U V = the change of the fused weight."""
+    out = {}
+    for k in qkv_keys:
+        d = lora[f"{k}|{targets[0]}|A"].shape[-1]
+        U = torch.zeros(3 * d, r * len(targets))
+        V = torch.zeros(r * len(targets), d)
+        for ti, blk in enumerate(targets):
+            bi = "qkv".index(blk)
+            U[bi * d:(bi + 1) * d, ti * r:(ti + 1) * r] = lora[f"{k}|{blk}|B"][m, :, :r].detach().cpu()
+            V[ti * r:(ti + 1) * r] = lora[f"{k}|{blk}|A"][m, :r].detach().cpu()
+        out[k] = (U, V)
+    return out
 
 
 def own_class_pools(split, classes: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:

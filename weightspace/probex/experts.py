@@ -39,6 +39,9 @@ class Router:
 
     def fit(self, data: LayerData, split: str = "train") -> Router:
         m = data.mask(split=split)
+        if not m.any():
+            raise ValueError(f"{data.zoo.path}: no models in split {split!r} to place the tree centroids "
+                             f"(splits: {sorted(set(data.split_of))})")
         F_ = self.features(data, m)
         trees = data.tree[m]
         self.trees = sorted(set(trees.tolist()))
@@ -55,6 +58,9 @@ def route_and_evaluate(experts: Mapping[int, tuple[str, Fit]], router: Router, d
     """Routing accuracy, and expert accuracy with oracle routing vs the router's choice (per tree and all)."""
     m = data.mask(tree=list(experts), split=split)
     idx = np.flatnonzero(m)
+    if not len(idx):
+        raise ValueError(f"{data.zoo.path}: no models of trees {sorted(experts)} in split {split!r} to route "
+                         f"(splits: {sorted(set(data.split_of))})")
     true_tree = data.tree[idx]
     routed = router.predict(data, m)
     Y = data.Y[torch.from_numpy(idx)]

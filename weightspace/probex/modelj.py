@@ -6,6 +6,7 @@ them, one cache folder per split (data_scripts/download_modelj.py makes exactly 
 
     <root>/<subset>/<split>/models--<org>--<name>/refs/main           the revision hash (one line)
     <root>/<subset>/<split>/models--<org>--<name>/snapshots/<hash>/model.safetensors
+    <root>/weightspace-downloads.lock.json                            commit + sha256 of every file
 
 Each model.safetensors carries its label in the metadata: `dataset_chosen_targets`, a Python-literal
 list of CIFAR-100 class names (or ids). The official loader `eval`s it; we parse it with

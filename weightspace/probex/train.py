@@ -59,12 +59,34 @@ class Fit:
         return _logits(self.model, X)
 
 
-def _check_split(name: str, X: torch.Tensor, Y: torch.Tensor) -> None:
+def _check_split(name: str, X: torch.Tensor, Y: torch.Tensor, width: int | None = None) -> None:
+    """Inputs and multi-hot labels of one split: non-empty, as many label rows as models, finite weights, labels
+    exactly 0 or 1, and (given `width`) as many label columns as the expert has outputs."""
     if X is None or len(X) == 0:
         raise ValueError(f"the {name} split is empty: no models to {'train on' if name == 'train' else 'evaluate'}")
+    if Y is None or Y.ndim != 2:
+        raise ValueError(f"{name} split: labels must be a [models, classes] 0/1 matrix, got shape "
+                         f"{None if Y is None else tuple(Y.shape)}")
     if len(X) != len(Y):
         raise ValueError(f"{name} split: {len(X)} inputs but {len(Y)} label rows")
+    if width is not None and Y.shape[1] != width:
+        raise ValueError(f"{name} split: labels have {Y.shape[1]} classes, the expert predicts {width}")
+    bad = ~((Y == 0) | (Y == 1))
+    if bad.any():
+        row, col = (int(i) for i in torch.nonzero(bad)[0])
+        raise ValueError(f"{name} split: labels must be 0 or 1 (multi-hot); model row {row}, class {col} is "
+                         f"{float(Y[row, col])!r} ({int(bad.sum())} such entries)")
     check_finite(X, f"{name} split")
+
+
+def _check_recipe(batch_size, epochs, eval_every, lr, weight_decay) -> None:
+    for name, value in (("batch_size", batch_size), ("epochs", epochs), ("eval_every", eval_every)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}={value!r}: must be a whole number >= 1")
+    for name, value in (("lr", lr), ("weight_decay", weight_decay)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value) or value < 0 \
+                or (name == "lr" and value == 0):
+            raise ValueError(f"{name}={value!r}: must be a finite number {'> 0' if name == 'lr' else '>= 0'}")
 
 
 @torch.no_grad()
@@ -79,10 +101,11 @@ def train(model: nn.Module, train: tuple, val: tuple, test: tuple | None = None,
           seed: int = 0, device=None) -> Fit:
     """Train `model` on (X, Y) tensors with BCE + Adam; select the checkpoint on validation accuracy."""
     (Xtr, Ytr), (Xva, Yva) = train, val
+    _check_recipe(batch_size, epochs, eval_every, lr, weight_decay)
     _check_split("train", Xtr, Ytr)
-    _check_split("validation", Xva, Yva)
+    _check_split("validation", Xva, Yva, Ytr.shape[1])
     if test is not None:
-        _check_split("test", *test)
+        _check_split("test", *test, width=Ytr.shape[1])
     dev = torch.device(device) if device is not None else default_device()
     model = model.to(dev)
     Xtr_d, Ytr_d = Xtr.float().to(dev), Ytr.float().to(dev)
@@ -137,10 +160,17 @@ def fit(kind: str, train_split: tuple, val_split: tuple, test_split: tuple | Non
 
 # -------------------------------------------------------------------------- a zoo's layers, once in RAM
 
+LORA = "lora:"   # LayerData's name of a LoRA layer: "lora:<module stem>"
+
+
 class LayerData:
     """The labelled models of any zoo as tensors: `X(layer)` [N, d_H, d_W] read once and kept, labels Y
     [N, d_Y] (multi-hot, from the zoo's label contract), and each model's tree and data split, so any
     (tree, split) subset is a cheap index. By default: every labelled model that is in a data split.
+
+    In a zoo with a LoRA layout (its manifest's `lora` entry), "lora:<stem>" is also a layer: each model's
+    weight change B A on that module (`Zoo.lora_layer`), what ProbeX reads for a LoRA model (paper, Sec. 5:
+    X = B A, no alpha scaling).
     """
 
     def __init__(self, zoo, ids: Sequence[str] | None = None, conv_reshape: bool = True):
@@ -168,12 +198,17 @@ class LayerData:
         (a matrix once squeezed, as in the paper's layer list) and the patch-embedding conv."""
         shapes = self.zoo.manifest.get("layers") or {k: self.zoo.lazy(self.ids[0]).shape(k)
                                                      for k in self.zoo.lazy(self.ids[0])}
-        return [k for k, s in shapes.items() if not k.startswith("head") and
-                ((k.endswith("weight") and len(s) >= 2) or sum(d != 1 for d in s) == 2)]
+        extra = tuple((self.zoo.manifest.get("architecture") or {}).get("extra_prefixes", ()))
+        weights = [k for k, s in shapes.items() if not k.startswith("head") and not (extra and k.startswith(extra))
+                   and ((k.endswith("weight") and len(s) >= 2) or sum(d != 1 for d in s) == 2)]
+        return weights + [LORA + stem for stem in self.zoo.lora_modules()]
 
     def X(self, layer: str) -> torch.Tensor:
+        """[N, d_H, d_W] float32: the layer of every model (for "lora:<stem>", its LoRA product B A)."""
         if layer not in self._cache:
-            self._cache[layer] = stack_layer(self.zoo.layer(layer, self.ids), conv_reshape=self.conv_reshape,
+            stack = (self.zoo.lora_layer(layer[len(LORA):], self.ids) if layer.startswith(LORA)
+                     else self.zoo.layer(layer, self.ids))
+            self._cache[layer] = stack_layer(stack, conv_reshape=self.conv_reshape,
                                              name=f"{self.zoo.path}: layer {layer!r}")
         return self._cache[layer]
 
@@ -186,13 +221,20 @@ class LayerData:
         return m
 
     def root(self, layer: str, tree: int) -> torch.Tensor:
-        """The layer of `tree`'s root (the parent of its fine-tunes) as a [d_H, d_W] matrix."""
+        """The layer of `tree`'s root (the parent of its fine-tunes) as a [d_H, d_W] matrix; for a LoRA layer
+        the root's own B A, zero when it is the base model (it carries no adapter)."""
         members = np.flatnonzero(self.mask(tree))
         if not len(members):
             raise ValueError(f"{self.zoo.path}: no models in tree {tree!r} (trees: {self.trees})")
         parent = self.zoo.row(self.ids[members[0]])["parent_id"]
-        return stack_layer([self.zoo.lazy(parent)[layer]], conv_reshape=self.conv_reshape,
-                           name=f"{self.zoo.path}: {parent} layer {layer!r}")[0]
+        if layer.startswith(LORA):
+            stem = layer[len(LORA):]
+            if self.zoo.lora_spec["up"].format(stem) not in self.zoo.lazy(parent):   # the base: no change
+                return torch.zeros(self.X(layer).shape[1:])
+            stack = self.zoo.lora_layer(stem, [parent], cache=False)
+        else:
+            stack = [self.zoo.lazy(parent)[layer]]
+        return stack_layer(stack, conv_reshape=self.conv_reshape, name=f"{self.zoo.path}: {parent} layer {layer!r}")[0]
 
     def split(self, layer: str, tree=None, split="train") -> tuple[torch.Tensor, torch.Tensor]:
         """(X, Y) of the models of `tree` (an id, a list, or None for all) in `split`."""

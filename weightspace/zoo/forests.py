@@ -34,24 +34,20 @@ Kurtosis is logged along each root's pre-training and along one fine-tuning run 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call, vmap
 
 from weightspace.data import STYLES, styled_digits
-from weightspace.nets.batched import BatchedAdamW, Stacked, lr_schedule
-from weightspace.nets.vit import group_matrices, make_vit, split_qkv, timm_architecture
-from weightspace.nets.vit_training import evaluate, fresh_head, own_class_pools, pretrain
+from weightspace.nets.vit import group_matrices, timm_architecture
+from weightspace.nets.vit_training import finetune_stacked, pretrain
 from weightspace.runtime import derive_seed, np_rng
 from weightspace.stats import excess_kurtosis
 
 from .format import LORA_FACTORS as FACTORS
-from .format import MODELS_DIR, Zoo, read_safetensors
+from .format import LORA_LAYOUT, MODELS_DIR, Zoo, read_safetensors
 from .jobs import Job, run_jobs
-from .model_trees import root_id
+from .model_trees import lora_tensors, root_id
 
 KIND = "vit-forest"
 VARIANTS = ("ft", "lora-v", "lora-f")
@@ -128,134 +124,13 @@ def _row(p, variant, tree, name, parent, depth, task, rng) -> dict:
                 seed=derive_seed(p["seed"], "forest", variant, name))
 
 
-# --------------------------------------------------------------------------------- batched training
+# ---------------------------------------------------------------------------------- kurtosis logs
 
 def attention_kurtosis(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Summed excess kurtosis of the attention output projections ('proj') and of the value blocks ('value')
     of stacked [M, ...] ViT weights -> two [M] tensors (the two direction scores MoTHer uses)."""
     return {"proj": sum(excess_kurtosis(W) for W in group_matrices(params, "output")),
             "value": sum(excess_kurtosis(W) for W in group_matrices(params, "value"))}
-
-
-def train_nodes(parents: Sequence[Mapping[str, torch.Tensor]], classes: Sequence[Sequence[int]],
-                seeds: Sequence[int], *, mode: str = "ft", ranks: Sequence[int] | None = None,
-                lr: float | Sequence[float] = 1e-3, steps: int | Sequence[int] = 300, styles=ALL_STYLES,
-                vit: Mapping | None = None, batch_size: int = 32, weight_decay: float = 0.01,
-                targets: Sequence[str] = ("q", "v"), head_lr_mult: float = 1.0,
-                callback: Callable | None = None,
-                callback_every: int = 0, device="cpu"):
-    """Fine-tune M models at once (vmap), model m from parents[m] on the images of classes[m].
-
-    mode "ft": every weight trains (dense AdamW). mode "lora": the parent's weights are frozen and each
-    model trains rank-ranks[m] adapters B A on the `targets` blocks of every fused qkv, plus its head;
-    W = W_parent + B A (alpha = r, scale 1). Ranks differ per model: adapters are allocated at the
-    largest rank and masked. `callback(step, merged_params)` sees the stacked effective weights.
-
-    Returns (state_dicts (LoRA: merged in fp32), deltas (LoRA: {qkv key: (U [3d, r], V [r, d])} per
-    model, else None), metrics (test_acc on own classes, train_loss)).
-    """
-    M = len(parents)
-    vit = dict(vit or {})
-    ds = styled_digits(tuple(styles))
-    n_out = ds.n_classes
-    lr = torch.as_tensor([lr] * M if np.isscalar(lr) else list(lr), dtype=torch.float32)
-    steps_t = torch.as_tensor([steps] * M if np.isscalar(steps) else list(steps))
-    starts = [fresh_head(p, n_out, s) for p, s in zip(parents, seeds)]
-    trainable = (lambda k: True) if mode == "ft" else (lambda k: k.startswith("head."))
-    net = Stacked(lambda: make_vit(n_out, **vit), starts, device=device, trainable=trainable)
-    qkv_keys = [k for k in net.keys if k.endswith("attn.qkv.weight")]
-    lora, mask = {}, None
-    if mode == "lora":
-        ranks = torch.as_tensor(list(ranks))
-        r_max = int(ranks.max())
-        d = net.params[qkv_keys[0]].shape[-1]
-        mask = (torch.arange(r_max)[None, :] < ranks[:, None]).float().to(device)        # [M, r_max]
-        for k in qkv_keys:
-            for blk in targets:
-                # PEFT's init: A kaiming-uniform (bound 1/sqrt(d)), B zero, so training starts at W_parent
-                A = torch.stack([(torch.rand(r_max, d, generator=torch.Generator().manual_seed(
-                    derive_seed(s, k, blk))) * 2 - 1) / d ** 0.5 for s in seeds]).to(device)
-                lora[f"{k}|{blk}|A"] = (A * mask[:, :, None]).requires_grad_(True)
-                lora[f"{k}|{blk}|B"] = torch.zeros(M, d, r_max, device=device, requires_grad=True)
-    elif mode != "ft":
-        raise ValueError(f"unknown fine-tuning mode {mode!r}; choose 'ft' or 'lora'")
-
-    def merged(params, lora_m, mask_m):
-        """Effective weights of one model: W_parent + B A on the adapted blocks of each qkv."""
-        if not lora_m:
-            return params
-        out = dict(params)
-        for k in qkv_keys:
-            blocks = list(split_qkv(params[k]))
-            for bi, blk in enumerate("qkv"):
-                if f"{k}|{blk}|A" in lora_m:
-                    blocks[bi] = blocks[bi] + (lora_m[f"{k}|{blk}|B"] * mask_m) @ lora_m[f"{k}|{blk}|A"]
-            out[k] = torch.cat(blocks, 0)
-        return out
-
-    def forward(params, lora_m, mask_m, x):
-        return functional_call(net.skeleton, merged(params, lora_m, mask_m), (x,))
-
-    in_dims = (0, 0, 0 if mask is not None else None, 0)
-    batched = vmap(forward, in_dims=in_dims)
-    body = {k: v for k, v in {**net.trainable(), **lora}.items() if not k.startswith("head.")}
-    head = {k: v for k, v in net.trainable().items() if k.startswith("head.")}
-    decay = lambda n, p: "|" in n or (n.endswith("weight") and p.ndim >= 3)  # noqa: E731
-    opt = BatchedAdamW(body, weight_decay=weight_decay, decay=decay)
-    opt_head = BatchedAdamW(head, weight_decay=weight_decay, decay=decay)   # the new head learns faster
-
-    tr = ds.train
-    table, lens = own_class_pools(tr, classes)
-    gens = [torch.Generator().manual_seed(derive_seed("forest-data", s)) for s in seeds]
-    sched = torch.zeros(M, dtype=torch.long) + 1                                            # cosine
-    x_all, y_all = tr.x.to(device), tr.y.to(device)
-    last_loss = torch.zeros(M)
-
-    def effective():
-        with torch.no_grad():
-            return vmap(merged, in_dims=(0, 0, 0 if mask is not None else None))(net.params, lora, mask)
-
-    for t in range(int(steps_t.max())):
-        if callback and callback_every and t % callback_every == 0:
-            callback(t, effective())
-        u = torch.stack([torch.rand(batch_size, generator=g) for g in gens])
-        idx = table.gather(1, (u * lens[:, None]).long())
-        logits = batched(net.params, lora, mask, x_all[idx])
-        per_model = F.cross_entropy(logits.flatten(0, 1), y_all[idx].flatten(), reduction="none")
-        per_model = per_model.view(M, batch_size).mean(1)
-        opt.zero_grad()
-        opt_head.zero_grad()
-        per_model.sum().backward()
-        lr_t = lr_schedule(lr, steps_t, sched, t)
-        opt.step(lr_t)
-        opt_head.step(lr_t * head_lr_mult)
-        last_loss = torch.where(t < steps_t, per_model.detach().cpu(), last_loss)
-    final = effective()
-    if callback:
-        callback(int(steps_t.max()), final)
-    deltas = None
-    if mode == "lora":
-        deltas = []
-        for m in range(M):
-            r = int(ranks[m])
-            per = {}
-            for k in qkv_keys:
-                d = net.params[k].shape[-1]
-                U = torch.zeros(3 * d, r * len(targets))
-                V = torch.zeros(r * len(targets), d)
-                for ti, blk in enumerate(targets):
-                    bi = "qkv".index(blk)
-                    B = lora[f"{k}|{blk}|B"][m, :, :r].detach().cpu()
-                    U[bi * d:(bi + 1) * d, ti * r:(ti + 1) * r] = B
-                    V[ti * r:(ti + 1) * r] = lora[f"{k}|{blk}|A"][m, :r].detach().cpu()
-                per[k] = (U, V)
-            deltas.append(per)
-    with torch.no_grad():
-        for k, v in final.items():
-            net.params[k] = v.detach()
-    accs = evaluate(net, classes, ds.test, device, chunk=256)
-    metrics = [{"test_acc": a, "train_loss": float(lo)} for a, lo in zip(accs, last_loss)]
-    return net.state_dicts(), deltas, metrics
 
 
 # ------------------------------------------------------------------------------------------- the jobs
@@ -304,22 +179,17 @@ def _finetune_job(spec, writer) -> None:
     for pid in sorted({r["parent_id"] for r in rows}):
         parents[pid] = read_safetensors(f"{writer.zoo_path}/{MODELS_DIR}/{pid}.safetensors")
     log = {"step": [], "proj": [], "value": []}
-    sds, deltas, metrics = train_nodes(
+    sds, deltas, metrics = finetune_stacked(
         [_weights_only(parents[r["parent_id"]]) for r in rows], [r["classes"] for r in rows],
         [r["seed"] for r in rows], mode="ft" if variant == "ft" else "lora", ranks=[r["rank"] for r in rows],
-        lr=[r["lr"] for r in rows], steps=[r["steps"] for r in rows], vit=spec["vit"],
-        batch_size=spec["batch_size"], weight_decay=spec["weight_decay"], targets=spec["lora_targets"],
-        head_lr_mult=spec["head_lr_mult"], callback=_kurtosis_logger(log), callback_every=spec["log_every"])
+        lr=[r["lr"] for r in rows], steps=[r["steps"] for r in rows], schedule="cosine", styles=ALL_STYLES,
+        vit=spec["vit"], batch_size=spec["batch_size"], weight_decay=spec["weight_decay"],
+        targets=spec["lora_targets"], head_lr_mult=spec["head_lr_mult"], data_key="forest-data",
+        callback=_kurtosis_logger(log), callback_every=spec["log_every"], eval_chunk=256)
     for m, (r, sd, met) in enumerate(zip(rows, sds, metrics)):
         tensors = dict(sd)
         if deltas is not None:
-            parent = parents[r["parent_id"]]
-            for k, (U, V) in deltas[m].items():
-                stem = FACTORS + k[: -len(".weight")]
-                pu, pv = parent.get(f"{stem}.U"), parent.get(f"{stem}.V")
-                if pu is not None:   # cumulative from the root: W = W_root + [U_parent, U] [V_parent; V]
-                    U, V = torch.cat([pu, U], 1), torch.cat([pv, V], 0)
-                tensors[f"{stem}.U"], tensors[f"{stem}.V"] = U.contiguous(), V.contiguous()
+            tensors.update(lora_tensors(deltas[m], parents[r["parent_id"]]))
         klog = {"step": log["step"], "proj": [v[m] for v in log["proj"]], "value": [v[m] for v in log["value"]]}
         writer.write(r["model_id"], tensors, {k: v for k, v in r.items() if k != "model_id"} | met
                      | {"num_classes": int(sd["head.weight"].shape[0]), "kurtosis_log": klog})
@@ -366,7 +236,7 @@ def build_forests(path, *, executor="local", workers: int | None = 2, progress: 
                                  description="the StyledDigits classes of the task a model was fine-tuned on "
                                              "(its task: the ten digits in one style); roots have none"),
                      architecture={**timm_architecture(**p["vit"]), "num_classes_column": "num_classes",
-                                   "extra_prefixes": [FACTORS]})
+                                   "extra_prefixes": [FACTORS]}, lora=LORA_LAYOUT)
     run_jobs(zoo, plan_jobs(p), executor=executor, workers=workers, progress=progress,
              desc=f"ViT forests ({len(p['variants'])} x {p['n_trees']} trees)")
     return zoo

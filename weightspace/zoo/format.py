@@ -25,6 +25,10 @@ Model files are plain safetensors with `"format": "pt"` in their header (what Hu
 zoo's own tag is the key `weightspace_zoo`, and each file carries its own row (`row`) so a re-run can adopt it.
 The manifest's `architecture` entry rebuilds a model (`Zoo.model`); tensors under its `extra_prefixes` (e.g.
 a forest's LoRA factors beside the merged weights) are not part of the module's state dict.
+The optional `lora` entry, {"up": pattern, "down": pattern} with "{}" for a module's stem, says where each file
+keeps LoRA factors: `lora_factors.{}.U` / `.V` beside merged weights (W = W_base + U V), or diffusers'
+`unet.{}.lora.up.weight` / `.lora.down.weight` (a LoRA file alone). `Zoo.lora_modules` lists the stems and
+`Zoo.lora_layer` stacks every model's up @ down, whichever layout the zoo uses.
 
 Writes are atomic (temporary file, then rename; the table last), so a killed build leaves only whole
 files behind, and every model file carries its own row in its metadata so a re-run can adopt it.
@@ -59,7 +63,12 @@ ZOO_TAG = "weightspace_zoo"   # the safetensors header key that marks a zoo mode
 # LoRA factors stored beside merged weights: <prefix><key minus ".weight">.U [d_out, R] and .V [R, d_in], with
 # W = W_base + U V (R: the ranks summed along the path from the base); not part of the module's state dict
 LORA_FACTORS = "lora_factors."
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# The manifest's optional `lora` entry: where each model file keeps the two factors of a LoRA'd module, as key
+# patterns with "{}" for the module's stem; the module's weight change (LoRA's B A, no alpha/r) is up @ down.
+LORA_LAYOUT = {"up": LORA_FACTORS + "{}.U", "down": LORA_FACTORS + "{}.V"}               # our forests and trees
+DIFFUSERS_LORA_LAYOUT = {"up": "unet.{}.lora.up.weight", "down": "unet.{}.lora.down.weight"}   # diffusers files
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")      # a model id or asset name: always used with fullmatch
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class ZooError(RuntimeError):
@@ -194,10 +203,27 @@ class LazyStateDict(Mapping):
 # ------------------------------------------------------------------------------------------------ zoo
 
 def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ZooError(f"{path}: not a regular file")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ZooError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise ZooError(f"{path}: should hold a JSON object, not a {type(value).__name__}")
+    return value
+
+
+def inside(root: Path, rel, where, under: str | None = None) -> Path:
+    """`root / rel` for a path taken from a table or manifest, refused unless it is relative and stays inside
+    `root` (or `root/under`) once resolved: a table never makes us read, move or delete anything else."""
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise ZooError(f"{where}: path {rel!r} is not a relative path inside the zoo")
+    base = (root / under if under else root).resolve()
+    full = (root / rel).resolve()
+    if full != base and base not in full.parents:
+        raise ZooError(f"{where}: path {rel!r} leads outside {base} (a symlink or '..'); refusing to use it")
+    return root / rel
 
 
 def _jsonable(value):
@@ -229,17 +255,20 @@ class Zoo:
     @classmethod
     def create(cls, path, *, kind: str, builder: str, params: Mapping, preset: str | None = None,
                command: str | None = None, layers: Mapping | None = None, labels: Mapping | None = None,
-               architecture: Mapping | None = None) -> "Zoo":
+               architecture: Mapping | None = None, lora: Mapping[str, str] | None = None) -> "Zoo":
         """Create a zoo folder, or reopen it to resume when it was started with the same parameters.
 
         labels        {"column": "classes", "class_names": [...], "per_model": "many" | "one",
                        "description": "..."}: the label contract (see the module docstring)
         architecture  {"library": "timm", "model_name": ..., "kwargs": {...}, "num_classes_column": ...,
                        "extra_prefixes": [...]}: what `Zoo.model` rebuilds each model with
+        lora          {"up": "lora_factors.{}.U", "down": "lora_factors.{}.V"} (e.g. LORA_LAYOUT): where the
+                       files keep LoRA factors (see the module docstring); added to a resumed zoo that lacks it
         """
         path = Path(path)
         params = _jsonable(dict(params))
         labels = _check_labels(_jsonable(dict(labels)), path / MANIFEST) if labels else None
+        lora = _check_lora(dict(lora), path / MANIFEST) if lora else None
         if (path / MANIFEST).exists():
             zoo = cls.open(path, kind=kind)
             if zoo.manifest.get("params") != params:
@@ -247,6 +276,12 @@ class Zoo:
                 diff = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
                 raise ZooError(f"{path / MANIFEST}: this zoo was started with other parameters "
                                f"(differ: {diff}); use another folder or delete this one")
+            if lora and zoo.manifest.get("lora") != lora:
+                if zoo.manifest.get("lora"):
+                    raise ZooError(f"{path / MANIFEST}: this zoo's LoRA layout is {zoo.manifest['lora']}, "
+                                   f"not {lora}")
+                zoo.manifest["lora"] = lora      # a zoo made before the entry existed: same files, now described
+                zoo._write_manifest()
             return zoo
         if path.exists() and any(p for p in path.iterdir() if not p.name.startswith(".")):
             raise ZooError(f"{path}: folder exists, is not empty and has no {MANIFEST}; "
@@ -258,7 +293,7 @@ class Zoo:
             "params": params, "preset": preset, "package_version": __version__,
             "command": command, "layers": _jsonable(dict(layers or {})),
             "labels": labels, "architecture": _jsonable(dict(architecture)) if architecture else None,
-            "assets": {}, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **({"lora": lora} if lora else {}), "assets": {}, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         (path / MODELS_DIR).mkdir(parents=True, exist_ok=True)
         zoo = cls(path, manifest, [])
@@ -284,6 +319,19 @@ class Zoo:
                            f"reads version {FORMAT_VERSION} (version 2 gave `split` one meaning, added the label "
                            f"contract and Hugging Face-readable file headers). Rebuild it: delete {path} and "
                            f"re-run the notebook or builder that made it.{how}")
+        for key, types in (("kind", str), ("builder", str), ("params", dict)):
+            if not isinstance(manifest.get(key), types):
+                raise ZooError(f"{mpath}: the manifest's {key!r} is missing or not a {types.__name__}")
+        for key in ("labels", "architecture", "assets", "layers"):
+            if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+                raise ZooError(f"{mpath}: the manifest's {key!r} should be an object")
+        if manifest.get("labels"):
+            _check_labels(manifest["labels"], mpath)
+        for name, asset in (manifest.get("assets") or {}).items():
+            if not isinstance(asset, dict) or not _ID.fullmatch(str(name)) or \
+                    not _SHA256.fullmatch(str(asset.get("sha256"))):
+                raise ZooError(f"{mpath}: asset {name!r} needs a plain name, a file and a sha256")
+            inside(path, asset.get("file"), f"{mpath}: asset {name!r}", under=ASSETS_DIR)
         if kind is not None and manifest.get("kind") != kind:
             raise ZooError(f"{mpath}: this zoo is of kind {manifest.get('kind')!r}, expected {kind!r}")
         rows = cls._read_table(path / TABLE)
@@ -460,13 +508,23 @@ class Zoo:
         labels = self.manifest.get("labels")
         n_classes = len(labels["class_names"]) if labels else 0
         for r in rows:
+            if not isinstance(r, dict):
+                raise ZooError(f"{where}: a row is a {type(r).__name__}, not a JSON object: {str(r)[:80]}")
             missing = [c for c in REQUIRED_COLUMNS if c not in r]
             if missing:
-                raise ZooError(f"{where}: row {r.get('model_id', r)!r} lacks columns {missing}")
+                raise ZooError(f"{where}: row {str(r.get('model_id', r))[:80]!r} lacks columns {missing}")
             mid = r["model_id"]
-            if not isinstance(mid, str) or not _ID.match(mid):
+            if not isinstance(mid, str) or not _ID.fullmatch(mid):
                 raise ZooError(f"{where}: model id {mid!r} is not a plain file name "
                                "(letters, digits, '.', '_', '-')")
+            inside(self.path, r["file"], f"{where}: model {mid!r}", under=MODELS_DIR)
+            if not isinstance(r["sha256"], str) or not _SHA256.fullmatch(r["sha256"]):
+                raise ZooError(f"{where}: model {mid!r} has sha256 {r['sha256']!r}, not 64 hex digits")
+            for col, types in (("depth", int), ("tree_id", (int, str))):
+                if r[col] is not None and (not isinstance(r[col], types) or isinstance(r[col], bool)):
+                    raise ZooError(f"{where}: model {mid!r} has {col} {r[col]!r} of the wrong type")
+            if r["parent_id"] is not None and not isinstance(r["parent_id"], str):
+                raise ZooError(f"{where}: model {mid!r} has parent_id {r['parent_id']!r}, not a model id or null")
             if mid in seen:
                 raise ZooError(f"{where}: duplicate model id {mid!r}")
             if r["split"] is not None and r["split"] not in SPLITS:
@@ -503,7 +561,7 @@ class Zoo:
 
     # -- assets (weights shared by all models, e.g. a cached base model) -----------------------------
     def add_asset(self, name: str, tensors: Mapping[str, torch.Tensor], metadata=None) -> None:
-        if not _ID.match(name):
+        if not _ID.fullmatch(name):
             raise ZooError(f"{self.path}: asset name {name!r} is not a plain file name")
         rel = f"{ASSETS_DIR}/{name}.safetensors"
         sha = write_safetensors(self.path / rel, tensors, metadata)
@@ -576,13 +634,65 @@ class Zoo:
 
         The cache key covers the ids and their sha256, so it is rebuilt when any model changes.
         """
+        return self._stack("layers", name, ids, cache, progress, lambda path: read_safetensors(path, [name])[name])
+
+    @property
+    def lora_spec(self) -> dict:
+        """The manifest's `lora` entry: {"up": pattern, "down": pattern} ("{}" = the module's stem)."""
+        spec = self.manifest.get("lora")
+        if not spec:
+            raise ZooError(f"{self.path / MANIFEST}: this zoo records no LoRA layout (no `lora` entry), so it has "
+                           "no LoRA layers; its weights are read with Zoo.layer")
+        return spec
+
+    def lora_modules(self) -> list[str]:
+        """The stems of the LoRA'd modules present in the models' files (any model), in sorted key order
+        (ProbeX's layer indexing of a LoRA zoo); [] for a zoo without a `lora` entry."""
+        if not self.manifest.get("lora"):
+            return []
+        up, down = (_pattern_regex(self.lora_spec[s]) for s in ("up", "down"))
+        keys = set()
+        for r in self._rows.values():
+            keys.update(LazyStateDict(self.path / r["file"]))
+        stems = {}
+        for k in sorted(keys):
+            m = up.match(k) or down.match(k)
+            if m:
+                stems.setdefault(m.group(1), None)
+        return list(stems)
+
+    def lora_layer(self, stem: str, ids: Iterable[str] | None = None, cache: bool = True,
+                   progress: bool = False) -> torch.Tensor:
+        """float32 [N, d_out, d_in]: each model's LoRA weight change up @ down on module `stem` (LoRA's B A,
+        with no alpha/r scaling, as ProbeX reads a LoRA), stacked in `ids` order and cached like `layer`."""
+        spec = self.lora_spec
+        keys = (spec["up"].format(stem), spec["down"].format(stem))
+
+        def read(path: Path) -> torch.Tensor:
+            with _open(path) as f:
+                have = set(f.keys())
+            missing = [k for k in keys if k not in have]
+            if missing:
+                raise ZooError(missing_key_message(path, missing[0], sorted(have))
+                               + f" (the LoRA factor {'up' if missing[0] == keys[0] else 'down'} of module {stem!r})")
+            U, V = (t.float() for t in read_safetensors(path, keys).values())
+            if U.ndim != 2 or V.ndim != 2 or U.shape[1] != V.shape[0]:
+                raise ZooError(f"{path}: LoRA factors of {stem!r} do not chain: up {keys[0]!r} is {tuple(U.shape)}, "
+                               f"down {keys[1]!r} is {tuple(V.shape)} (need [d_out, r] and [r, d_in])")
+            return U @ V
+
+        return self._stack("lora", stem, ids, cache, progress, read)
+
+    def _stack(self, what: str, name: str, ids, cache: bool, progress: bool, read) -> torch.Tensor:
+        """Stack read(file) over the models `ids` (default all), cached under .cache/<what>/ with a key of
+        the ids and their sha256 (so a changed model is never served stale)."""
         ids = self.ids if ids is None else list(ids)
         if not ids:
             raise ZooError(f"{self.path}: no models to stack layer {name!r} from")
         rows = [self.row(i) for i in ids]
         digest = hashlib.sha256("\n".join(f"{r['model_id']}:{r['sha256']}" for r in rows).encode()).hexdigest()
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
-        cpath = self.path / CACHE_DIR / "layers" / f"{safe}--{digest[:16]}.safetensors"
+        cpath = self.path / CACHE_DIR / what / f"{safe}--{digest[:16]}.safetensors"
         if cache and cpath.exists():
             try:
                 return read_safetensors(cpath, ["stack"])["stack"]
@@ -596,7 +706,7 @@ class Zoo:
         first_shape, out = None, []
         for r in it:
             path = self.path / r["file"]
-            t = read_safetensors(path, [name])[name]
+            t = read(path)
             if first_shape is None:
                 first_shape = tuple(t.shape)
             elif tuple(t.shape) != first_shape:
@@ -673,6 +783,21 @@ class Zoo:
         return out
 
 
+def _check_lora(spec: dict, where) -> dict:
+    """The manifest's `lora` entry, checked: exactly "up" and "down", each a key pattern with one "{}"."""
+    if set(spec) != {"up", "down"} or not all(isinstance(v, str) and v.count("{}") == 1 for v in spec.values()):
+        raise ZooError(f"{where}: a LoRA layout is {{'up': pattern, 'down': pattern}}, each pattern a tensor name "
+                       f"with one '{{}}' for the module (e.g. {LORA_LAYOUT}); got {spec}")
+    if spec["up"] == spec["down"]:
+        raise ZooError(f"{where}: the LoRA layout's up and down patterns are the same ({spec['up']!r})")
+    return {"up": spec["up"], "down": spec["down"]}
+
+
+def _pattern_regex(pattern: str) -> re.Pattern:
+    head, tail = pattern.split("{}")
+    return re.compile(re.escape(head) + "(.+)" + re.escape(tail) + "$")
+
+
 def _check_labels(spec: dict, where) -> dict:
     """The manifest's `labels` entry, checked: a column name, a list of class names, "many" or "one"."""
     names = spec.get("class_names")
@@ -702,7 +827,7 @@ def write_model(zoo_path, model_id: str, tensors: Mapping[str, torch.Tensor], ro
     Safe to call from worker processes on other machines (shared file system): it only writes the
     model's own file, atomically; the driver records the returned row in the table.
     """
-    if not _ID.match(model_id):
+    if not isinstance(model_id, str) or not _ID.fullmatch(model_id):
         raise ZooError(f"model id {model_id!r} is not a plain file name (letters, digits, '.', '_', '-')")
     row = _jsonable({"model_id": model_id, **dict(row)})
     for c in ("parent_id", "tree_id", "depth", "split"):

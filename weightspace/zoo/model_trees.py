@@ -10,6 +10,13 @@ init). With a random head the class signal in the hidden layers is buried under 
 rotation (a linear probe on one layer drops from ~0.85 to ~0.65 element-wise accuracy); see
 notebook 01. All trees pool the patch tokens (timm's `global_pool="avg"`): the masked-reconstruction
 root never trains its CLS token, and its fine-tunes reached ~24% accuracy through it, vs ~60% pooled.
+
+A LoRA Model Tree (`finetune_mode="lora"`, like ProbeX's Stable-Diffusion LoRA trees, Sec. 5): each
+fine-tune keeps its root frozen and trains rank-r LoRA adapters (r drawn per fine-tune from `lora_ranks`) on
+the `lora_targets` blocks of every fused qkv, plus its zero-init head at `head_lr_mult` times its learning
+rate. It is stored merged (fp32) with its factors beside the weights (`lora_factors.<stem>.U` [3d, R] and
+`.V` [R, d], R = r x number of targets, W = W_root + U V) and the manifest's `lora` entry, so
+`Zoo.lora_layer("blocks.0.attn.qkv")` is each fine-tune's U V, the matrix ProbeX reads for a LoRA.
 """
 from __future__ import annotations
 
@@ -17,14 +24,16 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 
 from weightspace.data import styled_digits
 from weightspace.nets.batched import SCHEDULES
-from weightspace.nets.vit import timm_architecture
-from weightspace.nets.vit_training import RECIPES, finetune, pretrain
+from weightspace.nets.lora import cumulative
+from weightspace.nets.vit import VIT_TINY, timm_architecture
+from weightspace.nets.vit_training import RECIPES, finetune, finetune_stacked, pretrain
 from weightspace.runtime import derive_seed, np_rng
 
-from .format import MODELS_DIR, Zoo, read_safetensors
+from .format import LORA_FACTORS, LORA_LAYOUT, MODELS_DIR, Zoo, read_safetensors
 from .jobs import Job, run_jobs
 
 KIND = "vit-model-trees"
@@ -45,6 +54,59 @@ DEFAULTS = dict(
     vit={"global_pool": "avg"},  # overrides of nets.vit.VIT_TINY: pool the patch tokens (see below)
     seed=0,
 )
+# The LoRA Model Tree's parameters; stored in the manifest only in LoRA mode, so a full fine-tuning zoo's
+# parameters (and its resume check) are those of DEFAULTS alone.
+LORA_DEFAULTS = dict(
+    finetune_mode="ft",        # "ft": every weight trains; "lora": rank-r adapters on the attention plus the head
+    lora_ranks=[4, 16],        # LoRA rank of each fine-tune, uniform over these integers (inclusive)
+    lora_targets=["q", "v"],   # blocks of every fused qkv that get adapters (peft's default for a ViT)
+    head_lr_mult=10.0,         # the zero-init head, the only dense part that trains, at 10x the learning rate
+)
+FINETUNE_MODES = ("ft", "lora")
+
+
+def resolve_params(params: Mapping) -> dict:
+    """The build's full parameters: DEFAULTS, plus LORA_DEFAULTS in LoRA mode, overridden by `params`,
+    checked (unknown names, the fine-tuning mode, the LoRA ranks and targets)."""
+    unknown = sorted(set(params) - set(DEFAULTS) - set(LORA_DEFAULTS))
+    if unknown:
+        raise TypeError(f"build_model_trees got unknown parameter(s) {unknown}; known: "
+                        f"{sorted(DEFAULTS) + sorted(LORA_DEFAULTS)}")
+    mode = params.get("finetune_mode", "ft")
+    if mode not in FINETUNE_MODES:
+        raise ValueError(f"finetune_mode={mode!r}: choose one of {FINETUNE_MODES}")
+    if mode == "ft":
+        extra = sorted(k for k in params if k in LORA_DEFAULTS and k != "finetune_mode")
+        if extra:
+            raise ValueError(f"{extra} only apply with finetune_mode='lora' (this build fully fine-tunes)")
+        return {**DEFAULTS, **{k: v for k, v in params.items() if k != "finetune_mode"}}
+    p = {**DEFAULTS, **LORA_DEFAULTS, **params}
+    d = {**VIT_TINY, **p["vit"]}["embed_dim"]
+    ranks = p["lora_ranks"]
+    if (not isinstance(ranks, (list, tuple)) or len(ranks) != 2
+            or not all(isinstance(r, int) and not isinstance(r, bool) for r in ranks)
+            or not 1 <= ranks[0] <= ranks[1] <= d):
+        raise ValueError(f"lora_ranks={ranks!r}: give [lowest, highest] integer ranks with 1 <= lowest <= highest "
+                         f"<= embed_dim = {d} (a LoRA rank is at most the width of the [{d}, {d}] block it adapts)")
+    targets = p["lora_targets"]
+    if (not isinstance(targets, (list, tuple)) or not targets or len(set(targets)) != len(targets)
+            or not set(targets) <= set("qkv")):
+        raise ValueError(f"lora_targets={targets!r}: give distinct blocks of the fused qkv, from 'q', 'k', 'v'")
+    if not isinstance(p["head_lr_mult"], (int, float)) or not p["head_lr_mult"] > 0:
+        raise ValueError(f"head_lr_mult={p['head_lr_mult']!r}: give a positive number")
+    return {**p, "lora_ranks": list(ranks), "lora_targets": list(targets)}
+
+
+def lora_tensors(factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+                 parent: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LoRA fine-tune's factors as stored: `lora_factors.<key minus ".weight">.U` / `.V`, cumulative from
+    the root (nets.lora.cumulative: W = W_root + [U_parent, U] [V_parent; V]; a root parent stores none)."""
+    out = {}
+    for k, (U, V) in factors.items():
+        stem = LORA_FACTORS + k[: -len(".weight")]
+        U, V = cumulative(parent.get(f"{stem}.U"), parent.get(f"{stem}.V"), U, V)
+        out[f"{stem}.U"], out[f"{stem}.V"] = U.contiguous(), V.contiguous()
+    return out
 
 
 def root_id(tree: int) -> str:
@@ -53,8 +115,10 @@ def root_id(tree: int) -> str:
 
 
 def finetune_plan(params: Mapping) -> list[dict]:
-    """Every fine-tune's row before training: id, parent, tree, split, classes, hyperparameters."""
-    p = {**DEFAULTS, **params}
+    """Every fine-tune's row before training: id, parent, tree, split, classes, hyperparameters (and in LoRA
+    mode its `rank`, drawn last from the fine-tune's own generator, so the other draws are those of "ft")."""
+    p = resolve_params(params)
+    lora = p.get("finetune_mode") == "lora"
     n_classes = 10 * len(p["styles"])
     rows = []
     for t in range(p["n_trees"]):
@@ -71,19 +135,22 @@ def finetune_plan(params: Mapping) -> list[dict]:
             rng = np_rng(p["seed"], "finetune", t, i)
             classes = sorted(rng.choice(n_classes, n_classes // 2, replace=False).tolist())
             lo, hi = p["lr"]
-            rows.append(dict(
+            row = dict(
                 model_id=f"t{t}-{i:04d}", parent_id=root_id(t), tree_id=t, tree_name=recipe, depth=1,
                 split=str(split_of[i]), classes=classes,
                 lr=float(10 ** rng.uniform(math.log10(lo), math.log10(hi))),
                 steps=int(rng.integers(p["steps"][0], p["steps"][1] + 1)),
                 schedule=str(p["schedules"][int(rng.integers(len(p["schedules"])))]),
                 seed=derive_seed(p["seed"], "finetune", t, i), batch_size=p["batch_size"],
-            ))
+            )
+            if lora:
+                row["rank"] = int(rng.integers(p["lora_ranks"][0], p["lora_ranks"][1] + 1))
+            rows.append(row)
     return rows
 
 
 def plan_jobs(params: Mapping) -> list[Job]:
-    p = {**DEFAULTS, **params}
+    p = resolve_params(params)
     jobs = []
     for t in range(p["n_trees"]):
         recipe = p["recipes"][t % len(p["recipes"])]
@@ -97,6 +164,8 @@ def plan_jobs(params: Mapping) -> list[Job]:
             chunk = mine[lo:lo + p["chunk"]]
             spec = dict(rows=chunk, vit=p["vit"], styles=p["styles"], batch_size=p["batch_size"],
                         head_init_std=p["head_init_std"])
+            if p.get("finetune_mode") == "lora":
+                spec.update({k: p[k] for k in ("finetune_mode", "lora_targets", "head_lr_mult")})
             jobs.append(Job(_finetune_job, spec, tuple(r["model_id"] for r in chunk), parents=(root_id(t),),
                             name=f"tree {t} fine-tunes {lo}-{lo + len(chunk) - 1}"))
     return jobs
@@ -113,10 +182,19 @@ def _root_job(spec, writer) -> None:
 def _finetune_job(spec, writer) -> None:
     rows = spec["rows"]
     parent = read_safetensors(f"{writer.zoo_path}/{MODELS_DIR}/{rows[0]['parent_id']}.safetensors")
-    sds, metrics = finetune([parent] * len(rows), [r["classes"] for r in rows], [r["lr"] for r in rows],
-                            [r["steps"] for r in rows], [r["schedule"] for r in rows],
-                            [r["seed"] for r in rows], vit=spec["vit"], styles=spec["styles"],
-                            batch_size=spec["batch_size"], head_init_std=spec["head_init_std"])
+    if spec.get("finetune_mode") == "lora":
+        sds, factors, metrics = finetune_stacked(
+            [parent] * len(rows), [r["classes"] for r in rows], [r["seed"] for r in rows], mode="lora",
+            ranks=[r["rank"] for r in rows], targets=spec["lora_targets"], head_lr_mult=spec["head_lr_mult"],
+            lr=[r["lr"] for r in rows], steps=[r["steps"] for r in rows], schedule=[r["schedule"] for r in rows],
+            vit=spec["vit"], styles=spec["styles"], batch_size=spec["batch_size"],
+            head_init_std=spec["head_init_std"])
+        sds = [{**sd, **lora_tensors(f, parent)} for sd, f in zip(sds, factors)]
+    else:
+        sds, metrics = finetune([parent] * len(rows), [r["classes"] for r in rows], [r["lr"] for r in rows],
+                                [r["steps"] for r in rows], [r["schedule"] for r in rows],
+                                [r["seed"] for r in rows], vit=spec["vit"], styles=spec["styles"],
+                                batch_size=spec["batch_size"], head_init_std=spec["head_init_std"])
     for r, sd, m in zip(rows, sds, metrics):
         writer.write(r["model_id"], sd, {k: v for k, v in r.items() if k != "model_id"}
                      | {"num_classes": int(sd["head.weight"].shape[0])} | m)
@@ -124,23 +202,24 @@ def _finetune_job(spec, writer) -> None:
 
 def build_model_trees(path, *, executor="local", workers: int | None = 2, progress: bool = True,
                       preset: str | None = None, **params) -> Zoo:
-    """Build (or resume, or just open when complete) a ViT Model Trees zoo at `path`."""
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise TypeError(f"build_model_trees got unknown parameter(s) {unknown}; known: {sorted(DEFAULTS)}")
-    p = {**DEFAULTS, **params}
+    """Build (or resume, or just open when complete) a ViT Model Trees zoo at `path`: DEFAULTS's parameters,
+    and LORA_DEFAULTS's for a LoRA Model Tree (`finetune_mode="lora"`)."""
+    p = resolve_params(params)
+    lora = p.get("finetune_mode") == "lora"
+    arch = {**timm_architecture(**p["vit"]), "num_classes_column": "num_classes"}
     zoo = Zoo.create(path, kind=KIND, builder="weightspace.zoo.model_trees.build_model_trees", params=p,
                      preset=preset, command=f"build_model_trees({str(path)!r}, **params)",
                      labels=dict(column="classes", class_names=styled_digits(tuple(p["styles"])).class_names,
                                  per_model="many",
                                  description="the StyledDigits classes a fine-tune was trained on (half of them); "
                                              "roots have none"),
-                     architecture={**timm_architecture(**p["vit"]), "num_classes_column": "num_classes"})
+                     architecture={**arch, "extra_prefixes": [LORA_FACTORS]} if lora else arch,
+                     lora=LORA_LAYOUT if lora else None)
     run_jobs(zoo, plan_jobs(p), executor=executor, workers=workers, progress=progress,
              desc=f"ViT model trees ({p['n_trees']} x {p['n_per_tree']})")
     if not zoo.manifest.get("layers"):
         first = zoo.lazy(zoo.select(depth=1)[0])
-        zoo.set_layers({k: first.shape(k) for k in first})
+        zoo.set_layers({k: first.shape(k) for k in first if not k.startswith(LORA_FACTORS)})
     return zoo
 
 
@@ -153,6 +232,8 @@ def build_like(path, like: Zoo, *, executor="local", workers: int | None = 2, pr
     with another learning rate and nothing else changed."""
     if like.kind != KIND:
         raise ValueError(f"{like.path}: build_like needs a {KIND!r} zoo, this one is {like.kind!r}")
-    params = {k: v for k, v in like.params.items() if k in DEFAULTS}
+    params = {k: v for k, v in like.params.items() if k in DEFAULTS or k in LORA_DEFAULTS}
+    if overrides.get("finetune_mode", params.get("finetune_mode", "ft")) == "ft":
+        params = {k: v for k, v in params.items() if k not in LORA_DEFAULTS}
     return build_model_trees(path, executor=executor, workers=workers, progress=progress,
                              **{**params, **overrides})
