@@ -62,7 +62,7 @@ width_models = 128           # the same fine-tunes on a wider ViT (0: skip) ...
 width_embed_dim = 64         # ... of this width,
 width_layers = ["blocks.1.mlp.fc1.weight", "blocks.1.mlp.fc2.weight"]
 width_seeds = [0]            # expert seeds per cell (width and LoRA)
-lora_models = 0              # section 6c: LoRA fine-tunes of notebook 01's supervised root (0: skip) ...
+lora_models = 256            # section 6c: LoRA fine-tunes of notebook 01's supervised root (0: skip) ...
 lora_ranks = [4, 16]         # ... with ranks drawn from these,
 lora_layers = ["lora:blocks.0.attn.qkv", "lora:blocks.1.attn.qkv"]   # ... read as X = B @ A
 gentle_models = 256          # section 6b: notebook 01's first tree again (0: skip) ...
@@ -517,9 +517,10 @@ Markdown(gentle_text)
 # %% [markdown]
 # ### 6c · A LoRA tree: ProbeX's own regime
 # In its generative setting the paper reads LoRA fine-tunes, X = B·A (rank ≤ 16, no alpha scale), where it
-# reports its clearest advantage over the dense expert. Here: rank-`lora_ranks` LoRA fine-tunes of
-# notebook 01's supervised root on the same 40-class task (notebook 01's recipe otherwise), both experts
-# tuned on the same grid, with scaled ranks, on the adapted layers' B·A (`lora_layers`).
+# reports its clearest advantage over the dense expert. Here: LoRA fine-tunes of notebook 01's supervised
+# root on the same 40-class task (notebook 01's recipe otherwise; the root frozen, a rank drawn from
+# `lora_ranks` per fine-tune, adapters on the q and v blocks of every fused qkv, and the new head), both
+# experts tuned on the same grid, with scaled ranks, on the adapted layers' B·A (`lora_layers`).
 
 # %%
 lora = pd.DataFrame()
@@ -536,6 +537,8 @@ if scaling_models and lora_models:
                                   batch_size=batch_size)
     lora_seconds = time.time() - t_fit
     lsum = sc.summarize(lora, by=("layer",))
+    print("B·A shapes:", {short_name(l): tuple(rdata.X(l).shape[1:]) for l in lora_layers},
+          "LoRA ranks of the fine-tunes:", sorted(set(rzoo.table.dropna(subset=["rank"])["rank"].astype(int))))
     display(lsum.round(3))
 
 
