@@ -579,8 +579,8 @@ if scaling_models:
         scaling["lora"] = {**_mean_gap(lsum), "ranks": list(lora_ranks),
                            "layers": lsum.reset_index().to_dict("records")}
         scaling["seconds"].update(lora_build=round(lora_build_seconds, 1), lora_fits=round(lora_seconds, 1))
-    where = [f"{s} training models ({r.mean_probex:.3f} vs {r.mean_dense:.3f})" for s, r in summ.iterrows()
-             if r.gap >= -0.005]
+    where = [f"{s} training models ({r.mean_probex:.3f} vs {r.mean_dense:.3f}, ProbeX {p_scaled:,} parameters "
+             f"vs Dense {p_dense:,})" for s, r in summ.iterrows() if r.gap >= -0.005]
     for k, s in ((f"width {embed[k]}", wsum.loc[k]) for k in (pair if len(width) else ())):
         where += [f"{k}, `{short_name(l)}` ({r.mean_probex:.3f} vs {r.mean_dense:.3f}, Dense "
                   f"{r.n_params_dense / r.n_params_probex:.0f}x ProbeX's parameters)" for l, r in s.iterrows()
