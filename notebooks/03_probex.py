@@ -60,6 +60,7 @@ long_steps = 9000            # ProbeX again at the largest size with this many s
 rank_fraction = 0.1667       # ProbeX r_U, r_V: this fraction of the layer's sides (the paper: 128/768)
 width_models = 128           # the same fine-tunes on a wider ViT (0: skip) ...
 width_embed_dim = 64         # ... of this width,
+width_split = [0.6, 0.15, 0.25]   # ... split like notebook 01's trees (both widths use this split)
 width_layers = ["blocks.1.mlp.fc1.weight", "blocks.1.mlp.fc2.weight"]
 width_seeds = [0]            # expert seeds per cell (width and LoRA)
 lora_models = 128            # section 6c: LoRA fine-tunes of notebook 01's supervised root (0: skip) ...
@@ -351,7 +352,8 @@ if scaling_models:
     if long_steps:
         _, long_point = sc.most_chosen(curve[curve["size"] == curve_sizes[-1]], "probex", grid)
         _, long = sc.tuned_comparison(largest, long_point, steps=long_steps, n_evals=tune_evals,
-                                      kinds=("probex",), ranks=ranks_of, workers=workers, batch_size=batch_size)
+                                      kinds=("probex",), ranks=ranks_of, workers=workers,
+                                      batch_size=batch_size)
     curve_seconds = time.time() - t_fit
     summ = sc.summarize(curve)
     shape = tuple(ldata.X(curve_layer).shape[1:])
@@ -400,7 +402,7 @@ width = pd.DataFrame()
 if scaling_models and width_models:
     t_build = time.time()
     wzoo = build_like(f"{zoo_root}/vit_width{width_embed_dim}_tree", zoo, n_trees=1, n_per_tree=width_models,
-                      split=scaling_split, vit={**zoo.params["vit"], "embed_dim": width_embed_dim},
+                      split=width_split, vit={**zoo.params["vit"], "embed_dim": width_embed_dim},
                       workers=workers, progress=False)
     width_build_seconds = time.time() - t_build
     wdata = LayerData(wzoo)
@@ -538,7 +540,7 @@ if scaling_models and lora_models:
     lora_seconds = time.time() - t_fit
     lsum = sc.summarize(lora, by=("layer",))
     print("B·A shapes:", {short_name(l): tuple(rdata.X(l).shape[1:]) for l in lora_layers},
-          "LoRA ranks of the fine-tunes:", sorted(set(rzoo.table.dropna(subset=["rank"])["rank"].astype(int))))
+          "LoRA ranks of the fine-tunes:", sorted(set(rzoo.table["rank"].dropna().astype(int))))
     display(lsum.round(3))
 
 
@@ -579,8 +581,8 @@ if scaling_models:
         scaling["lora"] = {**_mean_gap(lsum), "ranks": list(lora_ranks),
                            "layers": lsum.reset_index().to_dict("records")}
         scaling["seconds"].update(lora_build=round(lora_build_seconds, 1), lora_fits=round(lora_seconds, 1))
-    where = [f"{s} training models ({r.mean_probex:.3f} vs {r.mean_dense:.3f}, ProbeX {p_scaled:,} parameters "
-             f"vs Dense {p_dense:,})" for s, r in summ.iterrows() if r.gap >= -0.005]
+    where = [f"{s} training models ({r.mean_probex:.3f} vs {r.mean_dense:.3f}, ProbeX {p_scaled:,} "
+             f"parameters vs Dense {p_dense:,})" for s, r in summ.iterrows() if r.gap >= -0.005]
     for k, s in ((f"width {embed[k]}", wsum.loc[k]) for k in (pair if len(width) else ())):
         where += [f"{k}, `{short_name(l)}` ({r.mean_probex:.3f} vs {r.mean_dense:.3f}, Dense "
                   f"{r.n_params_dense / r.n_params_probex:.0f}x ProbeX's parameters)" for l, r in s.iterrows()

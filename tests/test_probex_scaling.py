@@ -98,7 +98,8 @@ def test_tuned_comparison_records_equal_fits_by_hand_and_choose_on_validation(da
 
 def test_parallel_fits_equal_serial(data):
     splits = tuple(data.split(L1, 0, s) for s in sc.SPLITS)
-    tasks = [(k, splits, 0, dict(epochs=2, eval_every=1, n_probes=4, proj_dim=4, rep_dim=8)) for k in sc.KINDS]
+    cfg = dict(epochs=2, eval_every=1, n_probes=4, proj_dim=4, rep_dim=8)
+    tasks = [(k, splits, 0, cfg) for k in sc.KINDS]
     drop = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
     serial = drop(sc.run_fits(tasks))
     assert drop(sc.run_fits(tasks, workers=2)) == serial and serial[0]["n_params"] != serial[1]["n_params"]
@@ -136,14 +137,14 @@ def test_bad_inputs():
 def test_same_models_pairs_the_fine_tunes_of_two_zoos(data, tmp_path):
     from weightspace.zoo.model_trees import build_like
 
-    small = LayerData(build_like(tmp_path / "small", data.zoo, executor="inline", progress=False, n_per_tree=8,
-                                 split=[0.25, 0.25, 0.5]))
+    small = LayerData(build_like(tmp_path / "small", data.zoo, executor="inline", progress=False,
+                                 n_per_tree=8, split=[0.25, 0.25, 0.5]))
     pair = sc.same_models(data, small)
     assert pair.ids == small.ids and torch.equal(pair.Y, small.Y)
     assert list(pair.split_of) == list(small.split_of) != list(LayerData(data.zoo, ids=small.ids).split_of)
     assert torch.equal(pair.X(L1), data.X(L1)[[data.ids.index(i) for i in small.ids]])
-    other = LayerData(build_like(tmp_path / "other", data.zoo, executor="inline", progress=False, n_per_tree=8,
-                                 seed=5))
+    other = LayerData(build_like(tmp_path / "other", data.zoo, executor="inline", progress=False,
+                                 n_per_tree=8, seed=5))
     with pytest.raises(ValueError, match="different classes"):
         sc.same_models(data, other)
     with pytest.raises(ValueError, match="lacks"):

@@ -187,8 +187,8 @@ def learning_curve_cells(data: LayerData, tree: int, layer: str, sizes: Sequence
 
 
 def learning_curves(data: LayerData, tree: int, layer: str, sizes: Sequence[int], seeds: Sequence[int],
-                    grid: Mapping[str, Sequence], *, tune_all_sizes: bool = True, kinds: Sequence[str] = KINDS,
-                    **options) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    grid: Mapping[str, Sequence], *, tune_all_sizes: bool = True,
+                    kinds: Sequence[str] = KINDS, **options) -> tuple[pd.DataFrame, pd.DataFrame]:
     """ProbeX and Dense on nested training subsets of one tree (`learning_curve_cells`), each tuned on the
     validation `grid` (`tuned_comparison`, which takes `options`: steps, n_evals, ranks, workers, ...).
 
@@ -231,7 +231,8 @@ def choose_layer(data: LayerData, tree: int, layers: Sequence[str], *, steps: in
         raise ValueError("choose_layer: no candidate layers")
     cells = [dict(splits=tuple(data.split(l, tree, s) for s in SPLITS), layer=l, seed=0) for l in layers]
     grid = {k: [config.pop(k, DEFAULTS[k])] for k in ("lr", "weight_decay")}
-    _, chosen = tuned_comparison(cells, grid, steps=steps, kinds=kinds, ranks=ranks, workers=workers, **config)
+    _, chosen = tuned_comparison(cells, grid, steps=steps, kinds=kinds, ranks=ranks, workers=workers,
+                                 **config)
     by_layer = chosen.pivot(index="layer", columns="kind", values="val_acc").loc[list(layers)]
     by_layer["mean"] = by_layer[list(kinds)].mean(axis=1)
     return str(by_layer["mean"].idxmax()), chosen
@@ -254,7 +255,7 @@ def summarize(chosen: pd.DataFrame, by: Sequence[str] = ("size",)) -> pd.DataFra
 
 
 def probex_param_count(shape: Sequence[int], n_classes: int, ranks: Mapping[str, int]) -> int:
-    """ProbeX's parameter count on a layer [d_H, d_W] with these sizes (clipped to the sides as `fit` does)."""
+    """ProbeX's parameter count on a layer [d_H, d_W] with these sizes (clipped to the sides, as in `fit`)."""
     d_H, d_W = shape[-2:]
     return probex_params(d_H, d_W, min(ranks["n_probes"], d_W), min(ranks["proj_dim"], d_H), ranks["rep_dim"],
                          n_classes)
@@ -280,5 +281,6 @@ def same_models(data: LayerData, like: LayerData) -> LayerData:
 def layer_cells(datas: Mapping[str, LayerData], layers: Sequence[str], tree: int = 0,
                 seeds: Sequence[int] = (0,)) -> list[dict]:
     """One cell per (zoo label, layer, seed) on a tree's own train / val / test split."""
-    return [dict(splits=tuple(d.split(layer, tree, s) for s in SPLITS), data=label, layer=layer, seed=int(seed))
+    return [dict(splits=tuple(d.split(layer, tree, s) for s in SPLITS), data=label, layer=layer,
+                 seed=int(seed))
             for label, d in datas.items() for layer in layers for seed in seeds]
