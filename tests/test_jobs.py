@@ -148,6 +148,7 @@ def test_resume_after_kill(tmp_path):
         f = path / "models" / name
         assert (f.stat().st_mtime_ns, f.stat().st_ino) == stamp, f"{name} was rewritten"
     assert all(not f.name.endswith(".safetensors") for f in leftovers)
+    assert not list(path.rglob(".*.tmp")), "the re-run removes the temporary files of the killed writer"
 
 
 def test_orphan_files_are_adopted_and_damaged_files_redone(reference, tmp_path):
@@ -179,3 +180,76 @@ def test_unknown_executor(tmp_path):
         run_jobs(zoo, [Job(_toy_job, {"ids": ["a"], "parent": None}, ("a",))], executor="gpu-farm",
                  progress=False)
     assert torch.get_num_threads() >= 1
+
+
+SLOW_JOB = """
+import os, time
+import torch
+
+def slow_job(spec, writer):
+    with open(spec["pid_file"], "w") as f:
+        f.write(str(os.getpid()))
+    deadline = time.time() + spec["seconds"]
+    while time.time() < deadline:
+        time.sleep(0.05)
+    writer.write("a", {"w": torch.ones(3)}, {"depth": 0})
+"""
+
+DRIVER = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from slowjob import slow_job
+from weightspace.zoo import Job, Zoo, run_jobs
+
+if __name__ == "__main__":
+    zoo = Zoo.create(sys.argv[1], kind="toy", builder="t", params={})
+    run_jobs(zoo, [Job(slow_job, {"pid_file": sys.argv[3], "seconds": 120}, ("a",))], executor="local",
+             workers=1, progress=False)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        import psutil
+    except ImportError:
+        stat = Path(f"/proc/{pid}/stat")
+        return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_workers_exit_when_their_driver_is_killed(tmp_path):
+    """SIGKILL the driver while a job runs: its pool workers exit within seconds and the zoo reopens."""
+    (tmp_path / "slowjob.py").write_text(SLOW_JOB)
+    (tmp_path / "driver.py").write_text(DRIVER)
+    path, pid_file = tmp_path / "zoo", tmp_path / "worker.pid"
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(path), str(tmp_path),
+                             str(pid_file)])
+    deadline = time.time() + 120
+    while time.time() < deadline and not (pid_file.exists() and pid_file.read_text()):
+        assert proc.poll() is None, "the driver ended before its job started"
+        time.sleep(0.05)
+    worker = int(pid_file.read_text())
+    assert not _gone(worker)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 5
+    while time.time() < deadline and not _gone(worker):
+        time.sleep(0.1)
+    alive = not _gone(worker)
+    if alive:
+        os.kill(worker, signal.SIGKILL)                              # do not leave it running either way
+    assert not alive, "a pool worker outlived its killed driver"
+    assert not (path / "models" / "a.safetensors").exists()         # it wrote nothing after the driver died
+    zoo = Zoo.open(path)
+    assert len(zoo) == 0 and zoo.verify() == []
+    run_jobs(Zoo.create(path, kind="toy", builder="t", params={}),
+             [Job(_slow_job_inline, {"pid_file": str(pid_file), "seconds": 0}, ("a",))], executor="inline",
+             progress=False)
+    assert Zoo.open(path).ids == ["a"]
+
+
+def _slow_job_inline(spec, writer):
+    writer.write("a", {"w": torch.ones(3)}, {"depth": 0})

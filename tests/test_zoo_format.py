@@ -1,5 +1,6 @@
 import json
 import pickle
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -7,7 +8,7 @@ import torch
 from conftest import toy_state_dict
 
 from weightspace.zoo import LazyStateDict, Zoo, ZooError, read_safetensors
-from weightspace.zoo.format import MANIFEST, TABLE
+from weightspace.zoo.format import MANIFEST, TABLE, sha256_file, write_safetensors
 
 
 def test_round_trip(toy_zoo):
@@ -411,3 +412,175 @@ def test_lora_layout_entry_is_checked_and_added_on_resume(tmp_path):
     with pytest.raises(ZooError, match="LoRA layout is"):
         Zoo.create(tmp_path / "old", kind="t", builder="t", params={"n": 1},
                    lora={"up": "unet.{}.lora.up.weight", "down": "unet.{}.lora.down.weight"})
+
+
+# ------------------------------------------------------------------------- no silent wrong weights
+
+def _flip16(path, tensor):
+    """Flip 16 bytes inside `tensor`'s data in a safetensors file (the header stays valid)."""
+    data = bytearray(path.read_bytes())
+    n = int.from_bytes(data[:8], "little")
+    start = 8 + n + json.loads(data[8:8 + n])[tensor]["data_offsets"][0]
+    good = bytes(data)
+    for i in range(start, start + 16):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    return good
+
+
+def test_layer_refuses_a_damaged_file_and_never_caches_it(toy_zoo):
+    name = "blocks.0.attn.proj.weight"
+    path = toy_zoo.path / toy_zoo.row("a")["file"]
+    good = _flip16(path, name)
+    with pytest.raises(ZooError, match=r"a\.safetensors: sha256 mismatch"):
+        toy_zoo.layer(name)
+    assert not list((toy_zoo.path / ".cache").rglob("*.safetensors"))        # nothing cached from bad bytes
+    assert torch.isfinite(toy_zoo.layer(name, verify=False)).all()           # the opt-out still reads
+    path.write_bytes(good)                                                   # the builder redoes the file
+    reopened = Zoo.open(toy_zoo.path)
+    assert reopened.verify() == []
+    X = reopened.layer(name)
+    assert torch.equal(X[1], toy_state_dict(1)[name])
+
+
+def test_a_damaged_or_unchecked_cache_is_rebuilt_not_served(toy_zoo):
+    name = "blocks.0.attn.proj.weight"
+    X = toy_zoo.layer(name)
+    (cpath,) = (toy_zoo.path / ".cache" / "layers").glob("*.safetensors")
+    assert (cpath.parent / (cpath.name + ".sha256")).read_text().strip() == sha256_file(cpath)
+    _flip16(cpath, "stack")
+    assert torch.equal(Zoo.open(toy_zoo.path).layer(name), X)               # rebuilt from the model files
+    assert sha256_file(cpath) == (cpath.parent / (cpath.name + ".sha256")).read_text().strip()
+    # a cache file with no checksum (e.g. written before checksums existed) is not trusted either
+    write_safetensors(cpath, {"stack": torch.full_like(X, 452.4)})
+    (cpath.parent / (cpath.name + ".sha256")).unlink()
+    assert torch.equal(Zoo.open(toy_zoo.path).layer(name), X)
+
+
+def test_lora_layer_load_lazy_and_state_dicts_verify(tmp_path):
+    from weightspace.zoo.format import LORA_LAYOUT
+
+    zoo = _lora_zoo(tmp_path / "z", LORA_LAYOUT, _factors)
+    stem = "blocks.0.attn.qkv"
+    path = zoo.path / zoo.row("b")["file"]
+    _flip16(path, f"lora_factors.{stem}.U")
+    zoo = Zoo.open(zoo.path)
+    for read in (lambda: zoo.lora_layer(stem, ["a", "b"]), lambda: zoo.load("b"), lambda: zoo.lazy("b"),
+                 lambda: zoo.state_dicts(), lambda: zoo.state_dicts(lazy=False)):
+        with pytest.raises(ZooError, match=r"b\.safetensors: sha256 mismatch"):
+            read()
+    assert not (zoo.path / ".cache").exists() or not list((zoo.path / ".cache").rglob("*.safetensors"))
+    assert zoo.lazy("b", verify=False).shape(f"lora_factors.{stem}.U") == (6, 2)
+    assert set(zoo.state_dicts(verify=False)) == {"base", "a", "b", "c"}
+
+
+def test_a_file_is_hashed_once_unless_it_changes(toy_zoo, monkeypatch):
+    import weightspace.zoo.format as fmt
+
+    zoo = Zoo.open(toy_zoo.path)
+    reads = []
+    real_read, real_hash = fmt._read_bytes, fmt.sha256_file
+    monkeypatch.setattr(fmt, "_read_bytes", lambda p: (reads.append(p.name), real_read(p))[1])
+    monkeypatch.setattr(fmt, "sha256_file", lambda p: (reads.append(p.name), real_hash(p))[1])
+    zoo.layer("blocks.0.attn.proj.weight", cache=False)
+    assert sorted(reads) == sorted(f"{i}.safetensors" for i in zoo.ids)     # each file read (and hashed) once
+    reads.clear()
+    zoo.layer("blocks.0.mlp.fc1.weight", cache=False)
+    zoo.load("a"), zoo.lazy("b"), zoo.state_dicts()
+    assert reads == []                                                      # unchanged files: no second hash
+    lazy = zoo.lazy("a")
+    path = zoo.path / zoo.row("a")["file"]
+    _flip16(path, "blocks.0.attn.proj.bias")                                # damaged after it was verified
+    with pytest.raises(ZooError, match="changed after its sha256 was verified"):
+        lazy["blocks.0.attn.proj.bias"]
+    with pytest.raises(ZooError, match="sha256 mismatch"):
+        zoo.layer("blocks.0.attn.proj.bias", cache=False)
+    assert "a.safetensors" in reads                                         # re-hashed once it changed
+    assert LazyStateDict(zoo.path / zoo.row("b")["file"], sha256=zoo.row("b")["sha256"]).shape(
+        "blocks.0.attn.proj.bias") == (6,)
+    with pytest.raises(ZooError, match="sha256 mismatch"):
+        LazyStateDict(path, sha256=zoo.row("a")["sha256"])
+
+
+def test_mother_reads_a_zoo_verified(toy_zoo):
+    from weightspace.mother.cli import load_folder
+
+    _flip16(toy_zoo.path / toy_zoo.row("b1")["file"], "blocks.0.mlp.fc1.weight")
+    with pytest.raises(ZooError, match=r"b1\.safetensors: sha256 mismatch"):
+        load_folder(toy_zoo.path)
+    models, parents = load_folder(toy_zoo.path, verify=False)
+    assert set(models) == set(toy_zoo.ids) and parents["b1"] == "b"
+
+
+# ------------------------------------------------------------------- leftovers of dead writers
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_temp_files_of_dead_writers_are_removed_on_resume(toy_zoo, caplog):
+    import logging
+    import os
+
+    from weightspace.zoo.format import _host
+
+    dead, host = _dead_pid(), _host()
+    leftovers = [toy_zoo.path / "models" / f".x.safetensors.{dead}@{host}.tmp",
+                 toy_zoo.path / f".models.jsonl.{dead}.tmp",                       # the old naming
+                 toy_zoo.path / ".cache" / "layers" / f".s.safetensors.{dead}@{host}.tmp"]
+    kept = [toy_zoo.path / "models" / f".y.safetensors.{os.getpid()}@{host}.tmp",  # a live writer (us)
+            toy_zoo.path / "models" / f".z.safetensors.{os.getppid()}.tmp",
+            toy_zoo.path / "models" / f".w.safetensors.{dead}@another-host.tmp",    # can't tell: keep
+            toy_zoo.path / "models" / f"v.{dead}.tmp",                              # not our naming
+            toy_zoo.path / "notes.tmp"]
+    for f in leftovers + kept:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"partial")
+    with caplog.at_level(logging.INFO, logger="weightspace.zoo.format"):
+        Zoo.create(toy_zoo.path, kind="toy", builder="tests", params={"n": 5})        # resuming
+    assert not any(f.exists() for f in leftovers)
+    assert all(f.exists() for f in kept)
+    assert all(str(f) in caplog.text for f in leftovers) and "dead writer" in caplog.text
+    assert Zoo.open(toy_zoo.path).verify() == []
+
+
+def test_writes_name_their_pid_and_host(tmp_path, monkeypatch):
+    import os
+
+    import weightspace.zoo.format as fmt
+
+    seen = []
+    real = os.replace
+    monkeypatch.setattr(fmt.os, "replace", lambda a, b: (seen.append(Path(a).name), real(a, b))[1])
+    write_safetensors(tmp_path / "m.safetensors", {"w": torch.ones(2)})
+    assert seen == [f".m.safetensors.{os.getpid()}@{fmt._host()}.tmp"]
+
+
+def test_verified_reads_parse_every_dtype_like_safetensors(tmp_path):
+    from safetensors.torch import load_file
+
+    from weightspace.zoo.format import _parse_bytes
+
+    tensors = {"f64": torch.randn(2, 3, dtype=torch.float64), "f16": torch.randn(4).half(),
+               "bf16": torch.randn(3, 1).bfloat16(), "i64": torch.arange(5),
+               "i8": torch.tensor([-3, 4], dtype=torch.int8),
+               "u8": torch.tensor([[1, 255]], dtype=torch.uint8), "b": torch.tensor([True, False]),
+               "empty": torch.zeros(0, 3), "scalar": torch.tensor(2.5)}
+    zoo = Zoo.create(tmp_path / "z", kind="t", builder="t", params={})
+    zoo.add("m", tensors, split=None)
+    ref = load_file(str(zoo.path / zoo.row("m")["file"]))
+    got = Zoo.open(zoo.path).load("m")
+    assert got.keys() == ref.keys()
+    assert all(got[k].dtype == ref[k].dtype and torch.equal(got[k], ref[k]) for k in ref)
+    for bad in (b"\x08" + b"\x00" * 7 + b"not json", b"\xff" * 8 + b"{}",
+                (20).to_bytes(8, "little") + b'{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}'[:20]):
+        with pytest.raises(ZooError, match="not a readable safetensors file"):
+            _parse_bytes(Path("x.safetensors"), bytearray(bad))
+    head = b'{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}'
+    with pytest.raises(ZooError, match="lies outside the data"):
+        _parse_bytes(Path("x.safetensors"), bytearray(len(head).to_bytes(8, "little") + head + b"\x00" * 8))

@@ -88,8 +88,12 @@ class ShardedStateDict(Mapping):
         return read_block(shard, Layer(key, None, key, tuple(shard.shape(key))), a, b)
 
 
-def load_folder(path, variant: str | None = None) -> tuple[dict[str, Mapping], dict | None]:
-    """({name: lazy state dict}, ground-truth parents or None) for a folder (see the module docstring)."""
+def load_folder(path, variant: str | None = None,
+                verify: bool = True) -> tuple[dict[str, Mapping], dict | None]:
+    """({name: lazy state dict}, ground-truth parents or None) for a folder (see the module docstring).
+
+    A zoo's files are checked against its table's sha256 (verify=True: one read of each file on open); loose
+    checkpoints have no recorded hash to check against."""
     path = Path(path)
     if not path.is_dir():
         raise MotherError(f"{path}: not a folder")
@@ -105,7 +109,7 @@ def load_folder(path, variant: str | None = None) -> tuple[dict[str, Mapping], d
             ids = zoo.variant(variant)
         elif variant is not None:
             raise MotherError(f"{path}: --variant {variant!r}, but this zoo has no variants (one collection)")
-        return zoo.state_dicts(ids), zoo.parents(ids)
+        return zoo.state_dicts(ids, verify=verify), zoo.parents(ids)
     if variant is not None:
         raise MotherError(f"{path}: --variant {variant!r} picks one forest of a weightspace zoo, but this folder is "
                           "not a zoo (it has no zoo.json), so it has no variants")
@@ -152,6 +156,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-trees", type=int, default=None,
                     help="number of Model Trees (default: from the dendrogram)")
     ap.add_argument("--variant", default=None, help="for a zoo of several forests: which one (e.g. ft, lora-v)")
+    ap.add_argument("--no-verify", action="store_true",
+                    help="for a zoo: skip checking files against the table's sha256 (saves a read of each)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", default=None, help="also write the edges and trees to this JSON file")
     args = ap.parse_args(argv)
@@ -168,7 +174,7 @@ def main(argv=None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
-        models, parents = load_folder(args.dir, args.variant)
+        models, parents = load_folder(args.dir, args.variant, verify=not args.no_verify)
         preset = None
         if args.layers is None or args.direction_layers is None:
             preset = detect_preset(list(next(iter(models.values()))))

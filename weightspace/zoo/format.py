@@ -5,7 +5,8 @@
     <zoo>/models.jsonl          the models table, one JSON object per line (pandas.read_json(lines=True))
     <zoo>/models/<id>.safetensors   one file per model (or per checkpoint), with string metadata
     <zoo>/assets/<name>.safetensors shared weights, e.g. the base UNet a LoRA zoo adapts
-    <zoo>/.cache/                   stacked layers, rebuilt when the models they came from change
+    <zoo>/.cache/                   stacked layers (each with a .sha256 sidecar), rebuilt when the models they
+                                    came from change
 
 Each row has at least `model_id, parent_id, tree_id, depth, split, file, sha256`; builders add labels,
 hyperparameters and metrics as further flat columns. `parent_id` mirrors Hugging Face's `base_model`.
@@ -30,8 +31,12 @@ keeps LoRA factors: `lora_factors.{}.U` / `.V` beside merged weights (W = W_base
 `unet.{}.lora.up.weight` / `.lora.down.weight` (a LoRA file alone). `Zoo.lora_modules` lists the stems and
 `Zoo.lora_layer` stacks every model's up @ down, whichever layout the zoo uses.
 
-Writes are atomic (temporary file, then rename; the table last), so a killed build leaves only whole
-files behind, and every model file carries its own row in its metadata so a re-run can adopt it.
+Writes are atomic (temporary file `.NAME.PID@HOST.tmp`, then rename; the table last), so a killed build leaves
+only whole files behind (and temporary files, removed when the zoo is next opened for writing:
+`Zoo.clean_temp_files`), and every model file carries its own row in its metadata so a re-run can adopt it.
+Reads check what they read against the table's sha256 (`verify=True`, the default): each file is hashed once
+per `Zoo` object while its size, mtime and inode stay the same, and stacked layers are cached under a key of the
+verified hashes, each cache file checked against its own sha256 (a `.sha256` sidecar) before it is served.
 Nothing here ever unpickles: weights are safetensors, everything else JSON.
 """
 from __future__ import annotations
@@ -39,15 +44,20 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
+import math
 import os
 import re
 import shutil
+import socket
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load as _load_safetensors_bytes
 
 FORMAT_NAME = "weightspace-zoo"
 FORMAT_VERSION = 2
@@ -69,6 +79,9 @@ LORA_LAYOUT = {"up": LORA_FACTORS + "{}.U", "down": LORA_FACTORS + "{}.V"}      
 DIFFUSERS_LORA_LAYOUT = {"up": "unet.{}.lora.up.weight", "down": "unet.{}.lora.down.weight"}   # diffusers files
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")      # a model id or asset name: always used with fullmatch
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# temporary files of _atomic_write_bytes: ".NAME.PID@HOST.tmp" (".NAME.PID.tmp" before the host was named)
+_TEMP = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)(?:@(?P<host>[A-Za-z0-9_-]+))?\.tmp")
+log = logging.getLogger(__name__)
 
 
 class ZooError(RuntimeError):
@@ -78,6 +91,8 @@ class ZooError(RuntimeError):
 # ---------------------------------------------------------------------------------------------- files
 
 def sha256_file(path: str | os.PathLike) -> str:
+    if not Path(path).is_file():
+        raise ZooError(f"{path}: not a regular file (missing, or a directory stands in its place)")
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -85,9 +100,13 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "host"
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}@{_host()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -156,6 +175,133 @@ def read_safetensors(path: str | os.PathLike, keys: Iterable[str] | None = None)
             raise ZooError(f"{path}: tensor data is truncated or corrupted ({e})") from e
 
 
+def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _file_key(path: Path) -> tuple[int, int, int]:
+    try:
+        return _stat_key(os.stat(path))
+    except FileNotFoundError:
+        raise ZooError(f"{path}: model file is missing") from None
+
+
+def _hash_mismatch(path: Path, expected: str, actual: str) -> ZooError:
+    return ZooError(f"{path}: sha256 mismatch (table says {expected[:12]}…, file is {actual[:12]}…); "
+                    "the file was changed or damaged after it was written")
+
+
+def _read_bytes(path: Path) -> tuple[bytearray, tuple[int, int, int]]:
+    """The whole file and the (size, mtime_ns, inode) of what was read (from the open descriptor, so a file
+    replaced meanwhile cannot pair one file's bytes with another's identity)."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = bytearray(st.st_size)
+            n = f.readinto(data)
+            return (data if n == st.st_size else data[:n]), _stat_key(st)
+    except FileNotFoundError:
+        raise ZooError(f"{path}: model file is missing") from None
+
+
+_FROM_NAME = {v: k for k, v in _DTYPES.items()}
+_NAMES = set(_FROM_NAME)
+
+
+def _parse_bytes(path: Path, data: bytearray, keys: Iterable[str] | None = None
+                 ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(tensors, every tensor name) of a safetensors file held in memory: all tensors, or those of `keys` the
+    file has, each a copy of its own; only the tensors asked for are built (the header says where)."""
+    def bad(why) -> ZooError:
+        return ZooError(f"{path}: not a readable safetensors file ({why}); it is truncated or corrupted — "
+                        "delete it and re-run the builder to redo it")
+
+    try:
+        n = int.from_bytes(data[:8], "little")
+        header = json.loads(bytes(data[8:8 + n])) if 8 + n <= len(data) else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise bad(f"header: {e}") from e
+    if not isinstance(header, dict):
+        raise bad("no header")
+    header.pop("__metadata__", None)
+    if sys.byteorder != "little" or any(not isinstance(v, dict) or v.get("dtype") not in _NAMES
+                                        for v in header.values()):
+        try:                                      # a dtype or byte order we do not map: safetensors does it
+            tensors = _load_safetensors_bytes(bytes(data))
+        except Exception as e:  # safetensors raises its own error types for truncated or garbled data
+            raise bad(f"{type(e).__name__}: {e}") from e
+        return (tensors if keys is None else {k: tensors[k] for k in keys if k in tensors}), list(tensors)
+    out = {}
+    for k in (header if keys is None else [k for k in keys if k in header]):
+        info = header[k]
+        dtype, shape = _FROM_NAME[info["dtype"]], info.get("shape")
+        try:
+            start, end = (8 + n + int(o) for o in info["data_offsets"])
+            numel = math.prod(int(d) for d in shape)
+        except (KeyError, TypeError, ValueError) as e:
+            raise bad(f"tensor {k!r} has a malformed entry {info}") from e
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        if not 8 + n <= start <= end <= len(data) or end - start != numel * itemsize:
+            raise bad(f"tensor {k!r} lies outside the data or does not fit its shape {shape}")
+        if numel == 0:
+            out[k] = torch.empty(shape, dtype=dtype)
+        else:
+            out[k] = torch.frombuffer(data, dtype=dtype, count=numel, offset=start).reshape(shape).clone()
+    return out, list(header)
+
+
+def _read_keys(path: Path, keys: Iterable[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(those of `keys` the file has, every tensor name), in one open of the file."""
+    with _open(path) as f:
+        names = list(f.keys())
+        try:
+            return {k: f.get_tensor(k) for k in keys if k in set(names)}, names
+        except Exception as e:
+            raise ZooError(f"{path}: tensor data is truncated or corrupted ({e})") from e
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":     # on Windows os.kill would end the process: keep its files
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:       # someone else's live process
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def clean_temp_files(root: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that writers which died left in a zoo folder; returns what was removed.
+
+    Only files named like our own temporaries (`.NAME.PID@HOST.tmp`, or `.NAME.PID.tmp` from older versions,
+    taken to be from this host) are considered, and only those whose PID is not a live process on this host;
+    a temporary of another host (a shared file system) is never touched. The quarantine is not searched.
+    Each removal is logged.
+    """
+    root = Path(root)
+    host, removed = _host(), []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = [d for d in dirnames if d != QUARANTINE_DIR]
+        for fname in filenames:
+            m = _TEMP.fullmatch(fname)
+            if not m or (m["host"] is not None and m["host"] != host) or _pid_alive(int(m["pid"])):
+                continue
+            f = Path(dirpath) / fname
+            if f.is_symlink() or not f.is_file():
+                continue
+            try:
+                f.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(f)
+            log.info("%s: removed the temporary file of a dead writer (pid %s)", f, m["pid"])
+    return removed
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     with _open(Path(path)) as f:
         return dict(f.metadata() or {})
@@ -173,10 +319,23 @@ class LazyStateDict(Mapping):
 
     Lets code that wants `{name: tensor}` (MoTHer's distances, say) stream one layer at a time from
     memory-mapped files instead of holding whole models in RAM.
+
+    sha256   when given, the whole file is hashed on open and checked against it (one sequential read of
+             the file: about a second per GB; MoTHer's ViT-B files are ~350 MB each); the file's size, mtime
+             and inode are then checked on every read, so a file changed or replaced since is refused
+             rather than read unverified.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, sha256: str | None = None, *,
+                 _verified: tuple[int, int, int] | None = None):
         self.path = Path(path)
+        self._verified = _verified
+        if sha256 is not None:
+            key = _file_key(self.path)
+            actual = sha256_file(self.path)
+            if actual != sha256:
+                raise _hash_mismatch(self.path, sha256, actual)
+            self._verified = key
         with _open(self.path) as f:
             self._keys = list(f.keys())
             self.metadata = dict(f.metadata() or {})
@@ -185,6 +344,8 @@ class LazyStateDict(Mapping):
     def __getitem__(self, key: str) -> torch.Tensor:
         if key not in self._shapes:
             raise KeyError(missing_key_message(self.path, key, self._keys))
+        if self._verified is not None and _file_key(self.path) != self._verified:
+            raise ZooError(f"{self.path}: the file changed after its sha256 was verified; open it again")
         return read_safetensors(self.path, [key])[key]
 
     def shape(self, key: str) -> tuple[int, ...]:
@@ -217,7 +378,7 @@ def _read_json(path: Path) -> dict:
 def inside(root: Path, rel, where, under: str | None = None) -> Path:
     """`root / rel` for a path taken from a table or manifest, refused unless it is relative and stays inside
     `root` (or `root/under`) once resolved: a table never makes us read, move or delete anything else."""
-    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+    if not isinstance(rel, str) or not rel or "\x00" in rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
         raise ZooError(f"{where}: path {rel!r} is not a relative path inside the zoo")
     base = (root / under if under else root).resolve()
     full = (root / rel).resolve()
@@ -250,6 +411,8 @@ class Zoo:
         self.path = Path(path)
         self.manifest = manifest
         self._rows: dict[str, dict] = {r["model_id"]: r for r in rows}
+        # path -> ((size, mtime_ns, inode), sha256) of each file this object has hashed
+        self._hashed: dict[str, tuple[tuple[int, int, int], str]] = {}
 
     # -- creating and opening ---------------------------------------------------------------------
     @classmethod
@@ -271,6 +434,7 @@ class Zoo:
         lora = _check_lora(dict(lora), path / MANIFEST) if lora else None
         if (path / MANIFEST).exists():
             zoo = cls.open(path, kind=kind)
+            zoo.clean_temp_files()
             if zoo.manifest.get("params") != params:
                 old = zoo.manifest.get("params", {})
                 diff = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
@@ -310,6 +474,7 @@ class Zoo:
             hint = " (the folder does not exist)" if not path.exists() else ""
             raise ZooError(f"{mpath}: no zoo manifest{hint}; is {path} a weightspace zoo? "
                            "Build it first (see the notebook that makes it)")
+        _own_file(mpath)
         manifest = _read_json(mpath)
         if manifest.get("format") != FORMAT_NAME:
             raise ZooError(f"{mpath}: format is {manifest.get('format')!r}, not {FORMAT_NAME!r}")
@@ -344,8 +509,13 @@ class Zoo:
     def _read_table(tpath: Path) -> list[dict]:
         if not tpath.exists():
             raise ZooError(f"{tpath}: the models table is missing")
+        _own_file(tpath)
+        try:
+            text = tpath.read_text()
+        except UnicodeDecodeError as e:
+            raise ZooError(f"{tpath}: not a text file ({e}); the models table is damaged") from None
         rows = []
-        for i, line in enumerate(tpath.read_text().splitlines(), 1):
+        for i, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -547,6 +717,10 @@ class Zoo:
                                    f"{pid!r} is in tree {parent['tree_id']!r}")
             seen[mid] = r
 
+    def clean_temp_files(self) -> list[Path]:
+        """Remove the temporary files of writers that died (see `clean_temp_files`); done on resuming."""
+        return clean_temp_files(self.path)
+
     def _write_manifest(self) -> None:
         _atomic_write_bytes(self.path / MANIFEST, (json.dumps(self.manifest, indent=2) + "\n").encode())
 
@@ -573,22 +747,73 @@ class Zoo:
         if name not in assets:
             raise ZooError(f"{self.path / MANIFEST}: no asset {name!r} (has {sorted(assets)})")
         path = self.path / assets[name]["file"]
-        if verify:
-            _check_hash(path, assets[name]["sha256"])
-        return read_safetensors(path)
+        return self._read(path, assets[name]["sha256"]) if verify else read_safetensors(path)
 
     # -- reading weights ------------------------------------------------------------------------------
+    def _memo_ok(self, path: Path, expected: str) -> tuple[int, int, int] | None:
+        """The file's (size, mtime_ns, inode) if this Zoo already hashed it unchanged and it matched."""
+        memo = self._hashed.get(str(path))
+        if memo is None or memo[1] != expected:
+            return None
+        key = _file_key(path)
+        return key if memo[0] == key else None
+
+    def _check_file(self, path: Path, expected: str) -> tuple[int, int, int]:
+        """Check a file's sha256 against `expected`, hashing it only if this Zoo has not yet seen this version
+        of it (same size, mtime and inode); returns that identity."""
+        key = self._memo_ok(path, expected)
+        if key is None:
+            key = _file_key(path)
+            actual = sha256_file(path)
+            if actual != expected:
+                raise _hash_mismatch(path, expected, actual)
+            if _file_key(path) == key:
+                self._hashed[str(path)] = (key, actual)
+        return key
+
+    def _read(self, path: Path, expected: str, keys: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """Tensors (all, or `keys`) of a file checked against `expected`: read once, hashed from memory and
+        parsed from the same bytes; a file this Zoo already verified unchanged is read without hashing."""
+        tensors, names = self._read_some(path, expected, keys)
+        missing = [k for k in keys or () if k not in tensors]
+        if missing:
+            raise ZooError(missing_key_message(path, missing[0], names))
+        return tensors
+
+    def _read_some(self, path: Path, expected: str | None, keys: Iterable[str] | None
+                   ) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """(those of `keys` (default all) the file has, every tensor name); checked against `expected` unless
+        it is None, reading the whole file once only when this Zoo has not verified this version of it."""
+        if expected is None or self._memo_ok(path, expected) is not None:
+            if keys is None:
+                tensors = read_safetensors(path)
+                return tensors, list(tensors)
+            return _read_keys(path, keys)
+        data, key = _read_bytes(path)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected:
+            raise _hash_mismatch(path, expected, actual)
+        self._hashed[str(path)] = (key, actual)
+        return _parse_bytes(path, data, keys)
+
     def load(self, model_id: str, verify: bool = True) -> dict[str, torch.Tensor]:
-        """The state dict of one model (sha256 checked unless verify=False)."""
+        """The state dict of one model (sha256 checked unless verify=False; the file is read once)."""
         row = self.row(model_id)
         path = self.path / row["file"]
-        if verify:
-            _check_hash(path, row["sha256"])
-        return read_safetensors(path)
+        return self._read(path, row["sha256"]) if verify else read_safetensors(path)
 
-    def lazy(self, model_id: str) -> LazyStateDict:
-        """The model as a LazyStateDict: tensors are read from disk only when indexed."""
-        return LazyStateDict(self.path / self.row(model_id)["file"])
+    def lazy(self, model_id: str, verify: bool = True) -> LazyStateDict:
+        """The model as a LazyStateDict: tensors are read from disk only when indexed.
+
+        verify=True hashes the whole file on open (one sequential read, about a second per GB; done once per
+        Zoo object while the file's size, mtime and inode stay the same) and refuses a file changed after
+        that; verify=False reads only the header now, with no check of the weights.
+        """
+        row = self.row(model_id)
+        path = self.path / row["file"]
+        if not verify:
+            return LazyStateDict(path)
+        return LazyStateDict(path, _verified=self._check_file(path, row["sha256"]))
 
     def model(self, model_id: str, verify: bool = True):
         """The model as an `nn.Module` built from the manifest's `architecture`, its weights loaded with
@@ -616,25 +841,29 @@ class Zoo:
                            f"{e}") from e
         return module.eval()
 
-    def state_dicts(self, ids: Iterable[str] | None = None, lazy: bool = True) -> dict[str, Mapping]:
-        """{model_id: state dict} for `ids` (default: all), lazy by default."""
+    def state_dicts(self, ids: Iterable[str] | None = None, lazy: bool = True,
+                    verify: bool = True) -> dict[str, Mapping]:
+        """{model_id: state dict} for `ids` (default: all), lazy by default; every file's sha256 is checked
+        unless verify=False (for lazy ones: a hash of each whole file, see `Zoo.lazy`)."""
         ids = self.ids if ids is None else list(ids)
-        return {i: (self.lazy(i) if lazy else self.load(i)) for i in ids}
+        return {i: (self.lazy(i, verify) if lazy else self.load(i, verify)) for i in ids}
 
     def layer_names(self) -> list[str]:
         if self.manifest.get("layers"):
             return list(self.manifest["layers"])
         if not self._rows:
             return []
-        return list(self.lazy(next(iter(self._rows))))
+        return list(self.lazy(next(iter(self._rows)), verify=False))   # names only: no weights are read
 
     def layer(self, name: str, ids: Iterable[str] | None = None, cache: bool = True,
-              progress: bool = False) -> torch.Tensor:
+              progress: bool = False, verify: bool = True) -> torch.Tensor:
         """One tensor of every model stacked as [N, ...] (in `ids` order), cached under .cache/.
 
-        The cache key covers the ids and their sha256, so it is rebuilt when any model changes.
+        Each file is checked against the table's sha256 as it is read (verify=True), and the cache is keyed
+        on those verified hashes and checked itself before it is served; verify=False skips the files' check
+        and never writes a cache (a cache built from verified files is still used).
         """
-        return self._stack("layers", name, ids, cache, progress, lambda path: read_safetensors(path, [name])[name])
+        return self._stack("layers", name, ids, cache, progress, (name,), lambda path, t: t[name], verify)
 
     @property
     def lora_spec(self) -> dict:
@@ -653,7 +882,7 @@ class Zoo:
         up, down = (_pattern_regex(self.lora_spec[s]) for s in ("up", "down"))
         keys = set()
         for r in self._rows.values():
-            keys.update(LazyStateDict(self.path / r["file"]))
+            keys.update(LazyStateDict(self.path / r["file"]))   # names from the header; no weights read
         stems = {}
         for k in sorted(keys):
             m = up.match(k) or down.match(k)
@@ -662,30 +891,55 @@ class Zoo:
         return list(stems)
 
     def lora_layer(self, stem: str, ids: Iterable[str] | None = None, cache: bool = True,
-                   progress: bool = False) -> torch.Tensor:
+                   progress: bool = False, verify: bool = True) -> torch.Tensor:
         """float32 [N, d_out, d_in]: each model's LoRA weight change up @ down on module `stem` (LoRA's B A,
-        with no alpha/r scaling, as ProbeX reads a LoRA), stacked in `ids` order and cached like `layer`."""
+        with no alpha/r scaling, as ProbeX reads a LoRA), stacked in `ids` order, verified and cached like
+        `layer`."""
         spec = self.lora_spec
         keys = (spec["up"].format(stem), spec["down"].format(stem))
 
-        def read(path: Path) -> torch.Tensor:
-            with _open(path) as f:
-                have = set(f.keys())
-            missing = [k for k in keys if k not in have]
-            if missing:
-                raise ZooError(missing_key_message(path, missing[0], sorted(have))
-                               + f" (the LoRA factor {'up' if missing[0] == keys[0] else 'down'} of module {stem!r})")
-            U, V = (t.float() for t in read_safetensors(path, keys).values())
+        def read(path: Path, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+            U, V = tensors[keys[0]].float(), tensors[keys[1]].float()
             if U.ndim != 2 or V.ndim != 2 or U.shape[1] != V.shape[0]:
                 raise ZooError(f"{path}: LoRA factors of {stem!r} do not chain: up {keys[0]!r} is {tuple(U.shape)}, "
                                f"down {keys[1]!r} is {tuple(V.shape)} (need [d_out, r] and [r, d_in])")
             return U @ V
 
-        return self._stack("lora", stem, ids, cache, progress, read)
+        def what(path: Path, missing: str) -> str:
+            return f" (the LoRA factor {'up' if missing == keys[0] else 'down'} of module {stem!r})"
 
-    def _stack(self, what: str, name: str, ids, cache: bool, progress: bool, read) -> torch.Tensor:
-        """Stack read(file) over the models `ids` (default all), cached under .cache/<what>/ with a key of
-        the ids and their sha256 (so a changed model is never served stale)."""
+        return self._stack("lora", stem, ids, cache, progress, keys, read, verify, what)
+
+    def _cached_stack(self, cpath: Path, n: int) -> torch.Tensor | None:
+        """The stack in a cache file if the file matches the sha256 in its sidecar and holds `n` models;
+        None (after saying why) otherwise, so the caller rebuilds it."""
+        side = cpath.with_name(cpath.name + ".sha256")
+        if not cpath.exists():
+            return None
+        try:
+            expected = side.read_text().strip()
+            data, _ = _read_bytes(cpath)
+        except (OSError, ZooError, UnicodeDecodeError):
+            log.info("%s: cache file has no readable checksum; rebuilding it", cpath)
+            return None
+        if hashlib.sha256(data).hexdigest() != expected:
+            log.warning("%s: cache file does not match its checksum (damaged); rebuilding it", cpath)
+            return None
+        try:
+            stack = _parse_bytes(cpath, data, ["stack"])[0].get("stack")
+        except ZooError:
+            stack = None
+        if stack is None or stack.ndim == 0 or stack.shape[0] != n:
+            log.warning("%s: cache file does not hold a stack of %d models; rebuilding it", cpath, n)
+            return None
+        return stack
+
+    def _stack(self, what: str, name: str, ids, cache: bool, progress: bool, keys: tuple[str, ...], make,
+               verify: bool = True, describe=None) -> torch.Tensor:
+        """Stack make(file, {key: tensor}) over the models `ids` (default all), reading `keys` of each file
+        (checked against the table's sha256 unless verify=False). Cached under .cache/<what>/ with a key of
+        the ids and their verified sha256, the cache file itself checked against a `.sha256` sidecar before
+        it is served; only verified reads are cached."""
         ids = self.ids if ids is None else list(ids)
         if not ids:
             raise ZooError(f"{self.path}: no models to stack layer {name!r} from")
@@ -693,11 +947,10 @@ class Zoo:
         digest = hashlib.sha256("\n".join(f"{r['model_id']}:{r['sha256']}" for r in rows).encode()).hexdigest()
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
         cpath = self.path / CACHE_DIR / what / f"{safe}--{digest[:16]}.safetensors"
-        if cache and cpath.exists():
-            try:
-                return read_safetensors(cpath, ["stack"])["stack"]
-            except ZooError:
-                pass  # a damaged cache file is simply rebuilt
+        if cache:
+            stack = self._cached_stack(cpath, len(rows))
+            if stack is not None:
+                return stack
         it = rows
         if progress:
             from tqdm.auto import tqdm
@@ -706,7 +959,12 @@ class Zoo:
         first_shape, out = None, []
         for r in it:
             path = self.path / r["file"]
-            t = read(path)
+            tensors, have = self._read_some(path, r["sha256"] if verify else None, keys)
+            missing = [k for k in keys if k not in tensors]
+            if missing:
+                raise ZooError(missing_key_message(path, missing[0], sorted(have))
+                               + (describe(path, missing[0]) if describe else ""))
+            t = make(path, tensors)
             if first_shape is None:
                 first_shape = tuple(t.shape)
             elif tuple(t.shape) != first_shape:
@@ -714,13 +972,15 @@ class Zoo:
                                f"({rows[0]['file']}) has {first_shape}; the zoo mixes architectures")
             out.append(t)
         stack = torch.stack(out)
-        if cache:
-            write_safetensors(cpath, {"stack": stack}, {"layer": name, "digest": digest})
+        if cache and verify:
+            sha = write_safetensors(cpath, {"stack": stack}, {"layer": name, "digest": digest})
+            _atomic_write_bytes(cpath.with_name(cpath.name + ".sha256"), (sha + "\n").encode())
         return stack
 
     # -- integrity ------------------------------------------------------------------------------------
     def verify(self, ids: Iterable[str] | None = None, raise_errors: bool = True) -> list[str]:
-        """Recompute every file's sha256; returns (or raises with) the list of problems."""
+        """Recompute the sha256 of every model file (of `ids`) and, when all are asked for, of every asset;
+        returns (or raises with) the list of problems."""
         problems = []
         for i in (self.ids if ids is None else ids):
             r = self.row(i)
@@ -728,6 +988,11 @@ class Zoo:
                 _check_hash(self.path / r["file"], r["sha256"])
             except ZooError as e:
                 problems.append(str(e))
+        for name, asset in (self.manifest.get("assets") or {}).items() if ids is None else ():
+            try:
+                _check_hash(self.path / asset["file"], asset["sha256"])
+            except ZooError as e:
+                problems.append(f"asset {name!r}: {e}")
         if problems and raise_errors:
             more = f"\n... and {len(problems) - 10} more" if len(problems) > 10 else ""
             raise ZooError(f"{self.path}: {len(problems)} model file(s) failed verification:\n"
@@ -812,13 +1077,22 @@ def _check_labels(spec: dict, where) -> dict:
     return spec
 
 
+def _own_file(path: Path) -> None:
+    """A zoo's own file must be a regular file inside its folder: not a directory, not a link out of the zoo."""
+    if not path.is_file():
+        raise ZooError(f"{path}: not a regular file (a directory or something else stands in its place)")
+    if path.is_symlink() and path.resolve().parent != path.parent.resolve():
+        raise ZooError(f"{path}: a symlink to {path.resolve()}, outside the zoo; refusing to use it")
+
+
 def _check_hash(path: Path, expected: str) -> None:
     if not path.exists():
         raise ZooError(f"{path}: model file is missing")
+    if not path.is_file():
+        raise ZooError(f"{path}: not a regular file (a directory stands in its place)")
     actual = sha256_file(path)
     if actual != expected:
-        raise ZooError(f"{path}: sha256 mismatch (table says {expected[:12]}…, file is {actual[:12]}…); "
-                       "the file was changed or damaged after it was written")
+        raise _hash_mismatch(path, expected, actual)
 
 
 def write_model(zoo_path, model_id: str, tensors: Mapping[str, torch.Tensor], row: Mapping) -> dict:

@@ -11,7 +11,9 @@ Executors, all giving the same zoo bit for bit (jobs train with one thread, seed
 or any object with `submit(fn, *args)` returning something with `.result()` and `.done()`.
 
 Re-running resumes: models whose files are recorded and verified are skipped, files written by a
-killed run are adopted from their own metadata, and damaged files are moved aside and redone.
+killed run are adopted from their own metadata, damaged files are moved aside and redone, and the temporary
+files of dead writers are removed. Workers of the "local" pool exit when their driver dies (they watch its
+pid), so a killed build leaves no process training into the zoo.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import concurrent.futures as cf
 import concurrent.futures.process  # noqa: F401  (BrokenProcessPool)
 import contextlib
 import multiprocessing
+import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -73,6 +77,20 @@ def _execute(fn, spec, zoo_path, skip, threads):
 
 # ------------------------------------------------------------------------------------------ executors
 
+def _exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
+    """Pool initializer: a daemon thread ends this worker (os._exit) as soon as its driver `parent_pid` is
+    gone, so a killed build leaves no worker training and writing into the zoo, or idling with torch loaded.
+    It polls os.getppid(), which changes when an orphan is re-parented (every POSIX system); on Windows, where
+    it does not, the pool's own broken-pipe handling is all there is."""
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os._exit(1)
+
+    if os.name != "nt":
+        threading.Thread(target=watch, name="exit-with-driver", daemon=True).start()
+
+
 class InlineExecutor(cf.Executor):
     """Runs each job at submit time in this process."""
 
@@ -113,7 +131,8 @@ def make_executor(kind="local", workers: int | None = None, **options):
         yield InlineExecutor()
     elif kind == "local":
         ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads can hang
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent,
+                                    initargs=(os.getpid(),)) as ex:
             yield ex
     elif kind == "dask":
         try:
@@ -225,6 +244,7 @@ def run_jobs(zoo: Zoo, jobs: Iterable[Job], executor="local", workers: int | Non
     jobs = list(jobs)
     log = print
     levels = job_levels(zoo, jobs)
+    zoo.clean_temp_files()
     _resume(zoo, jobs, log)
     todo = [job for lvl in levels for job in lvl if any(m not in zoo for m in job.model_ids)]
     n_todo = sum(sum(m not in zoo for m in job.model_ids) for job in todo)
