@@ -65,7 +65,7 @@ width_layers = ["blocks.1.mlp.fc1.weight", "blocks.1.mlp.fc2.weight"]
 width_seeds = [0]            # expert seeds per cell (width and LoRA)
 lora_models = 128            # section 6c: LoRA fine-tunes of notebook 01's supervised root (0: skip) ...
 lora_ranks = [4, 16]         # ... with ranks drawn from these,
-lora_layers = ["lora:blocks.0.attn.qkv", "lora:blocks.1.attn.qkv"]   # ... read as X = B @ A
+lora_layers = ["lora:blocks.0.attn.qkv", "lora:blocks.1.attn.qkv"]   # ... read as X: B @ A
 gentle_models = 256          # section 6b: notebook 01's first tree again (0: skip) ...
 gentle_lr = [1e-5, 1e-4]     # ... fine-tuned with a 100x smaller learning rate
 gentle_layers = ["blocks.1.mlp.fc2.weight", "blocks.1.attn.proj.weight"]
