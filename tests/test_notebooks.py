@@ -46,6 +46,10 @@ def test_one_parameters_cell_of_literals(path):
         names.append(node.targets[0].id)
     missing = set(presets.COMMON) - set(names)
     assert not missing, f"{path.name}: parameters cell lacks {sorted(missing)}"
+    # papermill must see every parameter (its line parser once hid one whose comment held an '='), or -p and
+    # the presets could not set it
+    hidden = set(names) - set(reproduce.notebook_parameters(path))
+    assert not hidden, f"{path.name}: papermill cannot parse the parameter line(s) of {sorted(hidden)}"
 
 
 def test_presets_name_real_notebooks_and_declared_parameters():
