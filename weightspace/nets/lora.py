@@ -254,25 +254,23 @@ class StackedLoRA:
         if not 0 <= k < self.K:
             raise IndexError(f"adapter index {k} out of range for K={self.K} adapters")
 
-    def peft_state_dict(self, k: int, prefix: str = "") -> dict[str, torch.Tensor]:
-        """Adapter k as peft.utils.get_peft_model_state_dict lays it out: `<module>.lora_A.weight` [r, d_in]
-        and `<module>.lora_B.weight` [d_out, r] (module names relative to the hooked model, plus `prefix`)."""
+    def _named_factors(self, k: int, name_A, name_B) -> dict[str, torch.Tensor]:
         out = {}
         for n in self.modules:
             A, B = self.factors(k, n)
-            out[f"{prefix}{n}.lora_A.weight"] = A
-            out[f"{prefix}{n}.lora_B.weight"] = B
+            out[name_A(n)], out[name_B(n)] = A, B
         return out
+
+    def peft_state_dict(self, k: int, prefix: str = "") -> dict[str, torch.Tensor]:
+        """Adapter k as peft.utils.get_peft_model_state_dict lays it out: `<module>.lora_A.weight` [r, d_in]
+        and `<module>.lora_B.weight` [d_out, r] (module names relative to the hooked model, plus `prefix`)."""
+        return self._named_factors(k, lambda n: f"{prefix}{n}.lora_A.weight", lambda n: f"{prefix}{n}.lora_B.weight")
 
     def diffusers_state_dict(self, k: int, prefix: str = "unet") -> dict[str, torch.Tensor]:
         """Adapter k in diffusers' LoRA file layout: `<prefix>.<module>.lora.down.weight` (A) and
         `.lora.up.weight` (B), as StableDiffusionPipeline.save_lora_weights writes them."""
-        out = {}
-        for n in self.modules:
-            A, B = self.factors(k, n)
-            out[f"{prefix}.{n}.lora.down.weight"] = A
-            out[f"{prefix}.{n}.lora.up.weight"] = B
-        return out
+        return self._named_factors(k, lambda n: f"{prefix}.{n}.lora.down.weight",
+                                   lambda n: f"{prefix}.{n}.lora.up.weight")
 
     def lora_config(self, k: int) -> dict:
         """Keyword arguments of peft.LoraConfig describing adapter k (r, lora_alpha, target_modules, init)."""
