@@ -1,4 +1,4 @@
-# weightspace — the README's verbs. Needs only Python >= 3.10 (3.11 tested) and make.
+# weightspace — the README's verbs. Needs only Python >= 3.11 and make.
 #   make reproduce   the `default` reproduction: every notebook, figures/ and results/  (creates .venv)
 #   make test        the whole test suite, notebooks included at the `tiny` preset     (creates .venv)
 #   make lab         JupyterLab on the notebooks
@@ -20,7 +20,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: setup setup-dev reproduce test tiny lab bench nbclean sync clean
 
 $(PY):
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "weightspace needs Python >= 3.10, this is " + sys.version' 
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "weightspace needs Python >= 3.11, this is " + sys.version' 
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 

@@ -25,6 +25,23 @@ def test_cli_help_and_unknown_command():
     assert bad.returncode == 2 and "unknown command 'frobnicate'" in bad.stderr
 
 
+def test_cli_version_and_helps_that_only_help():
+    run = lambda *a: subprocess.run([sys.executable, "-m", "weightspace", *a], capture_output=True, text=True)
+    from weightspace import __version__
+
+    assert run("--version").stdout.strip() == f"weightspace {__version__}"
+    doctor = run("doctor", "--help")
+    assert doctor.returncode == 0 and "usage: python -m weightspace doctor" in doctor.stdout
+    assert "torchvision" not in doctor.stdout          # --help describes the checks, it does not run them
+    zoo = run("zoo", "--help")
+    assert zoo.returncode == 0 and "DIR" in zoo.stdout and "re-hash every model" in zoo.stdout
+    assert run("zoo", "frobnicate", "x").returncode == 2
+    script = Path(sys.executable).parent / "weightspace"
+    if script.exists():                                  # the console script names itself in usage lines
+        out = subprocess.run([str(script), "zoo", "--help"], capture_output=True, text=True).stdout
+        assert out.startswith("usage: weightspace zoo")
+
+
 def test_zoo_cli(toy_zoo):
     run = lambda *a: subprocess.run([sys.executable, "-m", "weightspace", "zoo", *a], capture_output=True, text=True)
     info = run("info", str(toy_zoo.path))

@@ -1,17 +1,18 @@
-"""python -m weightspace doctor — check that this machine can run the notebooks, and say what to fix.
+"""weightspace doctor — check that this machine can run the notebooks, and say what to fix.
 
 Useful first on a new laptop or under WSL: it tries each import that has bitten people (a torchvision
 built for another torch breaks timm, diffusers, transformers and peft), the device, and the Jupyter kernel.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import platform
 import sys
 
 
 def checks():
-    yield "python", platform.python_version(), sys.version_info >= (3, 10), "needs Python >= 3.10"
+    yield "python", platform.python_version(), sys.version_info >= (3, 11), "needs Python >= 3.11 (the tests read TOML with tomllib)"
     for name in ("torch", "torchvision", "timm", "safetensors", "papermill", "networkx", "sklearn",
                  "diffusers", "transformers", "peft"):
         try:
@@ -38,6 +39,11 @@ def checks():
 
 
 def main(argv=None) -> int:
+    from weightspace.__main__ import prog
+
+    argparse.ArgumentParser(prog=prog("doctor"), description=__doc__.split("\n")[0].split(" — ")[1],
+                            epilog="exit codes: 0 all good, 1 a check failed (marked BAD), 2 usage"
+                            ).parse_args(argv)
     ok = True
     for name, value, good, hint in checks():
         ok &= bool(good)

@@ -190,7 +190,9 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m weightspace reproduce", description=__doc__,
+    from weightspace.__main__ import prog
+
+    ap = argparse.ArgumentParser(prog=prog("reproduce"), description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="default", help=f"one of {presets.names()} (default: default)")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks (name or number prefix)")

@@ -1,4 +1,4 @@
-"""python -m weightspace zoo {info,verify,repair} DIR — look at (or repair) a zoo folder from the shell."""
+"""weightspace zoo {info,verify,repair} DIR — look at (or repair) a zoo folder from the shell."""
 from __future__ import annotations
 
 import argparse
@@ -8,9 +8,14 @@ from .format import Zoo, ZooError
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m weightspace zoo")
-    ap.add_argument("action", choices=["info", "verify", "repair"])
-    ap.add_argument("path")
+    from weightspace.__main__ import prog
+
+    ap = argparse.ArgumentParser(prog=prog("zoo"), description=__doc__.split("\n")[0].split(" — ")[1],
+                                 epilog="exit codes: 0 ok, 1 the zoo has a problem (named on stderr), 2 usage")
+    ap.add_argument("action", choices=["info", "verify", "repair"],
+                    help="info: what the zoo holds; verify: re-hash every model file against the table; "
+                         "repair: set aside rows whose parent is missing, so a builder re-run redoes them")
+    ap.add_argument("path", metavar="DIR", help="the zoo folder (the one holding zoo.json)")
     args = ap.parse_args(argv)
     try:
         if args.action == "repair":
