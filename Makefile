@@ -2,6 +2,7 @@
 #   make reproduce   the `default` reproduction: every notebook, figures/ and results/  (creates .venv)
 #   make test        the whole test suite, notebooks included at the `tiny` preset     (creates .venv)
 #   make lab         JupyterLab on the notebooks
+#   make site        a static HTML copy of the last run (PRESET=default): notebooks with outputs, the gallery
 #   make tiny        the whole pipeline at the `tiny` preset (a few minutes), into runs/tiny
 #   make bench       the speed benchmarks (ratios of two implementations on the same input)
 #   make nbclean     store notebooks without outputs
@@ -17,7 +18,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup setup-dev reproduce test tiny lab bench nbclean sync clean
+.PHONY: setup setup-dev reproduce test tiny lab site bench nbclean sync clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "weightspace needs Python >= 3.11, this is " + sys.version' 
@@ -47,6 +48,9 @@ test: setup-dev
 
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+site: setup
+	$(PY) -m weightspace site --preset $(PRESET)
 
 bench: setup-dev
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

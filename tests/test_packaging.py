@@ -6,6 +6,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -119,3 +121,36 @@ def test_readme_commands_are_make_targets_and_ci_calls_make_test():
     for target in commands:
         assert re.search(rf"^{target}:", makefile, flags=re.M), f"Makefile has no target {target!r}"
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_site_renders_an_executed_run(tmp_path):
+    import base64
+
+    import nbformat
+
+    from weightspace.site import build_site
+
+    runs, figures = tmp_path / "runs", tmp_path / "figures"
+    runs.mkdir()
+    figures.mkdir()
+    png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+    (figures / "probex_01_x.png").write_bytes(png)
+    (figures / "README.md").write_text("# Figure gallery\n\n![probex_01_x](probex_01_x.png)\n")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# 07 · A title to find\n\ntext"),
+                nbformat.v4.new_code_cell("plot_something(42)", outputs=[nbformat.v4.new_output(
+                    "display_data", data={"image/png": base64.b64encode(png).decode()})])]
+    nb.metadata["papermill"] = {"duration": 90.0}
+    nbformat.write(nb, runs / "07_thing.ipynb")
+    index = build_site(runs, tmp_path / "site", figures)
+    page = (tmp_path / "site" / "07_thing.html").read_text()
+    assert "A title to find" in page and "plot_something" in page and "data:image/png;base64" in page
+    text = index.read_text()
+    assert 'href="07_thing.html"' in text and "1.5 min" in text and "ran" in text
+    assert 'src="figures/probex_01_x.png"' in (tmp_path / "site" / "gallery.html").read_text()
+    assert (tmp_path / "site" / "figures" / "probex_01_x.png").read_bytes() == png
+    with pytest.raises(FileNotFoundError, match="no executed notebooks"):
+        build_site(tmp_path / "figures", tmp_path / "site2")
+    (runs / "08_broken.ipynb").write_text("{not json")
+    with pytest.raises(ValueError, match="08_broken.ipynb: not a readable notebook"):
+        build_site(runs, tmp_path / "site3")

@@ -4,6 +4,7 @@
   zoo         inspect a zoo folder: `zoo info DIR`, `zoo verify DIR`, `zoo repair DIR`
   mother      recover the model tree of a folder of checkpoints (see weightspace.mother.cli)
   doctor      check that this machine can run the notebooks
+  site        a static, browsable copy of an executed run (notebooks with outputs, the gallery)
 
 `weightspace --version` prints the version; `weightspace COMMAND --help` each command's options.
 Exit codes: 0 success, 1 a data error (a bad file or zoo, a failed check), 2 a usage error.
@@ -19,6 +20,7 @@ COMMANDS = {
     "zoo": "weightspace.zoo.cli",
     "mother": "weightspace.mother.cli",
     "doctor": "weightspace.doctor",
+    "site": "weightspace.site",
 }
 
 
