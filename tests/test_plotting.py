@@ -29,7 +29,7 @@ def test_save_results_rounds_and_sorts(tmp_path):
     path = plotting.save_results(tmp_path, "07_x", {"b": np.float32(0.1234567891), "a": [np.int64(3)], "n": float("nan"),
                                                     "e": 1.91083999e-08, "t": 708.1234567})
     data = json.loads(path.read_text())
-    assert list(data) == ["a", "b", "e", "n", "t"] and data["b"] == 0.123457 and data["a"] == [3] and data["n"] is None
+    assert list(data) == ["a", "b", "e", "environment", "n", "t"] and data["b"] == 0.123457 and data["a"] == [3] and data["n"] is None
     assert data["e"] == 1.91084e-08 and data["t"] == 708.123
 
 

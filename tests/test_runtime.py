@@ -39,3 +39,24 @@ def test_seed_everything():
     a = torch.rand(2)
     runtime.seed_everything(5)
     assert torch.equal(a, torch.rand(2))
+
+
+def test_environment_records_versions_device_and_commit(tmp_path):
+    from importlib import metadata
+
+    from weightspace.plotting import save_results
+    from weightspace.runtime import environment
+    from weightspace.zoo import Zoo
+
+    env = environment("cpu")
+    assert env["packages"]["torch"] == metadata.version("torch") and env["device"] == "cpu"
+    assert env["packages"]["diffusers"] == metadata.version("diffusers")
+    git = env["git"]
+    if git:                                             # a git checkout (not a wheel install)
+        assert len(git["commit"]) == 40 and isinstance(git["dirty"], bool)
+    zoo = Zoo.create(tmp_path / "z", kind="toy", builder="tests", params={})
+    assert Zoo.open(zoo.path).manifest["environment"]["packages"] == env["packages"]
+    import json
+
+    data = json.loads(save_results(tmp_path, "07_x", {"a": 1.0}).read_text())
+    assert data["environment"]["packages"] == env["packages"] and data["a"] == 1.0

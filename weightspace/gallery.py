@@ -87,7 +87,15 @@ def _notebook(stem: str, data: dict, figures_dir: Path, shown: set, level: str, 
         if (figures_dir / f"{name}.png").exists():
             shown.add(name)
             lines += [f"**{name}** — {caption}", "", f"![{name}]({name}.png)", ""]
-    rest = list(_flat({k: v for k, v in data.items() if k not in ("figures", "headline", "claims", "paper")}))
+    env = data.get("environment") or {}
+    if env:
+        git = env.get("git") or {}
+        commit = (git.get("commit") or "")[:10] + (" (with uncommitted changes)" if git.get("dirty") else "")
+        pk = env.get("packages") or {}
+        lines += [f"*Made with weightspace {env.get('weightspace')}" + (f" at commit {commit}" if commit else "")
+                  + f", Python {env.get('python')}, torch {pk.get('torch')}, on {env.get('device')}.*", ""]
+    rest = list(_flat({k: v for k, v in data.items()
+                       if k not in ("figures", "headline", "claims", "paper", "environment")}))
     if rest:
         lines += ["<details><summary>all numbers</summary>", "", "| key | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in rest]

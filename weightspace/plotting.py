@@ -199,8 +199,11 @@ def format_ours(o: Mapping) -> str:
 
 def save_results(results_dir: str | Path, notebook: str, results: Mapping) -> Path:
     """Write headline numbers to <results_dir>/<notebook>.json (keys sorted, 6 significant digits), with
-    every claim resolved against the numbers written (a bad claim raises before anything is written)."""
-    data = resolve_claims(results)
+    every claim resolved against the numbers written (a bad claim raises before anything is written), and
+    the environment that made them (`runtime.environment`: package versions, device, git commit)."""
+    from weightspace.runtime import environment
+
+    data = resolve_claims({**results, "environment": results.get("environment") or environment()})
     path = Path(results_dir) / f"{notebook}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -74,3 +74,44 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+RECORDED_PACKAGES = ("torch", "torchvision", "timm", "diffusers", "transformers", "peft", "safetensors", "numpy",
+                     "scipy", "scikit-learn", "networkx", "papermill")
+
+
+def _git_state(where) -> dict:
+    """{commit, dirty} of the git checkout holding `where`, or {} when it is not one (e.g. a wheel install)."""
+    import subprocess
+
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", str(where), *a], capture_output=True, text=True,
+                                        timeout=10)
+        head = run("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {}
+        status = run("status", "--porcelain", "--untracked-files=no")
+        return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+def environment(dev: torch.device | str | None = None) -> dict:
+    """What made a zoo or a results file: package versions, Python, platform, device, threads and the git
+    commit of this checkout — recorded in every manifest and results file so a number can be traced back
+    to the code and libraries that produced it (`make constraints` pins the same versions)."""
+    import platform
+    from importlib import metadata
+    from pathlib import Path
+
+    versions = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    from weightspace import __version__
+
+    return {"weightspace": __version__, "python": platform.python_version(), "platform": platform.platform(),
+            "packages": versions, "device": str(torch.device(dev) if dev is not None else device()),
+            "torch_threads": torch.get_num_threads(), "git": _git_state(Path(__file__).resolve().parent)}

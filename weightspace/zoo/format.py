@@ -459,10 +459,11 @@ class Zoo:
             raise ZooError(f"{path}: folder exists, is not empty and has no {MANIFEST}; "
                            "it is not a weightspace zoo (refusing to write into it)")
         from weightspace import __version__
+        from weightspace.runtime import environment
 
         manifest = {
             "format": FORMAT_NAME, "version": FORMAT_VERSION, "kind": kind, "builder": builder,
-            "params": params, "preset": preset, "package_version": __version__,
+            "params": params, "preset": preset, "package_version": __version__, "environment": environment(),
             "command": command, "layers": _jsonable(dict(layers or {})),
             "labels": labels, "architecture": _jsonable(dict(architecture)) if architecture else None,
             **({"lora": lora} if lora else {}), "assets": {}, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
