@@ -28,8 +28,12 @@ def main(argv=None) -> int:
         zoo = Zoo.open(args.path)
         if args.action == "info":
             m = zoo.manifest
-            print(f"{zoo.path}: kind {m['kind']!r}, {len(zoo)} models, built by {m['builder']} "
-                  f"(weightspace {m['package_version']}, preset {m.get('preset')})")
+            env = m.get("environment") if isinstance(m.get("environment"), dict) else {}
+            pk = env.get("packages") if isinstance(env.get("packages"), dict) else {}
+            made = ", ".join(f"{k} {pk[k]}" for k in ("torch", "timm", "diffusers") if pk.get(k))
+            print(f"{zoo.path}: kind {m.get('kind')!r}, {len(zoo)} models, built by {m.get('builder')} "
+                  f"(weightspace {m.get('package_version', '?')}, preset {m.get('preset')}"
+                  + (f"; {made} on {env.get('device')}" if made else "") + ")")
             table = zoo.table
             for col in ("tree_id", "split", "depth"):
                 if col in table:
