@@ -6,6 +6,7 @@
 #   make tiny        the whole pipeline at the `tiny` preset (a few minutes), into runs/tiny
 #   make bench       the speed benchmarks (ratios of two implementations on the same input)
 #   make nbclean     store notebooks without outputs
+#   make constraints record this venv's versions in constraints.txt (what made the committed figures)
 #   make sync        pair each notebook with its py:percent script, from the .ipynb (FROM=py: from the .py)
 
 PYTHON ?= python3
@@ -13,12 +14,16 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PRESET ?= default
 FROM   ?= ipynb
+# installs are pinned to the versions that made the committed figures; UNPINNED=1 takes the newest allowed
+CONSTRAINTS ?= constraints.txt
+PINS   := $(if $(UNPINNED),,$(wildcard $(CONSTRAINTS)))
+PIN    := $(if $(PINS),-c $(PINS))
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup setup-dev reproduce test tiny lab site bench nbclean sync clean
+.PHONY: setup setup-dev reproduce test tiny lab site bench nbclean sync constraints clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "weightspace needs Python >= 3.11, this is " + sys.version' 
@@ -26,12 +31,12 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 # each stamp is redone when pyproject.toml changes
-$(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e .
+$(VENV)/.installed: pyproject.toml $(PINS) | $(PY)
+	$(PY) -m pip install --quiet $(PIN) -e .
 	@touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev]'
+$(VENV)/.installed-dev: pyproject.toml $(PINS) | $(PY)
+	$(PY) -m pip install --quiet $(PIN) -e '.[dev]'
 	@touch $@ $(VENV)/.installed
 
 setup: $(VENV)/.installed
@@ -57,6 +62,13 @@ bench: setup-dev
 
 nbclean: setup-dev
 	$(PY) tools/nbclean.py $$(find notebooks -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*')
+
+# every installed distribution but this package and the CUDA runtime wheels torch picks for its platform
+constraints: setup-dev
+	@{ echo "# pip constraints: the versions that made the committed figures and results (make constraints)."; \
+	   echo "# Used by make setup/test/reproduce; UNPINNED=1 make ... installs without them."; \
+	   $(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(nvidia-|triton==|weightspace)'; } > $(CONSTRAINTS)
+	@echo "wrote $(CONSTRAINTS): $$(grep -c '==' $(CONSTRAINTS)) pinned distributions"
 
 sync: setup
 	$(PY) tools/nbsync.py --from $(FROM)

@@ -154,3 +154,16 @@ def test_site_renders_an_executed_run(tmp_path):
     (runs / "08_broken.ipynb").write_text("{not json")
     with pytest.raises(ValueError, match="08_broken.ipynb: not a readable notebook"):
         build_site(runs, tmp_path / "site3")
+
+
+def test_constraints_pin_every_declared_dependency_and_make_uses_them():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + [d for group in project["optional-dependencies"].values() for d in group]
+    norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+    names = {norm(re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]) for d in declared}
+    pinned = dict(line.split("==", 1) for line in (ROOT / "constraints.txt").read_text().splitlines()
+                  if "==" in line and not line.startswith("#"))
+    pinned = {norm(k): v for k, v in pinned.items()}
+    assert names <= set(pinned), f"constraints.txt does not pin {sorted(names - set(pinned))}: run make constraints"
+    make = (ROOT / "Makefile").read_text()
+    assert "pip install --quiet $(PIN) -e ." in make and "UNPINNED" in make
