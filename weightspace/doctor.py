@@ -9,6 +9,7 @@ import argparse
 import importlib
 import platform
 import sys
+from pathlib import Path
 
 
 def checks():
@@ -28,6 +29,7 @@ def checks():
         yield "device", str(device()), True, ""
     except Exception as e:  # noqa: BLE001
         yield "device", "unknown", False, str(e)[:120]
+    yield from machine_checks()
     try:
         from jupyter_client.kernelspec import KernelSpecManager
 
@@ -38,6 +40,44 @@ def checks():
         yield "jupyter kernel python3", "unknown", False, str(e)[:120]
 
 
+GIB = 2 ** 30
+MIN_FREE_DISK_GIB = 5      # the default run's zoos, figures and executed notebooks, with room to spare
+MIN_MEMORY_GIB = 4         # the largest default-run stage (notebook 03's 800-model tree) fits in this
+
+
+def _wsl() -> bool:
+    return "microsoft" in platform.release().lower()
+
+
+def machine_checks(repo: Path | None = None):
+    """GPU, free disk, memory and where the repo lives. None as `good` means a note, not a failure."""
+    import shutil
+
+    import torch
+
+    if torch.cuda.is_available():
+        yield "gpu", torch.cuda.get_device_name(0), True, ""
+    else:
+        yield "gpu", "none visible to torch (the CPU is used)", None, (
+            "under WSL, install the NVIDIA driver on Windows only (never inside WSL) and check `nvidia-smi`"
+            if _wsl() else "fine: every notebook runs on the CPU")
+    repo = Path(repo or Path(__file__).resolve().parents[1])
+    free = shutil.disk_usage(repo).free / GIB
+    yield "free disk", f"{free:.1f} GiB at {repo}", free >= MIN_FREE_DISK_GIB, \
+        f"the default run needs about {MIN_FREE_DISK_GIB} GiB"
+    try:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        avail = int(meminfo["MemAvailable"].split()[0]) * 1024 / GIB
+        yield "memory available", f"{avail:.1f} GiB", avail >= MIN_MEMORY_GIB or None, (
+            "raise WSL's memory in %UserProfile%\\.wslconfig ([wsl2] memory=8GB), then `wsl --shutdown`"
+            if _wsl() else f"below {MIN_MEMORY_GIB} GiB: close other programs or use the tiny preset")
+    except (OSError, KeyError, ValueError):
+        yield "memory available", "unknown (no /proc/meminfo)", None, "check that you have 4 GiB free"
+    on_windows_fs = str(repo).startswith("/mnt/") and _wsl()
+    yield "repo location", str(repo), not on_windows_fs, \
+        "the repo is on the Windows filesystem, which is very slow from WSL: clone it under ~ instead"
+
+
 def main(argv=None) -> int:
     from weightspace.__main__ import prog
 
@@ -46,7 +86,8 @@ def main(argv=None) -> int:
                             ).parse_args(argv)
     ok = True
     for name, value, good, hint in checks():
-        ok &= bool(good)
-        print(f"{'ok ' if good else 'BAD'}  {name:24s} {value}" + ("" if good else f"   -> {hint}"))
+        ok &= good is not False
+        mark = "ok " if good else ("note" if good is None else "BAD")
+        print(f"{mark:4s} {name:24s} {value}" + ("" if good else f"   -> {hint}"))
     print("all good: try `make tiny` or open notebooks/00_quickstart.ipynb" if ok else "fix the lines marked BAD")
     return 0 if ok else 1
