@@ -40,6 +40,22 @@ def test_runs_notebooks_with_preset_and_common_parameters(repo):
     assert executed.metadata.papermill.parameters["preset"] == "tiny"
 
 
+def test_progress_lines_estimate_from_the_last_run(repo):
+    out, lines = repo / "out", []
+    reproduce.run("tiny", only=["00"], out=out, root=repo, progress=False, log=lines.append)
+    assert lines[1].startswith("▶ [1/1] 00_ok.ipynb (elapsed 0.0 min)")       # no earlier run: no estimate
+    last = reproduce._last_timings(out / "notebooks" / reproduce.TIMINGS)
+    assert set(last) == {"00_ok"} and last["00_ok"] > 0
+    (out / "notebooks" / reproduce.TIMINGS).write_text('{"00_ok": 600.0}')
+    lines.clear()
+    reproduce.run("tiny", only=["00"], out=out, root=repo, progress=False, log=lines.append)
+    assert "last run 10.0 min, about 10 min left" in lines[1]
+    (out / "notebooks" / reproduce.TIMINGS).write_text("[not a dict")           # a damaged record: no estimate
+    lines.clear()
+    reproduce.run("tiny", only=["00"], out=out, root=repo, progress=False, log=lines.append)
+    assert "last run" not in lines[1]
+
+
 def test_failure_names_notebook_and_cell(repo):
     with pytest.raises(reproduce.NotebookFailed, match=r"01_fail.ipynb failed in cell \d+ .*ValueError: boom"):
         reproduce.run("tiny", out=repo / "out", root=repo, progress=False, log=lambda *a: None)

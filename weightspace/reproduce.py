@@ -11,6 +11,7 @@ so a quick run never overwrites the gallery.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -120,6 +121,23 @@ def coerce_parameter(name: str, value, spec: dict, notebook: str, raw: bool = Fa
     return value
 
 
+TIMINGS = "timings.json"   # beside the executed notebooks: each notebook's last run time, for the estimates
+
+
+def _last_timings(path: Path) -> dict[str, float]:
+    try:
+        data = json.loads(path.read_text())
+        return {k: float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def _atomic_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
 def run(preset: str = "default", only: list[str] | None = None, out: Path | None = None,
         root: Path | None = None, overrides: dict | None = None, progress: bool = True,
         log=print, raw_overrides: bool = False) -> list[tuple[str, float]]:
@@ -166,10 +184,16 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
         d.mkdir(parents=True, exist_ok=True)
 
     timings = []
+    record = dirs["executed"] / TIMINGS
+    last = _last_timings(record)
     log(f"weightspace reproduce: preset {preset!r}, {len(plans)} notebook(s)")
-    for nb, params in plans:
+    start = time.time()
+    for i, (nb, params) in enumerate(plans, 1):
         executed = dirs["executed"] / nb.name
-        log(f"▶ {nb.name}")
+        known = [last[p.stem] for p, _ in plans[i - 1:] if p.stem in last]
+        eta = (f"; last run {last[nb.stem] / 60:.1f} min" if nb.stem in last else "") + (
+            f", about {sum(known) / 60:.0f} min left" if len(known) == len(plans) - i + 1 else "")
+        log(f"▶ [{i}/{len(plans)}] {nb.name} (elapsed {(time.time() - start) / 60:.1f} min{eta})")
         t0 = time.time()
         try:
             papermill.execute_notebook(str(nb), str(executed), parameters=params, cwd=str(nb.parent),
@@ -179,6 +203,8 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
                                  f"{e.ename}: {e.evalue}\nexecuted copy with the traceback: {executed}") from None
         dt = time.time() - t0
         timings.append((nb.stem, dt))
+        last[nb.stem] = dt
+        _atomic_json(record, last)
         log(f"✔ {nb.name} in {dt / 60:.1f} min — executed copy: {executed}")
     from .gallery import write_gallery
 
