@@ -51,8 +51,10 @@ tiny: setup
 test: setup-dev
 	$(PY) -m pytest
 
+LAB_PORT ?= 8888
 lab: setup
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	@echo "JupyterLab on http://localhost:$(LAB_PORT)/lab (the token is in the URL it prints below; Ctrl-C stops it)"
+	$(VENV)/bin/jupyter lab --no-browser --port=$(LAB_PORT) --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 site: setup
 	$(PY) -m weightspace site --preset $(PRESET)
