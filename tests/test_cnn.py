@@ -7,6 +7,13 @@ import torch.nn.functional as F
 
 from weightspace.nets.cnn import (CNN_S, INITS, evaluate_cnns, forward_stacked, init_params, make_cnn,
                                   param_shapes, resolve_cfg, stack_params, train_cnns)
+from weightspace.runtime import torch_threads
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with torch_threads(1):
+        yield
 
 
 def _data(n_train=96, n_eval=40, seed=0):
