@@ -61,6 +61,17 @@ from weightspace.nets.cnn import make_cnn
 from weightspace.zoo.cnn_zoo import build_cnn_zoo, population_curves
 
 plotting.style()
+
+
+def cpu_seconds() -> float:
+    """CPU time of this kernel and of its finished worker processes (a machine's idle wall time is about this
+    divided by the workers that ran in parallel)."""
+    import resource
+
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+
+
 recipe = dict(activations=[activation], inits=[init], lrs=[lr], epochs=epochs, batch_size=batch_size, chunk=chunk)
 run = dict(executor=executor, workers=workers, preset=preset)
 n_params = sum(p.numel() for p in make_cnn().parameters())
@@ -74,24 +85,22 @@ n_params = sum(p.numel() for p in make_cnn().parameters())
 # once.
 
 # %%
-t0 = time.time()
-seed_zoo = build_cnn_zoo(f"{zoo_root}/cnn_seed_zoo", n_seeds=seed_models, **recipe, **run)
-seed_seconds = time.time() - t0
-t0 = time.time()
-grid_zoo = build_cnn_zoo(f"{zoo_root}/cnn_grid_zoo", n_seeds=grid_seeds, activations=grid_activations,
-                         inits=grid_inits, lrs=grid_lrs, epochs=epochs, batch_size=batch_size, chunk=chunk,
-                         seed=1, **run)
-grid_seconds = time.time() - t0
-t0 = time.time()
-transfer_zoo = build_cnn_zoo(f"{zoo_root}/cnn_transfer_zoo", n_seeds=transfer_models, styles=transfer_styles,
-                             seed=2, **recipe, **run)
-transfer_seconds = time.time() - t0
-zoos = {"seed zoo": seed_zoo, "grid zoo": grid_zoo, "transfer zoo": transfer_zoo}
+specs = {
+    "seed zoo": dict(path="cnn_seed_zoo", n_seeds=seed_models, **recipe),
+    "grid zoo": dict(path="cnn_grid_zoo", n_seeds=grid_seeds, activations=grid_activations, inits=grid_inits,
+                     lrs=grid_lrs, epochs=epochs, batch_size=batch_size, chunk=chunk, seed=1),
+    "transfer zoo": dict(path="cnn_transfer_zoo", n_seeds=transfer_models, styles=transfer_styles, seed=2,
+                         **recipe),
+}
+zoos, seconds, cpu = {}, {}, {}
+for name, spec in specs.items():
+    t0, c0 = time.time(), cpu_seconds()
+    zoos[name] = build_cnn_zoo(f"{zoo_root}/{spec.pop('path')}", **spec, **run)
+    seconds[name], cpu[name] = time.time() - t0, cpu_seconds() - c0
 tables = {name: z.table for name, z in zoos.items()}
-seconds = {"seed zoo": seed_seconds, "grid zoo": grid_seconds, "transfer zoo": transfer_seconds}
 Markdown(f"{n_params:,} parameters per CNN. " + "; ".join(
     f"**{name}**: {t.run_id.nunique()} runs x {t.epoch.nunique()} checkpoints = {len(t):,} rows in "
-    f"{seconds[name]:.0f} s" for name, t in tables.items()) + ".")
+    f"{seconds[name]:.0f} s ({cpu[name]:.0f} CPU s)" for name, t in tables.items()) + ".")
 
 # %% [markdown]
 # ## 2 · Splits by model
@@ -113,7 +122,7 @@ pd.DataFrame(split_runs).T.assign(**{"checkpoints per run": [t.epoch.nunique() f
 fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
 for ax, (name, t), color in zip(axes, tables.items(), plotting.colors(3)):
     wide = t.pivot(index="epoch", columns="run_id", values="test_acc")
-    ax.plot(wide.index, wide.values, color="0.6", lw=0.4, alpha=0.25)
+    ax.plot(wide.index, wide.values, color="0.45", lw=0.4, alpha=0.3)
     c = population_curves(t)
     ax.fill_between(c.epoch, c["mean"] - c["std"], c["mean"] + c["std"], color=color, alpha=0.3, label="mean ± std")
     ax.plot(c.epoch, c["mean"], color=color, lw=2.5, label="mean")
@@ -193,6 +202,7 @@ results = {
     "params_per_cnn": n_params,
     "zoos": stats,
     "build_seconds": {name.replace(" ", "_"): s for name, s in seconds.items()},
+    "build_cpu_seconds": {name.replace(" ", "_"): s for name, s in cpu.items()},
     "split_by_run_only": split_by_run_only,
     "grid_final_test_acc_by": by_hparam,
     "recipe": dict(activation=activation, init=init, lr=lr, epochs=epochs, batch_size=batch_size),
