@@ -1,0 +1,463 @@
+"""Language-aligned ProbeX: zero-shot model classification of LoRAs (Horwitz et al., CVPR 2025, Sec. 4.2).
+
+Each LoRA was fine-tuned on images of ONE class. ProbeX reads X = B·A of one of its LoRA layers (no alpha
+scaling) and maps it to a representation e ∈ R^{r_T} (the encoder of `model.ProbeX`, reused here without its
+head). The classes are described in language: t_c is the frozen sentence embedding of "a photo of a {class}"
+(CLIP ViT-L/14 in the paper; the caller computes it with any frozen encoder and passes a [C, d] tensor) and a
+learned P = Linear(d → r_T) maps it into the same space. Both sides are L2-normalised and the logits are
+cosine similarities, with no temperature (an option here):
+
+    logit(X, c) = ⟨ e(X) / ‖e(X)‖ , P t_c / ‖P t_c‖ ⟩ / τ        (τ = 1 in the paper)
+
+trained with cross-entropy over the training classes (Adam lr 2e-3, batch 128, no weight decay; the paper's
+generative recipe). Two checkpoints are kept, as in the official code: the best validation accuracy (reported
+in-distribution on `test`, among the training prompts) and the best `val_holdout` accuracy (reported zero-shot
+on `test_holdout`, among the holdout prompts — classes whose LoRAs and prompts training never saw).
+
+Dense, the paper's baseline, is a linear map from the flattened layer to the same r_T-d space, scored the
+same way (d_H·d_W·r_T weights instead of ProbeX's d_W·r_U + d_H·r_V + r_U·r_V·r_T).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from weightspace.runtime import device as default_device
+from weightspace.runtime import generator
+
+from .model import Dense, ProbeX, check_finite, n_params, ranks_for, stack_layer
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test", "val_holdout", "test_holdout")
+IN_DIST = ("train", "val", "test")
+HOLDOUT = ("val_holdout", "test_holdout")
+TEMPLATE = "a photo of a {}"
+# the paper's generative recipe (ranks of the official code), and the scaled-down one for our tiny UNet's layers
+PAPER = dict(n_probes=128, proj_dim=128, rep_dim=128, lr=2e-3, batch_size=128, epochs=200, eval_every=10)
+DEFAULTS = dict(n_probes=16, proj_dim=16, rep_dim=32, lr=2e-3, batch_size=128, epochs=100, eval_every=5)
+RANKS = ("n_probes", "proj_dim", "rep_dim")
+
+
+# ----------------------------------------------------------------------------------------------- prompts
+
+def class_prompts(class_names: Sequence[str], template: str = TEMPLATE) -> list[str]:
+    """"a photo of a {class}" for every class. A leading article of the class name is dropped first
+    ("a mirrored seven" -> "a photo of a mirrored seven"); ImageNet-style "_" become spaces."""
+    names = list(class_names)
+    if not names:
+        raise ValueError("empty class list: no prompts to make (zero-shot needs one prompt per class)")
+    if "{}" not in template:
+        raise ValueError(f"prompt template {template!r} has no '{{}}' for the class name")
+    out = []
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"class {i} has an empty name ({name!r}); every class needs text")
+        clean = re.sub(r"^(a|an|the)\s+", "", name.replace("_", " ").strip(), flags=re.I)
+        out.append(template.format(clean))
+    check_prompts(out, names)
+    return out
+
+
+def check_prompts(prompts: Sequence[str], class_names: Sequence[str] | None = None) -> None:
+    """A prompt list must be non-empty and without duplicates (two classes with one text cannot be told
+    apart by a text-side classifier)."""
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("empty prompt list: zero-shot needs one prompt per class")
+    seen: dict[str, int] = {}
+    for i, p in enumerate(prompts):
+        if p in seen:
+            who = (f"classes {class_names[seen[p]]!r} and {class_names[i]!r}" if class_names is not None
+                   else f"entries {seen[p]} and {i}")
+            raise ValueError(f"duplicated prompt {p!r}: {who} have the same text")
+        seen[p] = i
+
+
+def check_text(text: torch.Tensor, class_names: Sequence[str]) -> torch.Tensor:
+    """The [C, d] text embeddings of the classes: one finite row per class, no two rows equal."""
+    if not isinstance(text, torch.Tensor) or text.ndim != 2:
+        raise ValueError(f"text embeddings must be a [classes, dim] tensor, got "
+                         f"{tuple(text.shape) if isinstance(text, torch.Tensor) else type(text).__name__}")
+    if len(text) != len(class_names):
+        raise ValueError(f"{len(text)} text embeddings for {len(class_names)} classes (one per class, in "
+                         "class-index order)")
+    text = text.detach().float().cpu()
+    if not torch.isfinite(text).all():
+        bad = torch.nonzero(~torch.isfinite(text).all(1)).flatten().tolist()
+        raise ValueError(f"text embeddings of classes {[class_names[i] for i in bad[:5]]} are not finite")
+    same = torch.cdist(text, text) <= 1e-7 * (1 + text.norm(dim=1).max())
+    same.fill_diagonal_(False)
+    if same.any():
+        i, j = (int(v) for v in torch.nonzero(same)[0])
+        raise ValueError(f"classes {class_names[i]!r} and {class_names[j]!r} have the same text embedding "
+                         "(duplicated prompts?)")
+    return text
+
+
+# ------------------------------------------------------------------------------------------------ labels
+
+@dataclass
+class Labels:
+    """Each LoRA's class (an index into `class_names`) and split; derives the training classes (those of
+    train / val / test) and the holdout classes (those of val_holdout ∪ test_holdout, the zero-shot label
+    space of the official code) and checks that the two are disjoint."""
+
+    class_names: list[str]
+    classes: np.ndarray          # [N] int: class index of each LoRA
+    split: np.ndarray            # [N] str
+    names: list[str]             # [N] a model id or file, for messages
+    where: str = "zoo"
+
+    def __post_init__(self):
+        self.classes = np.asarray(self.classes, dtype=np.int64)
+        self.split = np.asarray(self.split, dtype=object)
+        n = len(self.classes)
+        if not (len(self.split) == len(self.names) == n):
+            raise ValueError(f"{self.where}: {n} classes, {len(self.split)} splits, {len(self.names)} names")
+        for i in range(n):
+            if self.split[i] not in SPLITS:
+                raise ValueError(f"{self.where}: {self.names[i]} is in split {self.split[i]!r}; "
+                                 f"zero-shot needs one of {SPLITS}")
+            if not 0 <= self.classes[i] < len(self.class_names):
+                raise ValueError(f"{self.where}: {self.names[i]} has class {self.classes[i]}, but there are "
+                                 f"{len(self.class_names)} class names")
+        if not (self.split == "train").any():
+            raise ValueError(f"{self.where}: no LoRAs in the train split")
+        first = {}
+        for i in range(n):
+            first.setdefault((int(self.classes[i]), self.split[i] in HOLDOUT), i)
+        self.train_classes = sorted({int(c) for c, s in zip(self.classes, self.split) if s == "train"})
+        seen = sorted({int(c) for c, s in zip(self.classes, self.split) if s in IN_DIST})
+        self.holdout_classes = sorted({int(c) for c, s in zip(self.classes, self.split) if s in HOLDOUT})
+        both = sorted(set(seen) & set(self.holdout_classes))
+        if both:
+            c = both[0]
+            raise ValueError(f"{self.where}: holdout class {self.class_names[c]!r} also appears in training "
+                             f"({self.names[first[(c, False)]]} in {self.split[first[(c, False)]]}, "
+                             f"{self.names[first[(c, True)]]} in {self.split[first[(c, True)]]}); "
+                             f"{len(both)} such classes — zero-shot classes must have no training LoRAs")
+        unseen = sorted(set(seen) - set(self.train_classes))
+        if unseen:
+            c = unseen[0]
+            raise ValueError(f"{self.where}: class {self.class_names[c]!r} has val/test LoRAs "
+                             f"({self.names[first[(c, False)]]}) but no train LoRAs; in-distribution classes "
+                             "are the training classes (put its LoRAs in a holdout split instead)")
+        self._local = {c: i for i, c in enumerate(self.train_classes)}
+        self._local.update({c: i for i, c in enumerate(self.holdout_classes)})
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def index(self, split: str) -> np.ndarray:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+        return np.flatnonzero(self.split == split)
+
+    def candidates(self, split: str) -> list[int]:
+        """The classes a LoRA of `split` is classified among: the training classes, or the holdout classes."""
+        return self.holdout_classes if split in HOLDOUT else self.train_classes
+
+    def targets(self, split: str) -> torch.Tensor:
+        """int64 [n]: each LoRA's position in `candidates(split)`."""
+        return torch.tensor([self._local[int(c)] for c in self.classes[self.index(split)]], dtype=torch.long)
+
+    @property
+    def has_holdout(self) -> bool:
+        return all(len(self.index(s)) for s in HOLDOUT)
+
+    def chance(self, split: str) -> float:
+        return 1.0 / len(self.candidates(split))
+
+
+# ------------------------------------------------------------------------------------- LoRA layers of a zoo
+
+def module_type(stem: str) -> str:
+    """"down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_q" -> "attn2.to_q"."""
+    m = re.search(r"(attn\d)\.(to_[qkv]|to_out\.0)$", stem)
+    return f"{m.group(1)}.{m.group(2)}" if m else stem.rsplit(".", 1)[-1]
+
+
+def side(stem: str) -> str:
+    """"text" for the cross-attention key / value (their input is the prompt's token states), else "image"."""
+    return "text" if module_type(stem) in ("attn2.to_k", "attn2.to_v") else "image"
+
+
+class ZooLoras:
+    """The labelled LoRAs of a zoo (read through the zoo format): `labels`, the LoRA layers `layers` (module
+    stems in sorted key order, the paper's layer indexing) and `X(stem)` [N, d_out, d_in] = B·A, read once."""
+
+    def __init__(self, zoo, ids: Sequence[str] | None = None):
+        self.zoo = zoo
+        if ids is None:
+            ids = [i for i in zoo.labelled() if zoo.row(i)["split"] in SPLITS]
+        self.ids = list(ids)
+        if not self.ids:
+            raise ValueError(f"{zoo.path}: no labelled LoRAs in a data split")
+        self.labels = Labels(zoo.class_names, zoo.class_index(self.ids).numpy(),
+                             [zoo.row(i)["split"] for i in self.ids], self.ids, where=str(zoo.path))
+        self.layers = zoo.lora_modules()
+        if not self.layers:
+            raise ValueError(f"{zoo.path}: the zoo's files hold no LoRA factors (no `lora` layout or no keys)")
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def X(self, stem: str) -> torch.Tensor:
+        if stem not in self.layers:
+            raise ValueError(f"{self.zoo.path}: no LoRA layer {stem!r}; have {self.layers[:4]}... "
+                             f"({len(self.layers)} layers)")
+        if stem not in self._cache:
+            self._cache[stem] = stack_layer(self.zoo.lora_layer(stem, self.ids),
+                                            name=f"{self.zoo.path}: LoRA layer {stem!r}")
+        return self._cache[stem]
+
+
+# -------------------------------------------------------------------------------------------------- model
+
+class Aligned(nn.Module):
+    """A weight encoder and a text projection P in one r_T-d space; logits = cosines (/ τ if given)."""
+
+    def __init__(self, encoder: nn.Module, text_dim: int, rep_dim: int, temperature: float | None = None):
+        super().__init__()
+        if temperature is not None and not temperature > 0:
+            raise ValueError(f"temperature must be > 0 (or None for the paper's plain cosines), got {temperature}")
+        self.encoder = encoder
+        self.text_proj = nn.Linear(text_dim, rep_dim)
+        self.temperature = temperature
+
+    def represent(self, X: torch.Tensor) -> torch.Tensor:
+        """The unnormalised representation e [B, r_T] (the paper's frozen feature for downstream tasks)."""
+        return self.encoder(X)
+
+    def embed(self, X: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.encoder(X), dim=-1)
+
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_proj(text), dim=-1)
+
+    def forward(self, X: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        logits = self.embed(X) @ self.embed_text(text).T
+        return logits / self.temperature if self.temperature else logits
+
+    @property
+    def n_weight_params(self) -> int:
+        return n_params(self.encoder)
+
+    @property
+    def n_text_params(self) -> int:
+        return n_params(self.text_proj)
+
+
+def make_aligned(kind: str, d_H: int, d_W: int, text_dim: int, *, n_probes: int = 16, proj_dim: int = 16,
+                 rep_dim: int = 32, temperature: float | None = None) -> Aligned:
+    """"probex": ProbeX's encoder e = Σ_l M_l ReLU(Vᵀ X u_l) + b (ranks clipped to the layer's sides, its
+    head removed); "dense": e = W vec(X) + b."""
+    if kind == "probex":
+        r = ranks_for((d_H, d_W), dict(n_probes=n_probes, proj_dim=proj_dim))
+        enc = ProbeX(d_H, d_W, rep_dim=rep_dim, out_dim=1, **r)
+        enc.head = nn.Identity()
+    elif kind == "dense":
+        enc = Dense(d_H, d_W, out_dim=rep_dim)
+    else:
+        raise ValueError(f"unknown model kind {kind!r}; choose 'probex' or 'dense'")
+    return Aligned(enc, text_dim, rep_dim, temperature)
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+@dataclass
+class ZeroShotFit:
+    """A trained aligned expert: the in-distribution checkpoint (best val) and the zero-shot one (best
+    val_holdout), with the numbers of each."""
+
+    model: Aligned                       # holds the in-distribution checkpoint
+    zs_state: dict | None                # state dict of the zero-shot checkpoint
+    acc: dict                            # split -> top-1 (val/test: in-dist ckpt; holdout splits: zero-shot ckpt)
+    best_epoch: int
+    best_epoch_zs: int | None
+    n_weight_params: int
+    n_text_params: int
+    seconds: float
+    history: list = field(default_factory=list)   # [(epoch, train_loss, val_acc, val_holdout_acc)]
+
+    @property
+    def n_params(self) -> int:
+        return self.n_weight_params + self.n_text_params
+
+    def zeroshot_model(self) -> Aligned:
+        if self.zs_state is None:
+            raise ValueError("this fit had no holdout LoRAs, so it has no zero-shot checkpoint")
+        m = copy.deepcopy(self.model)
+        m.load_state_dict(self.zs_state)
+        return m
+
+
+@torch.no_grad()
+def _scores(model: Aligned, X: torch.Tensor, text: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    model.eval()
+    dev = next(model.parameters()).device
+    T = text.to(dev)
+    return torch.cat([model(X[i:i + chunk].to(dev), T).float().cpu() for i in range(0, len(X), chunk)])
+
+
+def top1(scores: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy of [n, C] scores against int targets (ties go to the lower index, as argmax)."""
+    return float((scores.argmax(1) == y).float().mean())
+
+
+def _check_cfg(cfg: Mapping) -> dict:
+    unknown = sorted(set(cfg) - set(DEFAULTS))
+    if unknown:
+        raise TypeError(f"unknown zero-shot setting(s) {unknown}; known: {sorted(DEFAULTS)}")
+    cfg = {**DEFAULTS, **cfg}
+    for k in ("n_probes", "proj_dim", "rep_dim", "batch_size", "epochs", "eval_every"):
+        if not isinstance(cfg[k], int) or isinstance(cfg[k], bool) or cfg[k] < 1:
+            raise ValueError(f"{k}={cfg[k]!r}: must be a whole number >= 1")
+    if not (isinstance(cfg["lr"], (int, float)) and np.isfinite(cfg["lr"]) and cfg["lr"] > 0):
+        raise ValueError(f"lr={cfg['lr']!r}: must be a finite number > 0")
+    return cfg
+
+
+def fit_zeroshot(kind: str, X: torch.Tensor, labels: Labels, text: torch.Tensor, *, seed: int = 0,
+                 temperature: float | None = None, zeroshot_checkpoint: str = "val_holdout", device=None,
+                 **config) -> ZeroShotFit:
+    """Train a "probex" or "dense" aligned expert on the LoRA layer X [N, d_H, d_W] (rows as in `labels`)
+    with the class texts `text` [C, d] (rows as in `labels.class_names`); config: DEFAULTS's keys.
+
+    zeroshot_checkpoint  "val_holdout": the paper's, the checkpoint with the best val_holdout accuracy;
+                         "val": the in-distribution checkpoint serves zero-shot too, so no holdout LoRA
+                         influences any choice. val_holdout and test_holdout share their classes, so with few
+                         holdout classes the paper's choice alone lifts even a model that learned nothing
+                         above chance (picking, among the checkpoints' chance assignments of holdout clusters
+                         to prompts, the one that fits val_holdout).
+    """
+    cfg = _check_cfg(config)
+    if zeroshot_checkpoint not in ("val_holdout", "val"):
+        raise ValueError(f"zeroshot_checkpoint={zeroshot_checkpoint!r}: choose 'val_holdout' (the paper's) or 'val'")
+    if X.ndim != 3 or len(X) != len(labels):
+        raise ValueError(f"X must be [N={len(labels)}, d_H, d_W] (one layer of every LoRA), got {tuple(X.shape)}")
+    check_finite(X, f"{labels.where}: LoRA layer")
+    text = check_text(text, labels.class_names)
+    torch.manual_seed(seed)   # PyTorch's default init draws from the global generator
+    model = make_aligned(kind, X.shape[1], X.shape[2], text.shape[1], temperature=temperature,
+                         **{k: cfg[k] for k in RANKS})
+    dev = torch.device(device) if device is not None else default_device()
+    model = model.to(dev)
+    split_X = {s: X[torch.from_numpy(labels.index(s))].float() for s in SPLITS}
+    split_y = {s: labels.targets(s) for s in SPLITS}
+    split_T = {s: text[labels.candidates(s)] for s in SPLITS}
+    Xtr, ytr, Ttr = split_X["train"].to(dev), split_y["train"].to(dev), split_T["train"].to(dev)
+    holdout = labels.has_holdout
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    g = generator("probex-zeroshot", seed)
+
+    def acc(split):
+        if not len(split_X[split]):
+            return float("nan")
+        return top1(_scores(model, split_X[split], split_T[split]), split_y[split])
+
+    best, best_zs, history = (-1.0, -1, None), (-1.0, None, None), []
+    t0 = time.time()
+    n, bs = len(Xtr), cfg["batch_size"]
+    for epoch in range(cfg["epochs"]):
+        model.train()
+        order = torch.randperm(n, generator=g).to(dev)
+        total = 0.0
+        for lo in range(0, n, bs):
+            idx = order[lo:lo + bs]
+            loss = F.cross_entropy(model(Xtr[idx], Ttr), ytr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        if epoch % cfg["eval_every"] == 0 or epoch == cfg["epochs"] - 1:
+            val = acc("val") if len(split_X["val"]) else acc("train")   # no val LoRAs: the train fit
+            val_zs = acc("val_holdout") if holdout else float("nan")
+            history.append((epoch, total / n, val, val_zs))
+            if val > best[0]:
+                best = (val, epoch, copy.deepcopy(model.state_dict()))
+            if holdout and val_zs > best_zs[0]:
+                best_zs = (val_zs, epoch, copy.deepcopy(model.state_dict()))
+    seconds = time.time() - t0
+    if zeroshot_checkpoint == "val":
+        best_zs = best
+    accs = {s: float("nan") for s in HOLDOUT}
+    if holdout:
+        model.load_state_dict(best_zs[2])
+        accs = {s: acc(s) for s in HOLDOUT}
+    model.load_state_dict(best[2])
+    accs.update({s: acc(s) for s in IN_DIST})
+    return ZeroShotFit(model=model, zs_state=best_zs[2], acc=accs, best_epoch=best[1], best_epoch_zs=best_zs[1],
+                       n_weight_params=model.n_weight_params, n_text_params=model.n_text_params,
+                       seconds=seconds, history=history)
+
+
+# ------------------------------------------------------------------------------------------ the layer sweep
+
+def layer_sweep(data, text: torch.Tensor, layers: Sequence[str] | None = None, *,
+                kinds: Sequence[str] = ("probex", "dense"), seeds: Sequence[int] = (0,),
+                temperature: float | None = None, zeroshot_checkpoint: str = "val_holdout", progress: bool = True,
+                **config) -> pd.DataFrame:
+    """One row per (layer, kind, seed): accuracies of every split (val/test in-distribution; val_holdout /
+    test_holdout zero-shot), parameter counts, the layer's shape, module type and side. `data` is any object
+    with `labels`, `layers` and `X(stem)` (`ZooLoras`, `SDLoraFolder`)."""
+    layers = list(data.layers if layers is None else layers)
+    if not layers:
+        raise ValueError("no layers to sweep (an empty layer list)")
+    unknown = [l for l in layers if l not in data.layers]
+    if unknown:
+        raise ValueError(f"unknown LoRA layer(s) {unknown[:3]}; the LoRAs have {len(data.layers)} layers, "
+                         f"e.g. {data.layers[:2]}")
+    rows = []
+    jobs = [(l, k, s) for l in layers for k in kinds for s in seeds]
+    if progress:
+        from tqdm.auto import tqdm
+
+        jobs = tqdm(jobs, desc="zero-shot layer sweep", unit="fit")
+    for layer, kind, seed in jobs:
+        X = data.X(layer)
+        f = fit_zeroshot(kind, X, data.labels, text, seed=seed, temperature=temperature,
+                         zeroshot_checkpoint=zeroshot_checkpoint, **config)
+        rows.append(dict(layer=layer, index=data.layers.index(layer), module=module_type(layer), side=side(layer),
+                         shape=f"{X.shape[1]}x{X.shape[2]}", kind=kind, seed=seed, **f.acc,
+                         n_weight_params=f.n_weight_params, n_text_params=f.n_text_params, n_params=f.n_params,
+                         seconds=f.seconds))
+    return pd.DataFrame(rows)
+
+
+def choose_layer(sweep: pd.DataFrame, kind: str, on: str = "val", among: Sequence[str] | None = None) -> str:
+    """The layer with the best seed-mean accuracy on a validation split ("val" for in-distribution,
+    "val_holdout" for zero-shot), never on a test split; `among` restricts the candidates (e.g. one side)."""
+    if on not in ("val", "val_holdout"):
+        raise ValueError(f"choose a layer on 'val' or 'val_holdout', not {on!r} (test splits are for reporting)")
+    s = sweep[sweep.kind == kind]
+    if among is not None:
+        s = s[s.layer.isin(list(among))]
+    if s.empty:
+        raise ValueError(f"no sweep rows for kind {kind!r}" + (f" among {list(among)[:3]}" if among else ""))
+    means = s.groupby("layer", sort=False)[on].mean()
+    if means.isna().all():
+        raise ValueError(f"no {on!r} accuracies in the sweep (no such LoRAs)")
+    return str(means.idxmax())
+
+
+def summarize(sweep: pd.DataFrame, layer: str, kind: str) -> dict:
+    """Seed mean and std of every accuracy of one (layer, kind), with its parameter counts."""
+    s = sweep[(sweep.layer == layer) & (sweep.kind == kind)]
+    if s.empty:
+        raise ValueError(f"no sweep rows for layer {layer!r}, kind {kind!r}")
+    out = {"layer": layer, "kind": kind, "seeds": int(len(s)), "n_params": int(s.n_params.iloc[0]),
+           "n_weight_params": int(s.n_weight_params.iloc[0]), "n_text_params": int(s.n_text_params.iloc[0])}
+    for split in SPLITS:
+        out[split] = float(s[split].mean())
+        out[split + "_std"] = float(s[split].std(ddof=0))
+    return out
