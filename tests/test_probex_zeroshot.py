@@ -371,3 +371,23 @@ def test_sd_folder_bad_inputs(tmp_path):
         SDLoraFolder(tmp_path / "nolabel")
     with pytest.raises(ZooError, match="no pytorch_lora_weights.safetensors under any split"):
         SDLoraFolder(tmp_path / "nolabel" / "train")
+
+
+def test_run_zeroshot_controls_and_downstream(planted):
+    from weightspace.probex.retrieval import downstream
+    from weightspace.probex.zeroshot import controls, run_zeroshot
+
+    data, text = planted
+    cfg = dict(FAST, epochs=30)
+    out = run_zeroshot(data, text, seeds=(0, 1), progress=False, **cfg)
+    t = out["table"]
+    assert set(t.side) == {"any", "image"}                     # the planted zoo has no cross-attention k/v
+    row = t[(t.kind == "probex") & (t.side == "any") & (t.goal == "zero_shot")].iloc[0]
+    assert row.layer == SIGNAL and row.seeds == 2 and abs(row.chance - 1 / 3) < 1e-12
+    assert len(out["sweep"]) == 2 * 2 + 2 * 1                  # every layer x kind once, the chosen re-fit once
+    c = controls(data, text, SIGNAL, seeds=(0,), **cfg).set_index("protocol")
+    assert c.loc["permuted strict", "zero_shot"] < c.loc["paper", "zero_shot"]
+    f = fit_zeroshot("probex", data.X(SIGNAL), data.labels, text, **cfg)
+    d = downstream(f.model, data.X(SIGNAL), data.labels, text, ks=(1, 5))
+    assert d["text_to_model_holdout"]["mAP"] > 0.6 and d["knn"]["e"] > 0.5
+    assert set(d["one_class"]) == {"knn", "lw"}

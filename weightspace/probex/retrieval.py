@@ -193,3 +193,42 @@ def one_class_auc(F_train, y_train, F_test, y_test, *, method: str = "knn", k: i
     if not per:
         raise ValueError("no class has both training and test LoRAs (and other test LoRAs to be anomalies)")
     return {"mean": float(np.mean(list(per.values()))), "per_class": per}
+
+
+# ------------------------------------------------------------------------------- all of it for one expert
+
+@torch.no_grad()
+def embeddings(model, X: torch.Tensor, text: torch.Tensor, chunk: int = 512) -> dict[str, np.ndarray]:
+    """{"e": unnormalised representations [N, r_T], "z": their L2-normalised aligned embeddings, "t": the
+    classes' projected, normalised text embeddings [C, r_T]} of an `Aligned` expert."""
+    model.eval()
+    dev = next(model.parameters()).device
+    E = torch.cat([model.represent(X[i:i + chunk].to(dev)).cpu() for i in range(0, len(X), chunk)])
+    T = model.embed_text(text.float().to(dev)).cpu()
+    return {"e": E.double().numpy(), "z": F.normalize(E, dim=-1).double().numpy(), "t": T.double().numpy()}
+
+
+def downstream(model, X: torch.Tensor, labels, text: torch.Tensor, *, ks: Sequence[int] = (1, 5, 10),
+               k_nn: int = 5, k_occ: int = 2) -> dict:
+    """The paper's downstream tasks for one trained expert (labels: `zeroshot.Labels`, rows of X):
+    text -> model retrieval over the test LoRAs (test ∪ test_holdout), each class prompt a query, for all
+    classes and for the holdout classes alone; model -> model retrieval among the same LoRAs (L2 in e);
+    kNN classification (train -> test, in e and, as a reference, in the raw flattened layer); one-class
+    ROC-AUC (kNN and Ledoit-Wolf)."""
+    emb = embeddings(model, X, text)
+    split, y = labels.split, labels.classes
+    pool = np.flatnonzero(np.isin(split, ["test", "test_holdout"]))
+    out = {}
+    for name, which in (("all", pool), ("holdout", np.flatnonzero(split == "test_holdout"))):
+        if len(which):
+            q = sorted(set(y[which].tolist()))
+            out[f"text_to_model_{name}"] = text_to_model(emb["t"][q], emb["z"][pool], q, y[pool], ks)
+    out["model_to_model"] = model_to_model(emb["e"][pool], y[pool], ks)
+    tr, te = split == "train", split == "test"
+    if te.any():
+        flat = X.flatten(1).double().numpy()
+        out["knn"] = {"e": knn_accuracy(emb["e"][tr], y[tr], emb["e"][te], y[te], k_nn),
+                      "X": knn_accuracy(flat[tr], y[tr], flat[te], y[te], k_nn), "k": k_nn}
+        out["one_class"] = {m: one_class_auc(emb["e"][tr], y[tr], emb["e"][te], y[te], method=m, k=k_occ)["mean"]
+                            for m in ("knn", "lw")}
+    return out
