@@ -391,3 +391,22 @@ def test_run_zeroshot_controls_and_downstream(planted):
     d = downstream(f.model, data.X(SIGNAL), data.labels, text, ks=(1, 5))
     assert d["text_to_model_holdout"]["mAP"] > 0.6 and d["knn"]["e"] > 0.5
     assert set(d["one_class"]) == {"knn", "lw"}
+
+
+def test_sd_folder_rank_options(tmp_path):
+    shapes2, shapes4 = sd15_lora_shapes(2), sd15_lora_shapes(4)
+    for i, (s, c, sh) in enumerate([("train", "n01440764", shapes2), ("train", "n01440764", shapes4),
+                                    ("test_holdout", "n01484850", shapes2)]):
+        _write_lora(tmp_path / s / f"m{i}" / "pytorch_lora_weights.safetensors", sh, c, i)
+    f = SDLoraFolder(tmp_path, rank=None)          # ranks may differ (our zoo): B A has the layer's shape
+    assert f.X(PAPER_LAYER).shape == (3, 1280, 1280)
+    with pytest.raises(ZooError, match="rank 2, not 4"):
+        SDLoraFolder(tmp_path, rank=4)
+    with pytest.raises(ZooError, match="LoRA rank 4, not 2"):
+        SDLoraFolder(tmp_path)
+    wide = dict(shapes2)
+    wide["unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight"] = (2, 640)
+    _write_lora(tmp_path / "train" / "m7" / "pytorch_lora_weights.safetensors", wide, "n01440764", 7)
+    with pytest.raises(ZooError, match=r"m7/pytorch_lora_weights.safetensors: 'unet.mid_block.*to_q.lora.down"
+                                       r".weight' is \[2, 640\] but \[2, 1280\]"):
+        SDLoraFolder(tmp_path, rank=None)

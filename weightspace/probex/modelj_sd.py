@@ -53,11 +53,13 @@ class SDLoraFolder:
     """Every LoRA of a Model-J-style SD folder: `labels` (classes, splits, files), `layers` (module stems in
     the official index order) and `X(layer)` [N, d_out, d_in] (a stem or an index), read once per layer.
 
-    Every file is checked on opening against the first one (from the headers alone): the same LoRA keys
-    with the same shapes (so the same rank), and a class in its header."""
+    Every file is checked on opening against the first one (from the headers alone): the same LoRA keys with
+    the same shapes, and a class in its header. `rank`: "first" (Model-J: every LoRA has the first one's rank,
+    16), an int (every LoRA has that rank), or None (ranks may differ, as in our zoo; X = B·A has the layer's
+    shape whatever the rank)."""
 
     def __init__(self, root: str | os.PathLike, *, class_key: str = CLASS_KEY,
-                 class_names: Mapping[str, str] | None = None, splits=SPLITS):
+                 class_names: Mapping[str, str] | None = None, splits=SPLITS, rank: int | str | None = "first"):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise ZooError(f"{self.root}: no such folder (a Model-J SD subset has split folders "
@@ -77,6 +79,14 @@ class SDLoraFolder:
         for stem in self.layers:
             if stem + UP not in self.shapes:
                 raise ZooError(f"{self.files[0]}: {stem + DOWN!r} has no {stem + UP!r} beside it")
+        if rank not in ("first", None) and not (isinstance(rank, int) and rank >= 1):
+            raise ValueError(f"rank={rank!r}: choose 'first', None or a whole number >= 1")
+        self.rank = rank
+        if isinstance(rank, int):
+            first = self._ranks(self.shapes)
+            bad = next((k for k, r in first.items() if r != rank), None)
+            if bad:
+                raise ZooError(f"{self.files[0]}: {bad!r} has LoRA rank {first[bad]}, not {rank}")
         ids = []
         for path in self.files:
             self._check_like_first(path)
@@ -99,9 +109,18 @@ class SDLoraFolder:
                              where=str(self.root))
         self._cache: dict[str, torch.Tensor] = {}
 
+    @staticmethod
+    def _ranks(shapes) -> dict[str, int]:
+        return {k: (s[0] if k.endswith(DOWN) else s[-1]) for k, s in shapes.items() if k.endswith((DOWN, UP))}
+
+    @staticmethod
+    def _rankless(shapes) -> dict:
+        return {k: ((None, s[1]) if k.endswith(DOWN) else (s[0], None)) if k.endswith((DOWN, UP)) and len(s) == 2
+                else s for k, s in shapes.items()}
+
     def _check_like_first(self, path: Path) -> None:
         shapes = _shapes(path)
-        if shapes == self.shapes:
+        if shapes == self.shapes or (self.rank is None and self._rankless(shapes) == self._rankless(self.shapes)):
             return
         missing = sorted(set(self.shapes) - set(shapes))
         if missing:
@@ -110,11 +129,11 @@ class SDLoraFolder:
         extra = sorted(set(shapes) - set(self.shapes))
         if extra:
             raise ZooError(f"{path}: unexpected key {extra[0]!r} ({len(extra)} keys not in {self.files[0]})")
-        k = next(k for k in sorted(shapes) if shapes[k] != self.shapes[k])
-        rank = lambda s: s[0] if k.endswith(DOWN) else s[-1]
+        a, b = (self._rankless(x) if self.rank is None else x for x in (shapes, self.shapes))
+        k = next(k for k in sorted(shapes) if a[k] != b[k])
+        r, r0 = self._ranks(shapes).get(k), self._ranks(self.shapes).get(k)
         raise ZooError(f"{path}: {k!r} is {list(shapes[k])} but {list(self.shapes[k])} in {self.files[0]}"
-                       + (f" (LoRA rank {rank(shapes[k])}, not {rank(self.shapes[k])})"
-                          if k.endswith((DOWN, UP)) and rank(shapes[k]) != rank(self.shapes[k]) else ""))
+                       + (f" (LoRA rank {r}, not {r0})" if self.rank is not None and r != r0 else ""))
 
     def __len__(self) -> int:
         return len(self.files)
