@@ -410,3 +410,11 @@ def test_sd_folder_rank_options(tmp_path):
     with pytest.raises(ZooError, match=r"m7/pytorch_lora_weights.safetensors: 'unet.mid_block.*to_q.lora.down"
                                        r".weight' is \[2, 640\] but \[2, 1280\]"):
         SDLoraFolder(tmp_path, rank=None)
+
+
+def test_random_ranking_map_matches_its_expectation():
+    from weightspace.probex.retrieval import random_ranking_map
+
+    rel = np.zeros((1, 10), bool)
+    rel[0, 3] = True                                   # one relevant item: E[AP] = E[1 / rank] = H_10 / 10
+    assert abs(random_ranking_map(rel, n=4000) - sum(1 / r for r in range(1, 11)) / 10) < 0.01

@@ -90,7 +90,7 @@ def text_to_model(query_emb, model_emb, query_class, model_class, ks: Sequence[i
     qc = _labels(query_class, S.shape[0], "queries")
     mc = _labels(model_class, S.shape[1], "models")
     rel = qc[:, None] == mc[None, :]
-    out = {"mAP": mean_average_precision(S, rel)}
+    out = {"mAP": mean_average_precision(S, rel), "mAP_chance": random_ranking_map(rel)}
     out.update({f"recall@{k}": recall_at_k(S, rel, k) for k in ks if k <= S.shape[1]})
     out.update({f"precision@{k}": float(_ranking(S, rel)[0][:, :k].mean()) for k in ks if k <= S.shape[1]})
     return out
@@ -109,7 +109,7 @@ def model_to_model(features, classes, ks: Sequence[int] = (1, 5, 10)) -> dict:
     others = np.array([np.delete(np.arange(len(y)), i) for i in rows])
     S = -np.take_along_axis(D[rows], others, 1)
     rel = y[others] == y[rows][:, None]
-    out = {"mAP": mean_average_precision(S, rel), "n_queries": int(len(rows))}
+    out = {"mAP": mean_average_precision(S, rel), "mAP_chance": random_ranking_map(rel), "n_queries": int(len(rows))}
     out.update({f"recall@{k}": recall_at_k(S, rel, k) for k in ks if k <= S.shape[1]})
     return out
 
@@ -232,3 +232,10 @@ def downstream(model, X: torch.Tensor, labels, text: torch.Tensor, *, ks: Sequen
         out["one_class"] = {m: one_class_auc(emb["e"][tr], y[tr], emb["e"][te], y[te], method=m, k=k_occ)["mean"]
                             for m in ("knn", "lw")}
     return out
+
+
+def random_ranking_map(relevant, n: int = 200, seed: int = 0) -> float:
+    """The mAP of random rankings of the same relevance matrix (mean over `n` draws): chance for mAP."""
+    rel = np.asarray(relevant, bool)
+    rng = np.random.default_rng(seed)
+    return float(np.mean([mean_average_precision(rng.random(rel.shape), rel) for _ in range(n)]))
