@@ -103,8 +103,9 @@ def test_module_types_and_sides():
 
 
 def test_prompts():
-    assert class_prompts(["a mirrored seven", "tench", "great_white_shark"]) == [
-        "a photo of a mirrored seven", "a photo of a tench", "a photo of a great white shark"]
+    assert class_prompts(["a mirrored seven", "an inverted two", "tench", "great_white_shark"]) == [
+        "a photo of a mirrored seven", "a photo of an inverted two", "a photo of a tench",
+        "a photo of a great white shark"]
     with pytest.raises(ValueError, match="empty class list"):
         class_prompts([])
     with pytest.raises(ValueError, match="duplicated prompt 'a photo of a seven'.*'a seven' and 'seven'"):

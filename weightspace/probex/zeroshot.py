@@ -52,8 +52,8 @@ RANKS = ("n_probes", "proj_dim", "rep_dim")
 # ----------------------------------------------------------------------------------------------- prompts
 
 def class_prompts(class_names: Sequence[str], template: str = TEMPLATE) -> list[str]:
-    """"a photo of a {class}" for every class. A leading article of the class name is dropped first
-    ("a mirrored seven" -> "a photo of a mirrored seven"); ImageNet-style "_" become spaces."""
+    """"a photo of a {class}" for every class; a name with its own article keeps it ("an inverted two" ->
+    "a photo of an inverted two"); ImageNet-style "_" become spaces."""
     names = list(class_names)
     if not names:
         raise ValueError("empty class list: no prompts to make (zero-shot needs one prompt per class)")
@@ -63,8 +63,9 @@ def class_prompts(class_names: Sequence[str], template: str = TEMPLATE) -> list[
     for i, name in enumerate(names):
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"class {i} has an empty name ({name!r}); every class needs text")
-        clean = re.sub(r"^(a|an|the)\s+", "", name.replace("_", " ").strip(), flags=re.I)
-        out.append(template.format(clean))
+        clean = name.replace("_", " ").strip()
+        own_article = re.match(r"(a|an|the)\s", clean, flags=re.I) and "a {}" in template
+        out.append((template.replace("a {}", "{}") if own_article else template).format(clean))
     check_prompts(out, names)
     return out
 
