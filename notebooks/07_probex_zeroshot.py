@@ -125,6 +125,7 @@ view = tables.pivot_table(index=["zoo", "side", "kind"], columns="goal", values=
                           aggfunc="first")
 view
 
+
 # %%
 def sweep_figure():
     fig, axes = plt.subplots(2, 2, figsize=(13, 7), sharex=True, sharey="row")
@@ -163,6 +164,7 @@ def sweep_figure():
 
 fig = sweep_figure()
 plotting.savefig(fig, figures_dir, "probex_zs_layer_sweep")
+
 
 # %%
 def table_figure():
@@ -225,6 +227,7 @@ ax.set_ylabel("zero-shot top-1 (test_holdout)")
 ax.set_title("ProbeX's zero-shot layer under the protocol controls")
 ax.legend(fontsize=8)
 plotting.savefig(fig, figures_dir, "probex_zs_controls")
+
 
 # %% [markdown]
 # ## What holds at this scale (computed from this run)

@@ -138,12 +138,13 @@ def test_permuted_labels_fall_to_chance(planted):
     """With training labels shuffled nothing transfers. (The zero-shot checkpoint is then the in-distribution
     one: choosing it on val_holdout, whose classes are test_holdout's, would lift even this control.)"""
     data, text = planted
+    from weightspace.probex.zeroshot import permuted
+
     lab = data.labels
-    rng = np.random.default_rng(0)
-    perm = lab.classes.copy()
-    ind = np.flatnonzero(np.isin(lab.split, ["train", "val", "test"]))
-    perm[ind] = rng.permutation(perm[ind])
-    shuffled = Labels(lab.class_names, perm, lab.split, lab.names)
+    shuffled = permuted(lab, 0)
+    for split in ("train", "val", "test"):        # shuffled within each split: the same classes, other LoRAs
+        i = lab.index(split)
+        assert sorted(shuffled.classes[i]) == sorted(lab.classes[i]) and (shuffled.classes[i] != lab.classes[i]).any()
     real, ctrl = ([fit_zeroshot("probex", data.X(SIGNAL), labels, text, seed=s, zeroshot_checkpoint="val",
                                 **FAST).acc for s in range(3)] for labels in (lab, shuffled))
     zs_real, zs_ctrl = (np.mean([a["test_holdout"] for a in accs]) for accs in (real, ctrl))
@@ -419,3 +420,22 @@ def test_random_ranking_map_matches_its_expectation():
     rel = np.zeros((1, 10), bool)
     rel[0, 3] = True                                   # one relevant item: E[AP] = E[1 / rank] = H_10 / 10
     assert abs(random_ranking_map(rel, n=4000) - sum(1 / r for r in range(1, 11)) / 10) < 0.01
+
+
+def test_fit_many_equals_lone_fits(planted):
+    from weightspace.probex.zeroshot import fit_many
+
+    data, text = planted
+    cfg = dict(FAST, epochs=12)
+    X = [data.X(SIGNAL), data.X(NOISE), data.X(SIGNAL)]
+    many = fit_many("probex", X, [data.labels] * 3, text, [0, 0, 1], **cfg)
+    for f, x, seed in zip(many, X, [0, 0, 1]):
+        lone = fit_zeroshot("probex", x, data.labels, text, seed=seed, **cfg)
+        assert f.best_epoch == lone.best_epoch and f.best_epoch_zs == lone.best_epoch_zs
+        for a, b in zip(f.history, lone.history):
+            assert a[0] == b[0] and abs(a[1] - b[1]) < 1e-4 and a[2:] == b[2:]
+        for (name, p), q in zip(f.model.state_dict().items(), lone.model.state_dict().values()):
+            torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-4, msg=name)
+        assert f.acc == lone.acc
+    with pytest.raises(ValueError, match="the same for every member"):
+        fit_many("probex", [data.X(SIGNAL), data.X(SIGNAL)[:, :8]], [data.labels] * 2, text, [0, 1])

@@ -341,65 +341,109 @@ def fit_zeroshot(kind: str, X: torch.Tensor, labels: Labels, text: torch.Tensor,
                          above chance (picking, among the checkpoints' chance assignments of holdout clusters
                          to prompts, the one that fits val_holdout).
     """
+    return fit_many(kind, [X], [labels], text, [seed], temperature=temperature,
+                    zeroshot_checkpoint=zeroshot_checkpoint, device=device, **config)[0]
+
+
+def fit_many(kind: str, Xs: Sequence[torch.Tensor], labels: Sequence[Labels], text: torch.Tensor,
+             seeds: Sequence[int], *, temperature: float | None = None, zeroshot_checkpoint: str = "val_holdout",
+             device=None, **config) -> list[ZeroShotFit]:
+    """Several independent `fit_zeroshot`s in one batched training loop (torch.func.vmap over stacked
+    parameters): member k reads layer Xs[k] with labels[k] and seed seeds[k]. Members share the layer shape, the
+    splits and the class sets; each has its own initialisation, data order, loss, Adam moments (Adam is
+    element-wise, so one Adam over the stacked tensors is K Adams) and checkpoints, so each equals its lone fit."""
+    from torch.func import functional_call, stack_module_state, vmap
+
     cfg = _check_cfg(config)
     if zeroshot_checkpoint not in ("val_holdout", "val"):
         raise ValueError(f"zeroshot_checkpoint={zeroshot_checkpoint!r}: choose 'val_holdout' (the paper's) or 'val'")
-    if X.ndim != 3 or len(X) != len(labels):
-        raise ValueError(f"X must be [N={len(labels)}, d_H, d_W] (one layer of every LoRA), got {tuple(X.shape)}")
-    check_finite(X, f"{labels.where}: LoRA layer")
-    text = check_text(text, labels.class_names)
-    torch.manual_seed(seed)   # PyTorch's default init draws from the global generator
-    model = make_aligned(kind, X.shape[1], X.shape[2], text.shape[1], temperature=temperature,
-                         **{k: cfg[k] for k in RANKS})
+    K = len(Xs)
+    if not K or len(labels) != K or len(seeds) != K:
+        raise ValueError(f"fit_many: {K} layers, {len(labels)} label sets and {len(seeds)} seeds (one of each per "
+                         "member, at least one)")
+    lab0 = labels[0]
+    for lab in labels[1:]:
+        if (lab.train_classes, lab.holdout_classes) != (lab0.train_classes, lab0.holdout_classes) \
+                or not np.array_equal(lab.split, lab0.split):
+            raise ValueError(f"fit_many: {lab.where} has other splits or class sets than {lab0.where}")
+    for X, lab in zip(Xs, labels):
+        if X.ndim != 3 or len(X) != len(lab) or X.shape != Xs[0].shape:
+            raise ValueError(f"X must be [N={len(lab)}, d_H, d_W] (one layer of every LoRA), the same for every "
+                             f"member; got {tuple(X.shape)} (first {tuple(Xs[0].shape)})")
+        check_finite(X, f"{lab.where}: LoRA layer")
+    text = check_text(text, lab0.class_names)
     dev = torch.device(device) if device is not None else default_device()
-    model = model.to(dev)
-    split_X = {s: X[torch.from_numpy(labels.index(s))].float() for s in SPLITS}
-    split_y = {s: labels.targets(s) for s in SPLITS}
-    split_T = {s: text[labels.candidates(s)] for s in SPLITS}
-    Xtr, ytr, Ttr = split_X["train"].to(dev), split_y["train"].to(dev), split_T["train"].to(dev)
-    holdout = labels.has_holdout
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    g = generator("probex-zeroshot", seed)
+    models = []
+    for seed in seeds:
+        torch.manual_seed(seed)   # PyTorch's default init draws from the global generator
+        models.append(make_aligned(kind, Xs[0].shape[1], Xs[0].shape[2], text.shape[1], temperature=temperature,
+                                   **{k: cfg[k] for k in RANKS}).to(dev))
+    params, buffers = stack_module_state(models)
+    shell = copy.deepcopy(models[0]).to("meta")
+    fwd = vmap(lambda p, b, X, T: functional_call(shell, (p, b), (X, T)), in_dims=(0, 0, 0, None))
+    idx = {s: torch.from_numpy(lab0.index(s)) for s in SPLITS}
+    split_X = {s: torch.stack([X[idx[s]] for X in Xs]).float() for s in SPLITS}           # [K, n_s, d_H, d_W]
+    split_y = {s: torch.stack([lab.targets(s) for lab in labels]) for s in SPLITS}        # [K, n_s]
+    split_T = {s: text[lab0.candidates(s)].to(dev) for s in SPLITS}
+    Xtr, ytr = split_X["train"].to(dev), split_y["train"].to(dev)
+    holdout = lab0.has_holdout
+    opt = torch.optim.Adam(params.values(), lr=cfg["lr"])
+    gens = [generator("probex-zeroshot", s) for s in seeds]
+    members = torch.arange(K, device=dev)[:, None]
 
-    def acc(split):
-        if not len(split_X[split]):
-            return float("nan")
-        return top1(_scores(model, split_X[split], split_T[split]), split_y[split])
+    @torch.no_grad()
+    def accs(split, chunk=256):
+        if not split_X[split].shape[1]:
+            return np.full(K, np.nan)
+        preds = [fwd(params, buffers, split_X[split][:, i:i + chunk].to(dev), split_T[split]).argmax(-1).cpu()
+                 for i in range(0, split_X[split].shape[1], chunk)]
+        return (torch.cat(preds, 1) == split_y[split]).float().mean(1).numpy()
 
-    best, best_zs, history = (-1.0, -1, None), (-1.0, None, None), []
+    def snapshot(k):
+        return {name: t[k].detach().clone() for name, t in params.items()}
+
+    best = [(-1.0, -1, None)] * K
+    best_zs = [(-1.0, None, None)] * K
+    history = [[] for _ in range(K)]
     t0 = time.time()
-    n, bs = len(Xtr), cfg["batch_size"]
+    n, bs = Xtr.shape[1], cfg["batch_size"]
     for epoch in range(cfg["epochs"]):
-        model.train()
-        order = torch.randperm(n, generator=g).to(dev)
-        total = 0.0
+        order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(dev)     # [K, n]
+        total = torch.zeros(K)
         for lo in range(0, n, bs):
-            idx = order[lo:lo + bs]
-            loss = F.cross_entropy(model(Xtr[idx], Ttr), ytr[idx])
+            b = order[:, lo:lo + bs]
+            logits = fwd(params, buffers, Xtr[members, b], split_T["train"])            # [K, b, C]
+            losses = F.cross_entropy(logits.flatten(0, 1), ytr.gather(1, b).flatten(),
+                                     reduction="none").view(K, -1).mean(1)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            losses.sum().backward()
             opt.step()
-            total += float(loss.detach()) * len(idx)
+            total += losses.detach().cpu() * b.shape[1]
         if epoch % cfg["eval_every"] == 0 or epoch == cfg["epochs"] - 1:
-            val = acc("val") if len(split_X["val"]) else acc("train")   # no val LoRAs: the train fit
-            val_zs = acc("val_holdout") if holdout else float("nan")
-            history.append((epoch, total / n, val, val_zs))
-            if val > best[0]:
-                best = (val, epoch, copy.deepcopy(model.state_dict()))
-            if holdout and val_zs > best_zs[0]:
-                best_zs = (val_zs, epoch, copy.deepcopy(model.state_dict()))
-    seconds = time.time() - t0
-    if zeroshot_checkpoint == "val":
-        best_zs = best
-    accs = {s: float("nan") for s in HOLDOUT}
-    if holdout:
-        model.load_state_dict(best_zs[2])
-        accs = {s: acc(s) for s in HOLDOUT}
-    model.load_state_dict(best[2])
-    accs.update({s: acc(s) for s in IN_DIST})
-    return ZeroShotFit(model=model, zs_state=best_zs[2], acc=accs, best_epoch=best[1], best_epoch_zs=best_zs[1],
-                       n_weight_params=model.n_weight_params, n_text_params=model.n_text_params,
-                       seconds=seconds, history=history)
+            val = accs("val") if split_X["val"].shape[1] else accs("train")   # no val LoRAs: the train fit
+            val_zs = accs("val_holdout") if holdout else np.full(K, np.nan)
+            for k in range(K):
+                history[k].append((epoch, float(total[k]) / n, float(val[k]), float(val_zs[k])))
+                if val[k] > best[k][0]:
+                    best[k] = (float(val[k]), epoch, snapshot(k))
+                if holdout and val_zs[k] > best_zs[k][0]:
+                    best_zs[k] = (float(val_zs[k]), epoch, snapshot(k))
+    seconds = (time.time() - t0) / K
+    fits = []
+    for k, model in enumerate(models):
+        zs = best[k] if zeroshot_checkpoint == "val" else best_zs[k]
+        acc = {s: float("nan") for s in HOLDOUT}
+        sx = {s: split_X[s][k] for s in SPLITS}
+        if holdout:
+            model.load_state_dict(zs[2])
+            acc = {s: top1(_scores(model, sx[s], split_T[s]), split_y[s][k]) for s in HOLDOUT}
+        model.load_state_dict(best[k][2])
+        acc.update({s: top1(_scores(model, sx[s], split_T[s]), split_y[s][k]) if sx[s].shape[0] else float("nan")
+                    for s in IN_DIST})
+        fits.append(ZeroShotFit(model=model, zs_state=zs[2] if holdout else None, acc=acc, best_epoch=best[k][1],
+                                best_epoch_zs=zs[1] if holdout else None, n_weight_params=model.n_weight_params,
+                                n_text_params=model.n_text_params, seconds=seconds, history=history[k]))
+    return fits
 
 
 # ------------------------------------------------------------------------------------------ the layer sweep
@@ -410,7 +454,8 @@ def layer_sweep(data, text: torch.Tensor, layers: Sequence[str] | None = None, *
                 **config) -> pd.DataFrame:
     """One row per (layer, kind, seed): accuracies of every split (val/test in-distribution; val_holdout /
     test_holdout zero-shot), parameter counts, the layer's shape, module type and side. `data` is any object
-    with `labels`, `layers` and `X(stem)` (`ZooLoras`, `SDLoraFolder`)."""
+    with `labels`, `layers` and `X(stem)` (`ZooLoras`, `SDLoraFolder`). Fits of one kind and layer shape train
+    together (`fit_many`)."""
     layers = list(data.layers if layers is None else layers)
     if not layers:
         raise ValueError("no layers to sweep (an empty layer list)")
@@ -418,21 +463,44 @@ def layer_sweep(data, text: torch.Tensor, layers: Sequence[str] | None = None, *
     if unknown:
         raise ValueError(f"unknown LoRA layer(s) {unknown[:3]}; the LoRAs have {len(data.layers)} layers, "
                          f"e.g. {data.layers[:2]}")
-    rows = []
-    jobs = [(l, k, s) for l in layers for k in kinds for s in seeds]
+    return fit_jobs(data, text, [(l, k, s) for l in layers for k in kinds for s in seeds], temperature=temperature,
+                    zeroshot_checkpoint=zeroshot_checkpoint, progress=progress, **config)
+
+
+def fit_jobs(data, text: torch.Tensor, jobs: Sequence[tuple[str, str, int]], *, labels=None,
+             max_bytes: float = 2.5e8, progress: bool = True, **options) -> pd.DataFrame:
+    """Fit every (layer, kind, seed) of `jobs` (with `labels`, default data.labels; a callable seed -> Labels
+    gives each seed its own), batched by kind and layer shape in groups of at most `max_bytes` of stacked
+    layers; one row per job, in job order."""
+    label_of = labels if callable(labels) else (lambda seed: labels or data.labels)
+    groups: dict = {}
+    for j, (layer, kind, seed) in enumerate(jobs):
+        groups.setdefault((kind, tuple(data.X(layer).shape)), []).append(j)
+    batches = []
+    for (kind, shape), js in groups.items():
+        per = max(1, int(max_bytes // (4 * np.prod(shape))))
+        batches += [(kind, js[i:i + per]) for i in range(0, len(js), per)]
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        jobs = tqdm(jobs, desc="zero-shot layer sweep", unit="fit")
-    for layer, kind, seed in jobs:
-        X = data.X(layer)
-        f = fit_zeroshot(kind, X, data.labels, text, seed=seed, temperature=temperature,
-                         zeroshot_checkpoint=zeroshot_checkpoint, **config)
-        rows.append(dict(layer=layer, index=data.layers.index(layer), module=module_type(layer), side=side(layer),
-                         shape=f"{X.shape[1]}x{X.shape[2]}", kind=kind, seed=seed, **f.acc,
-                         n_weight_params=f.n_weight_params, n_text_params=f.n_text_params, n_params=f.n_params,
-                         seconds=f.seconds))
-    return pd.DataFrame(rows)
+        bar = tqdm(total=len(jobs), desc="zero-shot fits", unit="fit")
+    rows = {}
+    for kind, js in batches:
+        fits = fit_many(kind, [data.X(jobs[j][0]) for j in js], [label_of(jobs[j][2]) for j in js], text,
+                        [jobs[j][2] for j in js], **options)
+        for j, f in zip(js, fits):
+            layer, _, seed = jobs[j]
+            X = data.X(layer)
+            rows[j] = dict(layer=layer, index=data.layers.index(layer), module=module_type(layer), side=side(layer),
+                           shape=f"{X.shape[1]}x{X.shape[2]}", kind=kind, seed=seed, **f.acc,
+                           n_weight_params=f.n_weight_params, n_text_params=f.n_text_params, n_params=f.n_params,
+                           seconds=f.seconds)
+        if bar is not None:
+            bar.update(len(js))
+    if bar is not None:
+        bar.close()
+    return pd.DataFrame([rows[j] for j in range(len(jobs))])
 
 
 def choose_layer(sweep: pd.DataFrame, kind: str, on: str = "val", among: Sequence[str] | None = None) -> str:
@@ -470,12 +538,14 @@ GOALS = {"in_dist": ("val", "test"), "zero_shot": ("val_holdout", "test_holdout"
 
 
 def permuted(labels: Labels, seed: int = 0) -> Labels:
-    """The same LoRAs with the classes of the in-distribution LoRAs shuffled among them (holdout labels
-    kept): a control in which weights carry no information about the training labels."""
+    """The same LoRAs with the classes of the train, val and test LoRAs each shuffled within their split
+    (holdout labels kept; every split keeps its classes): a control in which weights carry no information
+    about the training labels."""
     rng = np.random.default_rng(seed)
     classes = labels.classes.copy()
-    ind = np.flatnonzero(np.isin(labels.split, IN_DIST))
-    classes[ind] = rng.permutation(classes[ind])
+    for split in IN_DIST:
+        ind = labels.index(split)
+        classes[ind] = rng.permutation(classes[ind])
     return Labels(labels.class_names, classes, labels.split, labels.names, where=f"{labels.where} (permuted)")
 
 
@@ -498,9 +568,9 @@ def run_zeroshot(data, text: torch.Tensor, *, kinds: Sequence[str] = ("probex", 
     extra = [s for s in seeds if s not in sweep_seeds]
     todo = sorted({(layer, kind) for (kind, _, _), layer in chosen.items()})
     if extra:
-        more = [layer_sweep(data, text, [layer], kinds=(kind,), seeds=extra, progress=False, **config)
-                for layer, kind in todo]
-        sweep = pd.concat([sweep, *more], ignore_index=True)
+        more = fit_jobs(data, text, [(layer, kind, s) for layer, kind in todo for s in extra], progress=False,
+                        **config)
+        sweep = pd.concat([sweep, more], ignore_index=True)
     seeded = sweep[sweep.seed.isin(list(seeds))]
     table = []
     for (kind, sd, goal), layer in chosen.items():
@@ -522,20 +592,16 @@ def controls(data, text: torch.Tensor, layer: str, *, seeds: Sequence[int] = (0,
       temperature    cosines / τ (not the paper's);
       permuted       training labels shuffled, paper's protocol: the floor its checkpoint choice alone reaches;
       permuted strict  the same under the strict protocol: chance."""
-    X = data.X(layer)
     runs = {"paper": dict(), "strict": dict(zeroshot_checkpoint="val"), f"temperature {temperature:g}":
             dict(temperature=temperature), "permuted": dict(labels=True),
             "permuted strict": dict(labels=True, zeroshot_checkpoint="val")}
     rows = []
     for name, opts in runs.items():
         opts = dict(opts)
-        fits = []
-        for s in seeds:
-            labels = permuted(data.labels, s) if opts.get("labels") else data.labels
-            kw = {k: v for k, v in opts.items() if k != "labels"}
-            fits.append(fit_zeroshot("probex", X, labels, text, seed=s, **kw, **config).acc)
-        rows.append(dict(protocol=name, in_dist=float(np.mean([f["test"] for f in fits])),
-                         in_dist_std=float(np.std([f["test"] for f in fits])),
-                         zero_shot=float(np.mean([f["test_holdout"] for f in fits])),
-                         zero_shot_std=float(np.std([f["test_holdout"] for f in fits]))))
+        labels = (lambda s: permuted(data.labels, s)) if opts.pop("labels", False) else None
+        fits = fit_jobs(data, text, [(layer, "probex", s) for s in seeds], labels=labels, progress=False,
+                        **opts, **config)
+        rows.append(dict(protocol=name, in_dist=float(fits.test.mean()), in_dist_std=float(fits.test.std(ddof=0)),
+                         zero_shot=float(fits.test_holdout.mean()),
+                         zero_shot_std=float(fits.test_holdout.std(ddof=0))))
     return pd.DataFrame(rows)
