@@ -3,6 +3,8 @@
 Formulas against hand computations; a planted-signal LoRA zoo (class = (digit, style), text = a_digit +
 b_style, B = reshape(W t_class)) where zero-shot must beat chance, and the same LoRAs with permuted labels,
 where it must not; Model-J look-alike files with SD 1.x key names (a 1280x1280 layer) end to end."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -439,3 +441,32 @@ def test_fit_many_equals_lone_fits(planted):
         assert f.acc == lone.acc
     with pytest.raises(ValueError, match="the same for every member"):
         fit_many("probex", [data.X(SIGNAL), data.X(SIGNAL)[:, :8]], [data.labels] * 2, text, [0, 1])
+
+
+def test_sd_folder_reads_our_zoo_layout(tmp_path):
+    """Our LoRA zoo keeps Model-J's layout: models/<split>/<id>/pytorch_lora_weights.safetensors, the class in
+    the header (`class_name`), ranks that differ per LoRA; the folder reader and the zoo reader agree."""
+    from weightspace.zoo.format import write_model
+
+    names = ["a plain one", "a bold one", "a plain two", "a bold two"]
+    zoo = Zoo.create(tmp_path / "zoo", kind="sd-lora", builder="tests", params={},
+                     labels={"column": "classes", "class_names": names, "per_model": "one"},
+                     lora=DIFFUSERS_LORA_LAYOUT)
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i, (split, c, r) in enumerate([("train", 0, 2), ("train", 1, 4), ("val", 0, 2), ("test", 1, 4),
+                                       ("val_holdout", 2, 2), ("test_holdout", 3, 4)]):
+        t = {f"unet.{SIGNAL}.lora.up.weight": torch.randn(16, r, generator=g),
+             f"unet.{SIGNAL}.lora.down.weight": torch.randn(r, 16, generator=g)}
+        rows.append(write_model(zoo.path, f"lora{i}", t, dict(split=split, classes=[c], tree_id=0, depth=1),
+                                folder=split, file_name="pytorch_lora_weights.safetensors",
+                                metadata={"class_name": names[c]}))
+    zoo.record(rows)
+    ours = ZooLoras(Zoo.open(zoo.path))
+    folder = SDLoraFolder(zoo.path / "models", class_key="class_name", rank=None)
+    assert folder.layers == ["unet." + s for s in ours.layers]
+    order = [int(Path(p).parent.name[4:]) for p in folder.labels.names]
+    torch.testing.assert_close(folder.X(0), ours.X(SIGNAL)[order])
+    assert [folder.labels.class_names[c] for c in folder.labels.classes] == [names[ours.labels.classes[i]]
+                                                                              for i in order]
+    assert list(folder.labels.split) == [ours.labels.split[i] for i in order]
