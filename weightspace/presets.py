@@ -26,6 +26,9 @@ PRESETS: dict[str, dict[str, dict]] = {
         "04_mother_forests": dict(n_trees=3, n_children=2, root_steps=150, steps=40, embed_dim=32, num_heads=2,
                                   ranks_v=[1, 2, 4], rank_f=2, select_trees=1),
         "05_mother_recovery": dict(n_draws=5, tie_seeds=3, fractions=[1.0, 0.6, 0.3]),
+        "06_sd_lora_zoo": dict(per_class=3, generic_per_class=2, n_holdout=4, split=[0.34, 0.33, 0.33], base_steps=40,
+                               steps=[3, 6], eval_samples=2, sample_steps=5, base_samples=2, recognizer_steps=100,
+                               n_show=3, pipeline_loras=2),
     },
     "default": {},
     "paper": {
