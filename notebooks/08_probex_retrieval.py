@@ -29,8 +29,8 @@ preset = "default"
 zoo_root = "../zoos/default"
 figures_dir = "../figures"
 results_dir = "../results"
-class_zoo = "sd_lora"                 # notebook 06's zoo (class prompts)
-generic_zoo = "sd_lora_generic"       # its generic-prompt control
+class_zoo = "sd_lora_zoo"             # notebook 06's zoo (class prompts)
+generic_zoo = "sd_lora_zoo_generic"   # its generic-prompt control
 queries = []                          # free-text queries; [] uses each holdout class's name, e.g. "a mirrored seven"
 n_queries = 4                         # with queries [], this many holdout classes (and one paraphrase)
 top_k = 5                             # LoRAs shown per query
@@ -210,6 +210,8 @@ pd.DataFrame([{k: c[k] for k in ("claim", "holds")} | {"ours": plotting.format_o
 
 # %%
 dc, dg = saved["downstream"]["class"], saved["downstream"]["generic"]
+na = {"e": float("nan"), "knn": float("nan")}
+dg = {"knn": na, "one_class": na, **dg}   # a tiny control zoo may have no test LoRAs
 hits = sum(r["class_name"] == q for q, rs in zip(queries, retrieved) for r in rs[:1])
 Markdown(f"""
 **Reading the numbers of this run.** Text -> model mAP over the holdout classes is

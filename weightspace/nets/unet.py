@@ -60,10 +60,14 @@ def ddpm_scheduler():
 
 
 def ddim_scheduler():
-    """DDIM over the same schedule (what sampling and the pipeline use)."""
+    """DDIM over the same schedule (what sampling and the pipeline use), with "trailing" timesteps so the first
+    step starts from t = T - 1, where the noise is pure (Lin et al. 2024, Sec. 3.3; SD's "leading" default
+    starts at T - T/steps and leaves a few-step sampler with low-frequency residue). No clipping of x0_hat and
+    steps_offset 1: what StableDiffusionPipeline sets on any scheduler it is given, so both sample alike."""
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler.from_config(ddpm_scheduler().config)
+    return DDIMScheduler.from_config(ddpm_scheduler().config, timestep_spacing="trailing", clip_sample=False,
+                                     steps_offset=1)
 
 
 def denoising_loss(unet, scheduler, x0, cond, noise, t, groups: int = 1) -> torch.Tensor:

@@ -289,13 +289,17 @@ def _copy_base(zoo: Zoo, other: Zoo, p: Mapping) -> None:
 
 # ------------------------------------------------------------------------------------------------- the LoRAs
 
-def _adapter_data(row: Mapping, images: torch.Tensor, b: int, steps: int):
-    """One LoRA's per-step data from its own seed: image indices [steps, b], noise, timesteps."""
+def _adapter_data(row: Mapping, images: torch.Tensor, b: int, steps: int | None = None):
+    """One LoRA's per-step data from its own seed alone: images [steps, b, ...], noise, timesteps [steps, b]. Its
+    own row["steps"] are drawn; beyond them (`steps` > row["steps"], an adapter riding along in a longer job at
+    learning rate 0) the last step repeats."""
     g = generator(row["seed"], "data")
-    idx = torch.randint(len(images), (steps, b), generator=g)
-    noise = torch.randn((steps, b, *images.shape[1:]), generator=g)
-    t = torch.randint(ddpm_scheduler().config.num_train_timesteps, (steps, b), generator=g)
-    return images[idx], noise, t
+    n = row["steps"]
+    idx = torch.randint(len(images), (n, b), generator=g)
+    noise = torch.randn((n, b, *images.shape[1:]), generator=g)
+    t = torch.randint(ddpm_scheduler().config.num_train_timesteps, (n, b), generator=g)
+    pad = torch.arange(steps or n).clamp(max=n - 1)
+    return images[idx][pad], noise[pad], t[pad]
 
 
 def train_loras(unet, rows: Sequence[Mapping], tokens: torch.Tensor, images: Sequence[torch.Tensor], *,
