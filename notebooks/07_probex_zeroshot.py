@@ -327,7 +327,7 @@ pd.DataFrame([{k: c[k] for k in ("claim", "holds")} | {"ours": plotting.format_o
               for c in saved["claims"]])
 
 # %%
-Z = saved["zoos"]
+Z = results["zoos"]          # raw numbers (NaN where a tiny zoo lacks a split)
 ok = {c["claim"]: c["holds"] for c in saved["claims"]}
 cz, gz = Z["class"], Z["generic"]
 

@@ -223,14 +223,21 @@ def downstream(model, X: torch.Tensor, labels, text: torch.Tensor, *, ks: Sequen
         if len(which):
             q = sorted(set(y[which].tolist()))
             out[f"text_to_model_{name}"] = text_to_model(emb["t"][q], emb["z"][pool], q, y[pool], ks)
-    out["model_to_model"] = model_to_model(emb["e"][pool], y[pool], ks)
+    try:
+        out["model_to_model"] = model_to_model(emb["e"][pool], y[pool], ks)
+    except ValueError:   # no class with two test LoRAs (a tiny zoo)
+        out["model_to_model"] = {"mAP": float("nan"), "mAP_chance": float("nan"), "n_queries": 0}
     tr, te = split == "train", split == "test"
     if te.any():
         flat = X.flatten(1).double().numpy()
         out["knn"] = {"e": knn_accuracy(emb["e"][tr], y[tr], emb["e"][te], y[te], k_nn),
                       "X": knn_accuracy(flat[tr], y[tr], flat[te], y[te], k_nn), "k": k_nn}
-        out["one_class"] = {m: one_class_auc(emb["e"][tr], y[tr], emb["e"][te], y[te], method=m, k=k_occ)["mean"]
-                            for m in ("knn", "lw")}
+        out["one_class"] = {}
+        for m in ("knn", "lw"):
+            try:
+                out["one_class"][m] = one_class_auc(emb["e"][tr], y[tr], emb["e"][te], y[te], method=m, k=k_occ)["mean"]
+            except ValueError:   # no class with enough training LoRAs (k, or 2 for a covariance)
+                out["one_class"][m] = float("nan")
     return out
 
 
