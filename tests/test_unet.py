@@ -77,7 +77,7 @@ def test_ddim_sampler_is_the_ddim_update_by_hand(unet):
     cond, noise = torch.randn(3, 4, 32, generator=g), torch.randn(3, 1, 8, 8, generator=g)
     abar = ddpm_scheduler().alphas_cumprod
     x = noise.clone()
-    ts = [999 - 250 * i for i in range(steps)]             # "trailing": 999, 749, 499, 249
+    ts = [751 - 250 * i for i in range(steps)]             # "leading" + steps_offset 1: 751, 501, 251, 1
     with torch.no_grad():
         for i, t in enumerate(ts):
             eps = unet(x, torch.tensor(t), encoder_hidden_states=cond).sample
@@ -85,7 +85,7 @@ def test_ddim_sampler_is_the_ddim_update_by_hand(unet):
             a_prev = abar[t - 250] if t - 250 >= 0 else torch.tensor(1.0)   # set_alpha_to_one
             x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
             x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps                  # DDIM, eta = 0 (eq. 12)
-    assert ddim_scheduler().config.timestep_spacing == "trailing"
+    assert ddim_scheduler().config.timestep_spacing == "leading"
     out = ddim_sample(unet, cond, steps=steps, noise=noise)
     assert torch.allclose(out, x.clamp(-1, 1), atol=1e-5)
     assert torch.equal(ddim_sample(unet, cond, steps=steps, seed=3), ddim_sample(unet, cond, steps=steps, seed=3))
