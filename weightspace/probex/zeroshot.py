@@ -489,6 +489,8 @@ def fit_jobs(data, text: torch.Tensor, jobs: Sequence[tuple[str, str, int]], *, 
     for kind, js in batches:
         fits = fit_many(kind, [data.X(jobs[j][0]) for j in js], [label_of(jobs[j][2]) for j in js], text,
                         [jobs[j][2] for j in js], **options)
+        log.info("%d %s fits of shape %s in %.1f s each", len(js), kind, tuple(data.X(jobs[js[0]][0]).shape[1:]),
+                 fits[0].seconds)
         for j, f in zip(js, fits):
             layer, _, seed = jobs[j]
             X = data.X(layer)
