@@ -119,9 +119,9 @@ def model_writes():
     written: list[str] = []
     real = jobs.write_model
 
-    def counting(zoo_path, model_id, tensors, row):
+    def counting(zoo_path, model_id, tensors, row, **file_options):
         written.append(model_id)
-        return real(zoo_path, model_id, tensors, row)
+        return real(zoo_path, model_id, tensors, row, **file_options)
 
     jobs.write_model = counting
     try:
