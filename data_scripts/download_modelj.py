@@ -42,7 +42,7 @@ def list_models(subset: str, split: str, revision: str) -> list[str]:
     try:
         from datasets import load_dataset
     except ImportError:
-        sys.exit("listing Model-J needs the `datasets` package: pip install datasets")
+        sys.exit("listing Model-J needs the `datasets` package: pip install -e '.[paper]'")
     ds = load_dataset(DATASET, subset, split=split, revision=revision)
     return [row["hf_model_id"] for row in ds]
 

