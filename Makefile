@@ -23,7 +23,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup setup-dev reproduce test tiny lab site bench nbclean sync constraints clean
+.PHONY: setup setup-dev reproduce test tiny lab site bench nbclean params sync constraints clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "weightspace needs Python >= 3.11, this is " + sys.version' 
@@ -71,6 +71,10 @@ constraints: setup-dev
 	   echo "# Used by make setup/test/reproduce; UNPINNED=1 make ... installs without them."; \
 	   $(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(nvidia-|triton==|weightspace)'; } > $(CONSTRAINTS)
 	@echo "wrote $(CONSTRAINTS): $$(grep -c '==' $(CONSTRAINTS)) pinned distributions"
+
+# give every notebook parameter a type papermill shows (--help-notebook) and checks, then re-pair
+params: setup
+	$(PY) tools/nbparams.py && $(PY) tools/nbsync.py --from py
 
 sync: setup
 	$(PY) tools/nbsync.py --from $(FROM)

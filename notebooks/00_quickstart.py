@@ -21,15 +21,15 @@
 # `quickstart_03_distances.png`. **Results:** `results/00_quickstart.json`.
 
 # %% tags=["parameters"]
-preset = "default"
-zoo_root = "../zoos/default"
-figures_dir = "../figures"
-results_dir = "../results"
-n_trees = 2          # Model Trees: one pre-trained root each
-n_per_tree = 24      # fine-tunes per root
-root_steps = 600     # pre-training steps of each root
-executor = "local"   # "local" process pool, "inline", "dask" or "slurm"
-workers = 2
+preset: str = "default"
+zoo_root: str = "../zoos/default"
+figures_dir: str = "../figures"
+results_dir: str = "../results"
+n_trees: int = 2          # Model Trees: one pre-trained root each
+n_per_tree: int = 24      # fine-tunes per root
+root_steps: int = 600     # pre-training steps of each root
+executor: str = "local"   # "local" process pool, "inline", "dask" or "slurm"
+workers: int = 2
 
 # %%
 import time

@@ -24,19 +24,19 @@
 # **Results:** `results/01_vit_model_trees.json`.
 
 # %% tags=["parameters"]
-preset = "default"
-zoo_root = "../zoos/default"
-figures_dir = "../figures"
-results_dir = "../results"
-n_trees = 4                  # one root per pre-training recipe
-n_per_tree = 256             # fine-tunes per tree (split 60/15/25 into train / val / test by model)
-root_steps = 3000            # pre-training steps of each root (batch 128)
-steps = [100, 300]           # fine-tuning steps, uniform
-lr = [1e-3, 1e-2]            # fine-tuning learning rate, log-uniform
-global_pool = "avg"          # pool the patch tokens (timm "avg") instead of the CLS token
-head_ablation_models = 64    # fine-tunes re-trained with a random head for section 5 (0: skip)
-executor = "local"           # "local" process pool, "inline", "dask" or "slurm"
-workers = 2
+preset: str = "default"
+zoo_root: str = "../zoos/default"
+figures_dir: str = "../figures"
+results_dir: str = "../results"
+n_trees: int = 4                  # one root per pre-training recipe
+n_per_tree: int = 256             # fine-tunes per tree (split 60/15/25 into train / val / test by model)
+root_steps: int = 3000            # pre-training steps of each root (batch 128)
+steps: list[int] = [100, 300]           # fine-tuning steps, uniform
+lr: list[float] = [1e-3, 1e-2]            # fine-tuning learning rate, log-uniform
+global_pool: str = "avg"          # pool the patch tokens (timm "avg") instead of the CLS token
+head_ablation_models: int = 64    # fine-tunes re-trained with a random head for section 5 (0: skip)
+executor: str = "local"           # "local" process pool, "inline", "dask" or "slurm"
+workers: int = 2
 
 # %%
 import time

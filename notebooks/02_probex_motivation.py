@@ -24,17 +24,17 @@
 # **Results:** `results/02_probex_motivation.json`.
 
 # %% tags=["parameters"]
-preset = "default"
-zoo_root = "../zoos/default"
-figures_dir = "../figures"
-results_dir = "../results"
-curve_sizes = [10, 20, 40, 80, 154]         # (b) same-tree training models
-n_same = 40                                 # (c) fixed same-tree training models ...
-n_other = [0, 40, 80, 160, 320, 462]        # ... plus this many from the other trees
-seeds = [0, 1, 2]                           # (b), (c): random subsets per point
-expert_kinds = ["probex", "dense"]          # (d): the experts / shared models compared
-epochs = 200                                # (d): training epochs (batch 32, Adam lr 1e-3)
-threads = 1                                 # torch threads (tiny nets: one is fastest)
+preset: str = "default"
+zoo_root: str = "../zoos/default"
+figures_dir: str = "../figures"
+results_dir: str = "../results"
+curve_sizes: list[int] = [10, 20, 40, 80, 154]         # (b) same-tree training models
+n_same: int = 40                                 # (c) fixed same-tree training models ...
+n_other: list[int] = [0, 40, 80, 160, 320, 462]        # ... plus this many from the other trees
+seeds: list[int] = [0, 1, 2]                           # (b), (c): random subsets per point
+expert_kinds: list[str] = ["probex", "dense"]          # (d): the experts / shared models compared
+epochs: int = 200                                # (d): training epochs (batch 32, Adam lr 1e-3)
+threads: int = 1                                 # torch threads (tiny nets: one is fastest)
 
 # %%
 import matplotlib.pyplot as plt

@@ -27,22 +27,22 @@
 # `mother_02b_direction_layers.png`. **Results:** `results/04_mother_forests.json` (with the claims tested).
 
 # %% tags=["parameters"]
-preset = "default"
-zoo_root = "../zoos/default"
-figures_dir = "../figures"
-results_dir = "../results"
-n_trees = 5            # Model Trees (one pre-trained root each)
-n_children = 4         # children per root and grandchildren per child (VTHR: 4)
-root_steps = 1000      # masked-patch pre-training steps of each root
-steps = 200            # fine-tuning steps of every other model
-embed_dim = 64         # ViT width (8x8 digits, patch 2, 2 blocks)
-num_heads = 4
-ranks_v = [1, 2, 4, 8] # LoRA-V ranks (VTHR: 8, 16, 32, 64 at width 768)
-rank_f = 4             # LoRA-F rank (VTHR: 16)
-select_trees = 2       # trees of the separate LoRA forests the direction matrices are chosen on
-select_seed = 1        # their seed (the main forests use seed 0)
-executor = "local"     # "local" process pool, "inline", "dask" or "slurm"
-workers = 2
+preset: str = "default"
+zoo_root: str = "../zoos/default"
+figures_dir: str = "../figures"
+results_dir: str = "../results"
+n_trees: int = 5            # Model Trees (one pre-trained root each)
+n_children: int = 4         # children per root and grandchildren per child (VTHR: 4)
+root_steps: int = 1000      # masked-patch pre-training steps of each root
+steps: int = 200            # fine-tuning steps of every other model
+embed_dim: int = 64         # ViT width (8x8 digits, patch 2, 2 blocks)
+num_heads: int = 4
+ranks_v: list[int] = [1, 2, 4, 8] # LoRA-V ranks (VTHR: 8, 16, 32, 64 at width 768)
+rank_f: int = 4             # LoRA-F rank (VTHR: 16)
+select_trees: int = 2       # trees of the separate LoRA forests the direction matrices are chosen on
+select_seed: int = 1        # their seed (the main forests use seed 0)
+executor: str = "local"     # "local" process pool, "inline", "dask" or "slurm"
+workers: int = 2
 
 # %%
 import time

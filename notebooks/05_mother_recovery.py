@@ -26,16 +26,16 @@
 # `mother_06_trees.png`. **Results:** `results/05_mother_recovery.json` (with the claims tested).
 
 # %% tags=["parameters"]
-preset = "default"
-zoo_root = "../zoos/default"
-figures_dir = "../figures"
-results_dir = "../results"
-lam = 0.3                                   # the paper's lambda, everywhere
-lams = [0.0, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0] # the sweep
-fractions = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]   # of the models kept, for clustering
-n_draws = 100                               # random subsets per fraction (the paper: 100)
-tie_seeds = 10                              # node orders tried where ties remain (lambda 0)
-vthr_root = ""                              # the real VTHR splits (data_scripts/download_vthr.py); "" skips
+preset: str = "default"
+zoo_root: str = "../zoos/default"
+figures_dir: str = "../figures"
+results_dir: str = "../results"
+lam: float = 0.3                                   # the paper's lambda, everywhere
+lams: list[float] = [0.0, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0] # the sweep
+fractions: list[float] = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]   # of the models kept, for clustering
+n_draws: int = 100                               # random subsets per fraction (the paper: 100)
+tie_seeds: int = 10                              # node orders tried where ties remain (lambda 0)
+vthr_root: str = ""                              # the real VTHR splits (data_scripts/download_vthr.py); "" skips
 
 # %%
 import json

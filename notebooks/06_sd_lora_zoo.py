@@ -29,28 +29,28 @@
 # `lora_04_recognition.png`. **Results:** `results/06_sd_lora_zoo.json`.
 
 # %% tags=["parameters"]
-preset = "default"
-zoo_root = "../zoos/default"
-figures_dir = "../figures"
-results_dir = "../results"
-per_class = 8                 # LoRAs per class in the class-prompt zoo (training and holdout classes)
-generic_per_class = 4         # LoRAs per class in the generic-prompt control zoo
-n_holdout = 8                 # (digit, style) classes with no training LoRA
-split = [0.5, 0.25, 0.25]     # train / val / test of each training class's LoRAs
-base_steps = 600              # pre-training steps of the base UNet (batch 64)
-steps = [30, 60]              # fine-tuning steps per LoRA (uniform)
-lr = [0.002, 0.008]           # LoRA learning rate (log-uniform)
-ranks = [4, 8, 16]            # LoRA ranks (Model-J: 16)
-batch_size = 4                # images per LoRA per step
-eval_samples = 4              # samples per LoRA scored by the classifier
-sample_steps = 20             # DDIM steps
-base_samples = 10             # base samples per prompt
-recognizer_steps = 400        # training steps of the digits classifier
-n_show = 6                    # LoRAs pictured next to the base
-pipeline_loras = 6            # LoRAs timed through the pipeline vs the batched sampler
-chunk = 80                    # LoRAs trained together in one job (a job per worker at a time)
-executor = "local"            # "local" process pool, "inline", "dask" or "slurm"
-workers = 2
+preset: str = "default"
+zoo_root: str = "../zoos/default"
+figures_dir: str = "../figures"
+results_dir: str = "../results"
+per_class: int = 8                 # LoRAs per class in the class-prompt zoo (training and holdout classes)
+generic_per_class: int = 4         # LoRAs per class in the generic-prompt control zoo
+n_holdout: int = 8                 # (digit, style) classes with no training LoRA
+split: list[float] = [0.5, 0.25, 0.25]     # train / val / test of each training class's LoRAs
+base_steps: int = 600              # pre-training steps of the base UNet (batch 64)
+steps: list[int] = [30, 60]              # fine-tuning steps per LoRA (uniform)
+lr: list[float] = [0.002, 0.008]           # LoRA learning rate (log-uniform)
+ranks: list[int] = [4, 8, 16]            # LoRA ranks (Model-J: 16)
+batch_size: int = 4                # images per LoRA per step
+eval_samples: int = 4              # samples per LoRA scored by the classifier
+sample_steps: int = 20             # DDIM steps
+base_samples: int = 10             # base samples per prompt
+recognizer_steps: int = 400        # training steps of the digits classifier
+n_show: int = 6                    # LoRAs pictured next to the base
+pipeline_loras: int = 6            # LoRAs timed through the pipeline vs the batched sampler
+chunk: int = 80                    # LoRAs trained together in one job (a job per worker at a time)
+executor: str = "local"            # "local" process pool, "inline", "dask" or "slurm"
+workers: int = 2
 
 # %%
 import os

@@ -31,23 +31,23 @@
 # **Results:** `results/07_probex_zeroshot.json` (with the claims tested).
 
 # %% tags=["parameters"]
-preset = "default"
-zoo_root = "../zoos/default"
-figures_dir = "../figures"
-results_dir = "../results"
-class_zoo = "sd_lora_zoo"             # notebook 06's zoo: each LoRA trained with its class's prompt
-generic_zoo = "sd_lora_zoo_generic"   # ... and its control: every LoRA trained with one generic prompt
-n_probes = 64                         # r_U, clipped to the layer's input side (the paper: 128 on 1280-wide layers)
-proj_dim = 64                         # r_V, clipped to the output side
-rep_dim = 64                          # r_T, the shared weight-language space (ProbeX and Dense)
-small_ranks = [16, 16]                # r_U, r_V of a smaller ProbeX re-fit on ProbeX's chosen layers
-epochs = 100                          # Adam lr 2e-3, no weight decay, as the paper's generative recipe
-eval_every = 5                        # validation (val and val_holdout) every this many epochs
-batch_size = 128                      # the paper's
-seeds = [0, 1, 2]                     # the chosen layers are re-fit with each
-sweep_seeds = [0]                     # the layer sweep (every LoRA layer, both experts) uses these
-temperature = 0.1                     # reported beside the paper's plain cosines (tau 1)
-threads = 1
+preset: str = "default"
+zoo_root: str = "../zoos/default"
+figures_dir: str = "../figures"
+results_dir: str = "../results"
+class_zoo: str = "sd_lora_zoo"             # notebook 06's zoo: each LoRA trained with its class's prompt
+generic_zoo: str = "sd_lora_zoo_generic"   # ... and its control: every LoRA trained with one generic prompt
+n_probes: int = 64                         # r_U, clipped to the layer's input side (the paper: 128 on 1280-wide layers)
+proj_dim: int = 64                         # r_V, clipped to the output side
+rep_dim: int = 64                          # r_T, the shared weight-language space (ProbeX and Dense)
+small_ranks: list[int] = [16, 16]                # r_U, r_V of a smaller ProbeX re-fit on ProbeX's chosen layers
+epochs: int = 100                          # Adam lr 2e-3, no weight decay, as the paper's generative recipe
+eval_every: int = 5                        # validation (val and val_holdout) every this many epochs
+batch_size: int = 128                      # the paper's
+seeds: list[int] = [0, 1, 2]                     # the chosen layers are re-fit with each
+sweep_seeds: list[int] = [0]                     # the layer sweep (every LoRA layer, both experts) uses these
+temperature: float = 0.1                     # reported beside the paper's plain cosines (tau 1)
+threads: int = 1
 
 # %%
 import json

@@ -25,21 +25,21 @@
 # **Figures:** `probex_zs_retrieval.png`, `probex_zs_embedding_map.png`. **Results:** `results/08_probex_retrieval.json`.
 
 # %% tags=["parameters"]
-preset = "default"
-zoo_root = "../zoos/default"
-figures_dir = "../figures"
-results_dir = "../results"
-class_zoo = "sd_lora_zoo"             # notebook 06's zoo (class prompts)
-generic_zoo = "sd_lora_zoo_generic"   # its generic-prompt control
-queries = []                          # free-text queries; [] uses each holdout class's name, e.g. "a mirrored seven"
-n_queries = 4                         # with queries [], this many holdout classes (and one paraphrase)
-top_k = 5                             # LoRAs shown per query
-n_samples = 4                         # images sampled from each shown LoRA
-ks = [1, 5, 10]                       # recall@k
-knn_k = 5                             # kNN classification
-occ_k = 2                             # one-class kNN (the official default)
-seed = 0
-threads = 1
+preset: str = "default"
+zoo_root: str = "../zoos/default"
+figures_dir: str = "../figures"
+results_dir: str = "../results"
+class_zoo: str = "sd_lora_zoo"             # notebook 06's zoo (class prompts)
+generic_zoo: str = "sd_lora_zoo_generic"   # its generic-prompt control
+queries: list[str] = []                          # free-text queries; [] uses each holdout class's name, e.g. "a mirrored seven"
+n_queries: int = 4                         # with queries [], this many holdout classes (and one paraphrase)
+top_k: int = 5                             # LoRAs shown per query
+n_samples: int = 4                         # images sampled from each shown LoRA
+ks: list[int] = [1, 5, 10]                       # recall@k
+knn_k: int = 5                             # kNN classification
+occ_k: int = 2                             # one-class kNN (the official default)
+seed: int = 0
+threads: int = 1
 
 # %%
 import json

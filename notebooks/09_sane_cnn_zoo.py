@@ -28,25 +28,25 @@
 # `sane_01c_final_accuracy_and_ggap.png`. **Results:** `results/09_sane_cnn_zoo.json` (with the claims tested).
 
 # %% tags=["parameters"]
-preset = "default"
-zoo_root = "../zoos/default"
-figures_dir = "../figures"
-results_dir = "../results"
-seed_models = 300      # runs of the seed zoo (one recipe, one seed each)
-epochs = 20            # training epochs of every run; checkpoints at epochs 0 to epochs
-activation = "tanh"    # the seed and transfer zoos' recipe (the paper's MNIST zoo: tanh)
-init = "xavier_uniform"  # their weight initialisation (biases 0.01)
-lr = 0.001             # their Adam learning rate
-batch_size = 32
-grid_activations = ["tanh", "relu", "gelu", "sigmoid"]  # the grid zoo's axes
-grid_inits = ["xavier_uniform", "kaiming_normal", "normal"]
-grid_lrs = [0.001, 0.003]
-grid_seeds = 4         # runs per grid combination
-transfer_styles = ["inverted"]  # the transfer zoo's task: the digits in these styles
-transfer_models = 100  # runs of the transfer zoo
-chunk = 50             # runs trained together in one job
-executor = "local"     # "local" process pool, "inline", "dask" or "slurm"
-workers = 2
+preset: str = "default"
+zoo_root: str = "../zoos/default"
+figures_dir: str = "../figures"
+results_dir: str = "../results"
+seed_models: int = 300      # runs of the seed zoo (one recipe, one seed each)
+epochs: int = 20            # training epochs of every run; checkpoints at epochs 0 to epochs
+activation: str = "tanh"    # the seed and transfer zoos' recipe (the paper's MNIST zoo: tanh)
+init: str = "xavier_uniform"  # their weight initialisation (biases 0.01)
+lr: float = 0.001             # their Adam learning rate
+batch_size: int = 32
+grid_activations: list[str] = ["tanh", "relu", "gelu", "sigmoid"]  # the grid zoo's axes
+grid_inits: list[str] = ["xavier_uniform", "kaiming_normal", "normal"]
+grid_lrs: list[float] = [0.001, 0.003]
+grid_seeds: int = 4         # runs per grid combination
+transfer_styles: list[str] = ["inverted"]  # the transfer zoo's task: the digits in these styles
+transfer_models: int = 100  # runs of the transfer zoo
+chunk: int = 50             # runs trained together in one job
+executor: str = "local"     # "local" process pool, "inline", "dask" or "slurm"
+workers: int = 2
 
 # %%
 import time

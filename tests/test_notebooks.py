@@ -9,6 +9,9 @@ import pytest
 
 from weightspace import plotting, presets, reproduce
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import nbparams  # noqa: E402  (tools/ is not a package)
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = reproduce.numbered_notebooks(ROOT / "notebooks")
 ALL_NOTEBOOKS = sorted(p for p in (ROOT / "notebooks").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
@@ -40,16 +43,24 @@ def test_one_parameters_cell_of_literals(path):
     tree = ast.parse("".join(tagged[0]["source"]))
     names = []
     for node in tree.body:
-        assert isinstance(node, ast.Assign) and len(node.targets) == 1, \
-            f"{path.name}: the parameters cell holds plain assignments only"
-        ast.literal_eval(node.value)       # literals only: derived values go in the next cell
-        names.append(node.targets[0].id)
+        assert isinstance(node, ast.AnnAssign) and node.value is not None, \
+            f"{path.name}: the parameters cell holds typed assignments only (`n: int = 3`; tools/nbparams.py)"
+        value = ast.literal_eval(node.value)       # literals only: derived values go in the next cell
+        # the annotation says what the literal is (papermill --help-notebook and -p show and check it)
+        ann = ast.unparse(node.annotation)
+        if value is not None and not (isinstance(value, list) and not value):
+            assert ann == nbparams.literal_type(value) or (ann == "list" and isinstance(value, list)), \
+                f"{path.name}: {node.target.id}: {ann} does not describe its default {value!r}"
+        names.append(node.target.id)
     missing = set(presets.COMMON) - set(names)
     assert not missing, f"{path.name}: parameters cell lacks {sorted(missing)}"
     # papermill must see every parameter (its line parser once hid one whose comment held an '='), or -p and
     # the presets could not set it
-    hidden = set(names) - set(reproduce.notebook_parameters(path))
+    seen = reproduce.notebook_parameters(path)
+    hidden = set(names) - set(seen)
     assert not hidden, f"{path.name}: papermill cannot parse the parameter line(s) of {sorted(hidden)}"
+    untyped = sorted(k for k, v in seen.items() if v.get("inferred_type_name") in (None, "None"))
+    assert not untyped, f"{path.name}: papermill --help-notebook shows no type for {untyped}"
 
 
 def test_presets_name_real_notebooks_and_declared_parameters():
