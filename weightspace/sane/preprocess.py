@@ -9,7 +9,8 @@
   maximising sum_w <W_a, P W_b>. The permutation is found on a model's last epoch and applied to all its epochs.
 - **Permuted views:** random function-preserving permutations of the same groups (the second view of Sec. 3.3).
 
-Permutations act on "chains": conv / linear layers in state-dict order, each hidden layer's output channels
+Permutations act on "chains": conv / linear layers in state-dict order (of their modules: a bias may come first,
+as in files whose keys are sorted), each hidden layer's output channels
 permuting the next layer's input (expanded block-wise over spatial positions at a flatten), with the norm layers
 (batch norm, 1-D affine) of a hidden layer following its output. All functions take stacked state dicts
 ([M, *shape] per key) and per-model permutations [M, c].
@@ -117,7 +118,12 @@ def chain_spec(state_dict: Mapping[str, torch.Tensor], lead: int = 0) -> ChainSp
     """The permutation groups of a chain of conv / linear layers (with norm layers between them). Raises naming
     the layer where the state dict is not such a chain (e.g. a residual network or a ViT)."""
     weights, followers = [], []
-    for k, v in state_dict.items():
+    modules: dict[str, list[str]] = {}   # keys grouped by module, in order of first appearance, weight first
+    for k in state_dict:
+        modules.setdefault(k.rsplit(".", 1)[0], []).append(k)
+    ordered = [k for ks in modules.values() for k in sorted(ks, key=lambda k: not k.endswith(".weight"))]
+    for k in ordered:
+        v = state_dict[k]
         shape = tuple(v.shape[lead:])
         if k.endswith("num_batches_tracked"):
             continue
