@@ -31,9 +31,12 @@ def read_zoo(zoo, splits: Sequence[str] = ("train", "val", "test"), epochs: Sequ
         if not rows:
             raise ValueError(f"{zoo.path}: no checkpoints in split {s!r}"
                              + (f" at epochs {list(epochs)}" if epochs is not None else ""))
-        if max_runs is not None and run_key in rows[0]:
-            keep = sorted({r[run_key] for r in rows})[:max_runs]
-            rows = [r for r in rows if r[run_key] in set(keep)]
+        if max_runs is not None:
+            if run_key in rows[0]:
+                keep = set(sorted({r[run_key] for r in rows})[:max_runs])
+                rows = [r for r in rows if r[run_key] in keep]
+            else:   # one checkpoint per model: an evenly spaced subset of the table
+                rows = [rows[int(i)] for i in np.unique(np.linspace(0, len(rows) - 1, max_runs).round())]
         sds = [zoo.load(r["model_id"]) for r in tqdm(rows, desc=f"reading {s}", disable=not progress)]
         out[s] = (stack(sds), rows)
     return out
