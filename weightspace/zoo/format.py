@@ -389,6 +389,14 @@ def inside(root: Path, rel, where, under: str | None = None) -> Path:
     return root / rel
 
 
+def weightspace_architectures() -> dict:
+    """The fixed registry behind an `architecture` of library "weightspace": model_name -> constructor(**kwargs).
+    A manifest only names an entry; it never supplies an import path."""
+    from weightspace.nets.cnn import make_cnn
+
+    return {"cnn": make_cnn}
+
+
 def _jsonable(value):
     if isinstance(value, torch.Tensor):
         return value.tolist()
@@ -427,7 +435,9 @@ class Zoo:
         labels        {"column": "classes", "class_names": [...], "per_model": "many" | "one",
                        "description": "..."}: the label contract (see the module docstring)
         architecture  {"library": "timm", "model_name": ..., "kwargs": {...}, "num_classes_column": ...,
-                       "extra_prefixes": [...]}: what `Zoo.model` rebuilds each model with
+                       "extra_prefixes": [...]}: what `Zoo.model` rebuilds each model with; library
+                       "weightspace" names one of `weightspace_architectures()` (e.g. "cnn") instead;
+                       "kwargs_columns" {argument: column} takes arguments from each model's row
         lora          {"up": "lora_factors.{}.U", "down": "lora_factors.{}.V"} (e.g. LORA_LAYOUT): where the
                        files keep LoRA factors (see the module docstring); added to a resumed zoo that lacks it
         repair        first set aside the rows whose parent is missing (see `Zoo.repair`)
@@ -872,11 +882,25 @@ class Zoo:
         kwargs = dict(arch.get("kwargs", {}))
         if arch.get("num_classes_column") and row.get(arch["num_classes_column"]) is not None:
             kwargs["num_classes"] = row[arch["num_classes_column"]]
-        if arch.get("library") != "timm":
+        for name, column in (arch.get("kwargs_columns") or {}).items():   # e.g. each CNN's own activation
+            if row.get(column) is not None:
+                kwargs[name] = row[column]
+        if arch.get("library") == "weightspace":
+            known = weightspace_architectures()
+            if arch.get("model_name") not in known:
+                raise ZooError(f"{self.path / MANIFEST}: unknown weightspace architecture {arch.get('model_name')!r}; "
+                               f"known: {sorted(known)}")
+            try:
+                module = known[arch["model_name"]](**kwargs)
+            except (TypeError, ValueError) as e:
+                raise ZooError(f"{self.path / MANIFEST}: the architecture {arch['model_name']!r} cannot be built from "
+                               f"{kwargs}: {e}") from e
+        elif arch.get("library") != "timm":
             raise ZooError(f"{self.path / MANIFEST}: unknown architecture library {arch.get('library')!r}")
-        import timm
+        else:
+            import timm
 
-        module = timm.create_model(arch["model_name"], pretrained=False, **kwargs)
+            module = timm.create_model(arch["model_name"], pretrained=False, **kwargs)
         skip = tuple(arch.get("extra_prefixes", ()))
         sd = {k: v for k, v in self.load(model_id, verify=verify).items() if not (skip and k.startswith(skip))}
         try:
