@@ -57,7 +57,6 @@ import torch
 from IPython.display import Markdown
 
 from weightspace import plotting
-from weightspace.runtime import torch_threads
 from weightspace.sane import preprocess
 from weightspace.sane import train as T
 from weightspace.sane.embed import reconstruction_loss
@@ -66,7 +65,7 @@ from weightspace.sane.model import SANE
 from weightspace.zoo import Zoo
 
 plotting.style()
-torch_threads(1).__enter__()
+torch.set_num_threads(1)   # one thread: tiny nets, shared cores
 zoo = Zoo.open(f"{zoo_root}/{seed_zoo}")
 t0 = time.time()
 raw, data, std, report = prepare_zoo(zoo, token_size or None, aligned=True, seed=seed)

@@ -51,14 +51,13 @@ import torch
 from IPython.display import Markdown
 
 from weightspace import plotting
-from weightspace.runtime import torch_threads
 from weightspace.sane import train as T
 from weightspace.sane.experiments import TARGETS, feature_sets, prepare_zoo, property_results
 from weightspace.sane.model import SANE
 from weightspace.zoo import Zoo
 
 plotting.style()
-torch_threads(1).__enter__()
+torch.set_num_threads(1)   # one thread: tiny nets, shared cores
 zoo = Zoo.open(f"{zoo_root}/{seed_zoo}")
 _, data, _, report = prepare_zoo(zoo, aligned=True, seed=seed)
 lay = data["train"].tokens.layout

@@ -383,35 +383,7 @@ def test_sampling_pipeline_shapes_subsample_and_distance():
     assert np.allclose(dw, 0, atol=1e-4)   # zero bandwidth: the baseline copies a prompt, and the distance says so
 
 
-# ------------------------------------------------------------------------------- paper path and benchmark
-
-def test_model_zoos_layout_look_alike(tmp_path):
-    import json
-
-    from weightspace.sane import modelzoos
-
-    for t in range(10):
-        trial = tmp_path / f"NN_tune_trainable_{t:05d}_seed={t}"
-        trial.mkdir()
-        (trial / "params.json").write_text(json.dumps({"seed": t, "optim::lr": 3e-4, "model::type": "CNN"}))
-        lines = [{"train_acc": 0.1 + 0.2 * e, "test_acc": 0.1 + 0.15 * e, "val_acc": 0.1, "training_iteration": e + 1}
-                 for e in range(3)]
-        (trial / "result.json").write_text("\n".join(map(json.dumps, lines)) + "\n")
-        for e in range(3):
-            (trial / f"checkpoint_{e:06d}").mkdir()
-            torch.save(cnn(seed=t).state_dict(), trial / f"checkpoint_{e:06d}" / "checkpoints")
-    paths = modelzoos.trials(tmp_path)
-    sp = modelzoos.splits(paths)
-    assert [len(sp[s]) for s in ("train", "val", "test")] == [7, 1, 2]
-    assert sorted(sum(sp.values(), [])) == paths and sp == modelzoos.splits(paths)
-    got = list(modelzoos.checkpoints(paths[3], epochs=[0, 2]))
-    assert [r["epoch"] for _, r in got] == [0, 2] and got[1][1]["ggap"] == pytest.approx(0.5 - 0.4)
-    assert got[0][1]["params.seed"] == 3 and same(got[0][0], cnn(seed=3).state_dict())
-    with pytest.raises(modelzoos.ModelZooError, match="no checkpoint_<7>"):
-        list(modelzoos.checkpoints(paths[0], epochs=[7]))
-    st = T.stack([sd for sd, _ in modelzoos.checkpoints(paths[0])])
-    assert tokenize(st, lead=1).tokens.shape == (3, 44, 73)
-
+# ---------------------------------------------------------------------------------------------- benchmark
 
 def test_bench_sane_smoke(tmp_path):
     import importlib.util

@@ -110,3 +110,29 @@ def prepare_zoo(zoo, token_size: int | None = None, aligned: bool = True, permut
     raw = read_zoo(zoo, epochs=epochs, max_runs=max_runs, progress=progress)
     data, std, report = prepare(raw, token_size, aligned=aligned, permute_view=permute_view, seed=seed)
     return raw, data, std, report
+
+
+def zoo_task(zoo) -> tuple[object, dict]:
+    """(the task's data, the CNN config) of a checkpoint zoo, from its manifest: the StyledDigits styles and data
+    seed its models trained on, and the architecture's arguments."""
+    from weightspace.data import styled_digits
+
+    p = zoo.params
+    data = styled_digits(tuple(p.get("styles", ["plain"])), p.get("data_seed", 0))
+    cfg = dict(zoo.manifest.get("architecture", {}).get("kwargs", {}))
+    acts = {r.get("activation") for r in zoo.rows} - {None}
+    if len(acts) > 1:
+        raise ValueError(f"{zoo.path}: models of several activations {sorted(acts)}: pick one zoo per architecture")
+    if acts:
+        cfg["activation"] = acts.pop()
+    return data, cfg
+
+
+def concat(parts: Mapping[str, Mapping[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], dict[str, slice]]:
+    """One stacked state dict of several (name -> stacked), and where each name's models sit."""
+    where, start = {}, 0
+    for name, sd in parts.items():
+        n = next(iter(sd.values())).shape[0]
+        where[name], start = slice(start, start + n), start + n
+    keys = list(next(iter(parts.values())))
+    return {k: torch.cat([sd[k].float() for sd in parts.values()]) for k in keys}, where

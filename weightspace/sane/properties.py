@@ -1,7 +1,8 @@
 """Property prediction from weights (SANE, Sec. 4.1, Table 1): a linear ridge probe on model embeddings.
 
 Targets per checkpoint: test accuracy (Acc), epoch (Ep) and generalisation gap (Ggap = train_acc - test_acc).
-The probe is closed-form ridge regression with a bias column in double precision, b = (X^T X + lambda I)^-1 X^T y,
+The probe is closed-form ridge regression with a bias column in double precision, b = (X^T X + lambda I)^-1 X^T y
+(through one SVD per feature set),
 lambda chosen among LAMBDAS by validation R^2, and the test R^2 at that lambda reported (R^2 = 1 - MSE / Var(y)).
 Baselines (Sec. 4.1): W, the flattened (padded) token tensor; s(W), per layer the mean, variance and the
 percentiles 1 / 25 / 50 / 75 / 99 over the layer's tokens, padding zeros included (the released code's version).
@@ -21,26 +22,35 @@ def r2(y: np.ndarray, pred: np.ndarray) -> float:
     return float(1 - ((y - pred) ** 2).mean() / var) if var > 0 else float("nan")
 
 
+class Ridge:
+    """Closed-form ridge b = (X^T X + lambda I)^-1 X^T y with a bias column (penalised too, as in the code),
+    through one SVD of [X, 1] = U S V^T: b = V diag(s / (s^2 + lambda)) U^T y, so every lambda and every target
+    costs a matrix-vector product (W has thousands of columns)."""
+
+    def __init__(self, X: np.ndarray):
+        Xb = np.hstack([np.asarray(X, np.float64), np.ones((len(X), 1))])
+        self.U, self.s, self.Vt = np.linalg.svd(Xb, full_matrices=False)
+
+    def coef(self, y: np.ndarray, lam: float) -> np.ndarray:
+        return self.Vt.T @ (self.s / (self.s ** 2 + lam) * (self.U.T @ np.asarray(y, np.float64)))
+
+
 def ridge_fit(X: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
-    """b = (X^T X + lambda I)^-1 X^T y with a bias column (the bias is penalised too, as in the code)."""
-    X = np.hstack([np.asarray(X, np.float64), np.ones((len(X), 1))])
-    return np.linalg.solve(X.T @ X + lam * np.eye(X.shape[1]), X.T @ np.asarray(y, np.float64))
+    return Ridge(X).coef(y, lam)
 
 
 def ridge_predict(X: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.hstack([np.asarray(X, np.float64), np.ones((len(X), 1))]) @ b
 
 
-def probe(train: tuple, val: tuple, test: tuple, lambdas=LAMBDAS) -> dict:
+def probe(train: tuple, val: tuple, test: tuple, lambdas=LAMBDAS, ridge: Ridge | None = None) -> dict:
     """Ridge on (X, y) pairs: lambda by validation R^2; {lam, val_r2, test_r2, val_curve}."""
     (Xtr, ytr), (Xva, yva), (Xte, yte) = train, val, test
-    curve = []
-    for lam in lambdas:
-        b = ridge_fit(Xtr, ytr, lam)
-        curve.append(r2(yva, ridge_predict(Xva, b)))
+    ridge = ridge or Ridge(Xtr)
+    coefs = [ridge.coef(ytr, lam) for lam in lambdas]
+    curve = [r2(yva, ridge_predict(Xva, b)) for b in coefs]
     best = int(np.nanargmax(curve))
-    b = ridge_fit(Xtr, ytr, lambdas[best])
-    return {"lam": float(lambdas[best]), "val_r2": curve[best], "test_r2": r2(yte, ridge_predict(Xte, b)),
+    return {"lam": float(lambdas[best]), "val_r2": curve[best], "test_r2": r2(yte, ridge_predict(Xte, coefs[best])),
             "val_curve": dict(zip(map(float, lambdas), curve))}
 
 
@@ -65,6 +75,7 @@ def property_table(features: dict[str, dict[str, np.ndarray]], targets: dict[str
     train / val / test."""
     out = {}
     for name, X in features.items():
-        out[name] = {t: probe(*((X[s], y[s]) for s in ("train", "val", "test")), lambdas=lambdas)
+        ridge = Ridge(X["train"])
+        out[name] = {t: probe(*((X[s], y[s]) for s in ("train", "val", "test")), lambdas=lambdas, ridge=ridge)
                      for t, y in targets.items()}
     return out
