@@ -171,3 +171,18 @@ def test_bad_inputs_name_the_problem():
     with pytest.raises(ValueError, match="num_classes"):
         evaluate_cnns([sd], (torch.zeros(3, 1, 8, 8), torch.tensor([0, 1, 12])), device="cpu")
     assert CNN_S["activation"] == "tanh"
+
+
+def test_bench_cnn_runs_and_both_sides_agree(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "bench_cnn.json"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "bench_cnn.py"), "--models", "3", "--epochs", "1",
+                    "--out", str(out)], check=True, cwd=root, capture_output=True, text=True)
+    res = json.loads(out.read_text())
+    assert res["models"] == 3 and res["speedup"] > 0
+    assert res["max_abs_weight_difference"] < 1e-4          # the same recipe on both sides

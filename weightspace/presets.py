@@ -26,6 +26,8 @@ PRESETS: dict[str, dict[str, dict]] = {
         "04_mother_forests": dict(n_trees=3, n_children=2, root_steps=150, steps=40, embed_dim=32, num_heads=2,
                                   ranks_v=[1, 2, 4], rank_f=2, select_trees=1),
         "05_mother_recovery": dict(n_draws=5, tie_seeds=3, fractions=[1.0, 0.6, 0.3]),
+        "09_sane_cnn_zoo": dict(seed_models=12, epochs=3, grid_activations=["tanh", "relu"],
+                                grid_inits=["xavier_uniform"], grid_seeds=3, transfer_models=8, executor="inline"),
         "10_sane_tokens_and_training": dict(steps=60, ablation_steps=20, d_model=32, window_sweep=[16, 32]),
         "11_sane_properties": dict(vit_models=24, vit_steps=20),
         "12_sane_sampling": dict(n_candidates=10, keep=3, weight_bandwidths=[0.1, 0.5], finetune_epochs=2,

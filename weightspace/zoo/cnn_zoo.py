@@ -40,7 +40,7 @@ DEFAULTS = dict(
     n_seeds=300,                 # runs per hyperparameter combination
     activations=["tanh"],        # grid axis 1 (nets.cnn.ACTIVATIONS)
     inits=["xavier_uniform"],    # grid axis 2 (nets.cnn.INITS); biases start at 0.01
-    lrs=[3e-3],                  # grid axis 3: Adam's constant learning rate
+    lrs=[1e-3],                  # grid axis 3: Adam's constant learning rate
     epochs=20,                   # training epochs; checkpoints at 0..epochs
     batch_size=32,
     weight_decay=0.0,
@@ -180,3 +180,19 @@ def build_cnn_zoo(path, *, executor="local", workers: int | None = 2, progress: 
     if not zoo.manifest.get("layers"):
         zoo.set_layers(param_shapes(cfg))
     return zoo
+
+
+def population_curves(table, metric: str = "test_acc", by: str | None = None):
+    """Per-epoch statistics of `metric` over a CNN zoo's runs (for each value of the column `by`, or all):
+    a DataFrame with group, epoch, mean, std, q10, median, q90, n (finite checkpoints) and n_diverged."""
+    import pandas as pd
+
+    groups = [("all", table)] if by is None else list(table.groupby(by, sort=True))
+    rows = []
+    for g, df in groups:
+        for e, de in df.groupby("epoch", sort=True):
+            v = pd.to_numeric(de[metric], errors="coerce").dropna()
+            rows.append(dict(group=g, epoch=int(e), mean=v.mean(), std=v.std(ddof=0), q10=v.quantile(0.1),
+                             median=v.median(), q90=v.quantile(0.9), n=len(v),
+                             n_diverged=int(de["diverged"].fillna(False).astype(bool).sum())))
+    return pd.DataFrame(rows)
