@@ -31,7 +31,7 @@ preset = "default"
 zoo_root = "../zoos/default"
 figures_dir = "../figures"
 results_dir = "../results"
-seed_zoo = "cnn_seed"          # notebook 09's seed zoo, a folder under zoo_root
+seed_zoo = "cnn_seed_zoo"      # notebook 09's seed zoo, a folder under zoo_root
 sane_dir = "sane_cnn"          # where the trained SANE is saved, a folder under zoo_root
 token_size = 0                 # d_t; 0 takes the longest row
 window = 32                    # training window in tokens (the paper's CNN window)
@@ -185,7 +185,7 @@ for w in window_sweep:
     sweep[w] = reconstruction_loss(sane, d.tokens, d.mask[:1], d.positions, window=min(w, n_tok), halo=h)
 ablation = {}
 for name, al in [("aligned", True), ("not aligned", False)]:
-    _, dat, _, _ = prepare_zoo(zoo, token_size or None, aligned=al, seed=seed, progress=False)
+    dat = T.prepare(raw, token_size or None, aligned=al, seed=seed)[0] if not al else data
     torch.manual_seed(seed)
     m = SANE(T.config_for(dat["train"], window=window, d_model=d_model, d_z=d_z, n_layers=n_layers,
                           n_heads=n_heads))

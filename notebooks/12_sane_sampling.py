@@ -33,8 +33,8 @@ preset = "default"
 zoo_root = "../zoos/default"
 figures_dir = "../figures"
 results_dir = "../results"
-seed_zoo = "cnn_seed"          # notebook 09's seed zoo (SANE was trained on it)
-transfer_zoo = "cnn_transfer"  # notebook 09's zoo on a new task (prompts for the transfer experiment)
+seed_zoo = "cnn_seed_zoo"      # notebook 09's seed zoo (SANE was trained on it)
+transfer_zoo = "cnn_transfer_zoo"  # notebook 09's zoo on a new task (prompts for the transfer experiment)
 sane_dir = "sane_cnn"          # the SANE notebook 10 trained, a folder under zoo_root
 prompt_quantile = 0.7          # prompts: training runs at or above this quantile of validation accuracy (top 30%)
 n_candidates = 50              # models drawn per sampling method
@@ -125,6 +125,9 @@ for mode in sample.MODES:
 selected["SANE_BOOT"] = sample.bootstrap(sane, selected[f"SANE_SUB ({best_mode})"], pos, reference, std, val_score,
                                          n_candidates, keep, boot_rounds, best_mode, bandwidth, g, halo)[0]
 selected["prompts"] = {k: v[:keep] for k, v in prompts.items()}
+# the autoencoder alone: each prompt's own latents decoded without noise (no sampling at all)
+selected["SANE reconstruction of prompts"] = sample.decode_models(
+    sane, z[:keep], pos, reference, std, halo)
 sample_s = time.time() - t0
 print(f"S_KDE30-style bandwidth chosen on validation: {w_bw}; better SANE mode on validation: {best_mode}; "
       f"sampling {sample_s:.0f} s")
@@ -132,7 +135,8 @@ print(f"S_KDE30-style bandwidth chosen on validation: {w_bw}; better SANE mode o
 # %% [markdown]
 # ## 2 · Zero-shot and fine-tuned accuracy
 # All kept models are fine-tuned together with the zoo's own recipe (`nets.cnn.train_cnns` from the given state
-# dicts); test accuracy after 0, 1 and `finetune_epochs` epochs. "distance" is each model's Euclidean distance to
+# dicts); test accuracy after 0, 1 and `finetune_epochs` epochs. "SANE reconstruction of prompts" decodes the first
+# prompts' own latents without noise: it shows what the autoencoder alone keeps of a model. "distance" is each model's Euclidean distance to
 # its nearest prompt (aligned weights), in units of the prompts' own median nearest-neighbour distance: near 0
 # is a copy of a prompt.
 
