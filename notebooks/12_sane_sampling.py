@@ -311,4 +311,7 @@ one prompt per sample (the released code's behaviour) reaches {100 * pr['epoch 0
 {100 * table['random init']['epoch 0']['mean']:.1f}% and reaches {100 * table['random init']['epoch 1']['mean']:.1f}%
 after one epoch, SANE_SUB ({best_mode}) {100 * table[sub]['epoch 1']['mean']:.1f}%. The weight-space KDE
 (bandwidth {w_bw}) starts at {100 * table['S_KDE30-style (weights)']['epoch 0']['mean']:.1f}% at a distance
-{table['S_KDE30-style (weights)']['distance']['mean']:.2f}.""")
+{table['S_KDE30-style (weights)']['distance']['mean']:.2f}. The autoencoder alone — the prompts' own latents decoded
+without noise — gives {100 * table['SANE reconstruction of prompts']['epoch 0']['mean']:.1f}% against the prompts'
+{100 * table['prompts']['epoch 0']['mean']:.1f}%: where this is far below, sampling cannot do better, and the
+limit is the autoencoder's reconstruction (notebook 10), not the KDE.""")
