@@ -166,4 +166,10 @@ Markdown(f"""**Reading the run.** On the seed zoo's test checkpoints (epoch ≥ 
 predicts test accuracy with R² {res['SANE']['test accuracy']:.3f} (W {res['W']['test accuracy']:.3f},
 s(W) {res['s(W)']['test accuracy']:.3f}) and the epoch with R² {res['SANE']['epoch']:.3f} (W {res['W']['epoch']:.3f},
 s(W) {res['s(W)']['epoch']:.3f}); the generalisation gap is hardest for every feature set
-(SANE {res['SANE']['generalisation gap']:.3f}).""")
+(SANE {res['SANE']['generalisation gap']:.3f}).
+{"SANE stays below s(W) on accuracy: its embedding is only as good as its autoencoder, which at this size reconstructs "
+ "the weights only roughly (notebook 10's masked MSE), while s(W) reads the same statistics exactly."
+ if res['SANE']['test accuracy'] < res['s(W)']['test accuracy'] else "SANE matches or beats s(W) on accuracy."}
+{("On the ViT zoo the cheap SANE (" + str(vit_steps) + " steps) reaches R² " + format(vit['r2']['SANE']['test accuracy'], '.3f')
+  + " for test accuracy, W " + format(vit['r2']['W']['test accuracy'], '.3f') + ": the same code runs on attention "
+  "layers and 1,000-token sequences, but this budget does not make it competitive there.") if vit else ""}""")
