@@ -172,4 +172,6 @@ s(W) {res['s(W)']['epoch']:.3f}); the generalisation gap is hardest for every fe
  if res['SANE']['test accuracy'] < res['s(W)']['test accuracy'] else "SANE matches or beats s(W) on accuracy."}
 {("On the ViT zoo the cheap SANE (" + str(vit_steps) + " steps) reaches R² " + format(vit['r2']['SANE']['test accuracy'], '.3f')
   + " for test accuracy, W " + format(vit['r2']['W']['test accuracy'], '.3f') + ": the same code runs on attention "
-  "layers and 1,000-token sequences, but this budget does not make it competitive there.") if vit else ""}""")
+  "layers and " + str(vit['n_tokens']) + "-token sequences"
+  + (", but this budget does not make it competitive there." if vit['r2']['SANE']['test accuracy']
+     < vit['r2']['W']['test accuracy'] else ", and beats W there.")) if vit else ""}""")
