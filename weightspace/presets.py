@@ -33,6 +33,10 @@ PRESETS: dict[str, dict[str, dict]] = {
         "08_probex_retrieval": dict(n_queries=2, top_k=3, n_samples=2),
         "09_sane_cnn_zoo": dict(seed_models=12, epochs=3, grid_activations=["tanh", "relu"],
                                 grid_inits=["xavier_uniform"], grid_seeds=3, transfer_models=8, executor="inline"),
+        "10_sane_tokens_and_training": dict(steps=60, ablation_steps=20, d_model=32, window_sweep=[16, 32]),
+        "11_sane_properties": dict(vit_models=24, vit_steps=20),
+        "12_sane_sampling": dict(n_candidates=10, keep=3, weight_bandwidths=[0.1, 0.5], finetune_epochs=2,
+                                 transfer_prompts=3),
     },
     "default": {},
     "paper": {
