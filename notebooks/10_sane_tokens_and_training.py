@@ -27,25 +27,25 @@
 # `sane_05_window.png`. **Results:** `results/10_sane_tokens_and_training.json` (with the claims tested).
 
 # %% tags=["parameters"]
-preset = "default"
-zoo_root = "../zoos/default"
-figures_dir = "../figures"
-results_dir = "../results"
-seed_zoo = "cnn_seed_zoo"      # notebook 09's seed zoo, a folder under zoo_root
-sane_dir = "sane_cnn"          # where the trained SANE is saved, a folder under zoo_root
-token_size = 0                 # d_t; 0 takes the longest row
-window = 32                    # training window in tokens (the paper's CNN window)
-halo = 8                       # halo tokens on each side of an inference chunk (chunk length is the window)
-d_model = 64                   # transformer width
-d_z = 16                       # latent size per token
-n_layers = 2                   # transformer blocks in the encoder (the decoder mirrors it)
-n_heads = 4                    # attention heads
-steps = 1500                   # pre-training steps of the SANE the next notebooks use
-batch_size = 32                # windows per step (also the NT-Xent batch)
-lr = 0.001                     # OneCycle peak learning rate
-ablation_steps = 400           # steps of each run of the alignment ablation (aligned vs not)
-window_sweep = [8, 16, 24, 32, 48]   # inference chunk lengths for the window-size figure
-seed = 0                       # SANE initialisation and training randomness
+preset: str = "default"
+zoo_root: str = "../zoos/default"
+figures_dir: str = "../figures"
+results_dir: str = "../results"
+seed_zoo: str = "cnn_seed_zoo"      # notebook 09's seed zoo, a folder under zoo_root
+sane_dir: str = "sane_cnn"          # where the trained SANE is saved, a folder under zoo_root
+token_size: int = 0                 # d_t; 0 takes the longest row
+window: int = 32                    # training window in tokens (the paper's CNN window)
+halo: int = 8                       # halo tokens on each side of an inference chunk (chunk length is the window)
+d_model: int = 64                   # transformer width
+d_z: int = 16                       # latent size per token
+n_layers: int = 2                   # transformer blocks in the encoder (the decoder mirrors it)
+n_heads: int = 4                    # attention heads
+steps: int = 1500                   # pre-training steps of the SANE the next notebooks use
+batch_size: int = 32                # windows per step (also the NT-Xent batch)
+lr: float = 0.001                     # OneCycle peak learning rate
+ablation_steps: int = 400           # steps of each run of the alignment ablation (aligned vs not)
+window_sweep: list[int] = [8, 16, 24, 32, 48]   # inference chunk lengths for the window-size figure
+seed: int = 0                       # SANE initialisation and training randomness
 
 # %%
 import time

@@ -24,21 +24,21 @@
 # **Figures written:** `sane_06_properties.png`. **Results:** `results/11_sane_properties.json` (with the claims).
 
 # %% tags=["parameters"]
-preset = "default"
-zoo_root = "../zoos/default"
-figures_dir = "../figures"
-results_dir = "../results"
-seed_zoo = "cnn_seed_zoo"      # notebook 09's seed zoo, a folder under zoo_root
-sane_dir = "sane_cnn"          # the SANE notebook 10 trained, a folder under zoo_root
-min_epoch = 1                  # checkpoints from this epoch on enter the probes (epoch 0 is the initialisation)
-vit_zoo = "vit_model_trees"    # notebook 01's zoo under zoo_root (or an absolute path); "" skips section 3
-vit_models = 240               # fine-tunes read per split at most (evenly spaced over the table)
-vit_token_size = 33            # d_t for the ViT (embedding width + 1)
-vit_window = 64                # training window for the ViT SANE
-vit_halo = 16                  # inference halo for the ViT SANE
-vit_steps = 300                # pre-training steps of the ViT SANE
-vit_d_model = 32               # its width
-seed = 0                       # SANE initialisation and training randomness
+preset: str = "default"
+zoo_root: str = "../zoos/default"
+figures_dir: str = "../figures"
+results_dir: str = "../results"
+seed_zoo: str = "cnn_seed_zoo"      # notebook 09's seed zoo, a folder under zoo_root
+sane_dir: str = "sane_cnn"          # the SANE notebook 10 trained, a folder under zoo_root
+min_epoch: int = 1                  # checkpoints from this epoch on enter the probes (epoch 0 is the initialisation)
+vit_zoo: str = "vit_model_trees"    # notebook 01's zoo under zoo_root (or an absolute path); "" skips section 3
+vit_models: int = 240               # fine-tunes read per split at most (evenly spaced over the table)
+vit_token_size: int = 33            # d_t for the ViT (embedding width + 1)
+vit_window: int = 64                # training window for the ViT SANE
+vit_halo: int = 16                  # inference halo for the ViT SANE
+vit_steps: int = 300                # pre-training steps of the ViT SANE
+vit_d_model: int = 32               # its width
+seed: int = 0                       # SANE initialisation and training randomness
 
 # %%
 import time

@@ -29,22 +29,22 @@
 # **Results:** `results/12_sane_sampling.json` (with the claims tested).
 
 # %% tags=["parameters"]
-preset = "default"
-zoo_root = "../zoos/default"
-figures_dir = "../figures"
-results_dir = "../results"
-seed_zoo = "cnn_seed_zoo"      # notebook 09's seed zoo (SANE was trained on it)
-transfer_zoo = "cnn_transfer_zoo"  # notebook 09's zoo on a new task (prompts for the transfer experiment)
-sane_dir = "sane_cnn"          # the SANE notebook 10 trained, a folder under zoo_root
-prompt_quantile = 0.7          # prompts: training runs at or above this quantile of validation accuracy (top 30%)
-n_candidates = 50              # models drawn per sampling method
-keep = 5                       # models kept (SANE_SUB: the best by validation accuracy) and fine-tuned
-bandwidth = 0.2                # KDE bandwidth in SANE's latent units (the paper's)
-weight_bandwidths = [0.05, 0.1, 0.2, 0.5]   # S_KDE30-style bandwidths (standardised weight units), chosen on val
-finetune_epochs = 5            # fine-tuning epochs (accuracy reported after 0, 1 and this many)
-transfer_prompts = 5           # prompt models from the new-task zoo (its best training runs)
-boot_rounds = 1                # SANE_BOOT re-prompting rounds
-seed = 0                       # sampling and fine-tuning randomness
+preset: str = "default"
+zoo_root: str = "../zoos/default"
+figures_dir: str = "../figures"
+results_dir: str = "../results"
+seed_zoo: str = "cnn_seed_zoo"      # notebook 09's seed zoo (SANE was trained on it)
+transfer_zoo: str = "cnn_transfer_zoo"  # notebook 09's zoo on a new task (prompts for the transfer experiment)
+sane_dir: str = "sane_cnn"          # the SANE notebook 10 trained, a folder under zoo_root
+prompt_quantile: float = 0.7          # prompts: training runs at or above this quantile of validation accuracy (top 30%)
+n_candidates: int = 50              # models drawn per sampling method
+keep: int = 5                       # models kept (SANE_SUB: the best by validation accuracy) and fine-tuned
+bandwidth: float = 0.2                # KDE bandwidth in SANE's latent units (the paper's)
+weight_bandwidths: list[float] = [0.05, 0.1, 0.2, 0.5]   # S_KDE30-style bandwidths (standardised weight units), chosen on val
+finetune_epochs: int = 5            # fine-tuning epochs (accuracy reported after 0, 1 and this many)
+transfer_prompts: int = 5           # prompt models from the new-task zoo (its best training runs)
+boot_rounds: int = 1                # SANE_BOOT re-prompting rounds
+seed: int = 0                       # sampling and fine-tuning randomness
 
 # %%
 import json
