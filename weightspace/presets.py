@@ -26,6 +26,8 @@ PRESETS: dict[str, dict[str, dict]] = {
         "04_mother_forests": dict(n_trees=3, n_children=2, root_steps=150, steps=40, embed_dim=32, num_heads=2,
                                   ranks_v=[1, 2, 4], rank_f=2, select_trees=1),
         "05_mother_recovery": dict(n_draws=5, tie_seeds=3, fractions=[1.0, 0.6, 0.3]),
+        "07_probex_zeroshot": dict(epochs=10, seeds=[0, 1]),
+        "08_probex_retrieval": dict(n_queries=2, top_k=3, n_samples=2),
     },
     "default": {},
     "paper": {

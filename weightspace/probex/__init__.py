@@ -6,6 +6,9 @@
   experts.py     one expert per tree + a router that finds a model's tree from its weights
   motivation.py  the paper's four motivating experiments (a)-(d)
   modelj.py      the real Model-J layout (paper preset)
+  zeroshot.py    language-aligned ProbeX: LoRA layer -> text space, zero-shot classification, layer sweep
+  retrieval.py   text-to-model and model-to-model retrieval, kNN, one-class ROC-AUC
+  modelj_sd.py   Model-J's SD_200 / SD_1k LoRA folders (paper preset), and any folder in that layout
   experiments.py notebook 03: layer sweep, per-tree results, StatNN variants, ablation, kNN in e, section 6
 """
 from .baselines import (Ridge, StatNN, fit_ridge, fit_statnn, majority, statnn_features, tensor_keys,

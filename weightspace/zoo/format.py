@@ -1200,18 +1200,20 @@ class Zoo:
         if not mdir.exists():
             return out
         aside = self._read_set_aside()
-        for f in sorted(mdir.glob("*.safetensors")):
-            mid = f.name[: -len(".safetensors")]
-            if mid in self._rows or mid in aside:
+        for f in sorted(mdir.rglob("*.safetensors")):
+            # models/<id>.safetensors, or a folder per model: models/[<folder>/]<id>/<file name>
+            flat = f.parent == mdir
+            mid = f.name[: -len(".safetensors")] if flat else f.parent.name
+            if mid in self._rows or mid in aside or f.is_symlink() or (not flat and len(f.relative_to(mdir).parts) > 3):
                 continue
             try:
                 meta = read_metadata(f)
                 row = json.loads(meta["row"])
             except (ZooError, KeyError, json.JSONDecodeError):
                 continue
-            if row.get("model_id") != mid:
+            if row.get("model_id") != mid or meta.get("model_id") != mid:
                 continue
-            row["file"] = f"{MODELS_DIR}/{f.name}"
+            row["file"] = f.relative_to(self.path).as_posix()
             row["sha256"] = sha256_file(f)
             out.append(row)
         return out
@@ -1279,19 +1281,39 @@ def _check_hash(path: Path, expected: str) -> None:
         raise _hash_mismatch(path, expected, actual)
 
 
-def write_model(zoo_path, model_id: str, tensors: Mapping[str, torch.Tensor], row: Mapping) -> dict:
+def write_model(zoo_path, model_id: str, tensors: Mapping[str, torch.Tensor], row: Mapping, *,
+                folder: str | None = None, file_name: str | None = None,
+                metadata: Mapping[str, str] | None = None) -> dict:
     """Write one model file into a zoo folder and return its complete row (with file and sha256).
 
-    Safe to call from worker processes on other machines (shared file system): it only writes the
-    model's own file, atomically; the driver records the returned row in the table.
+    The file is models/<model_id>.safetensors, or models/<folder>/<model_id>/<file_name> when `file_name` is
+    given (one folder per model, as Hugging Face and Model-J keep a LoRA's pytorch_lora_weights.safetensors;
+    `folder`, e.g. the split, is optional). `metadata` adds header keys (e.g. a LoRA's config); the zoo's own
+    keys cannot be overwritten. Safe to call from worker processes on other machines (shared file system): it
+    only writes the model's own file, atomically; the driver records the returned row in the table.
     """
     if not isinstance(model_id, str) or not _ID.fullmatch(model_id):
         raise ZooError(f"model id {model_id!r} is not a plain file name (letters, digits, '.', '_', '-')")
     row = _jsonable({"model_id": model_id, **dict(row)})
     for c in ("parent_id", "tree_id", "depth", "split"):
         row.setdefault(c, None)
-    rel = f"{MODELS_DIR}/{model_id}.safetensors"
+    if file_name is None:
+        if folder is not None:
+            raise ZooError(f"model {model_id!r}: a folder needs a file_name (models/<folder>/<id>/<file_name>)")
+        rel = f"{MODELS_DIR}/{model_id}.safetensors"
+    else:
+        for part in ([folder] if folder is not None else []) + [file_name]:
+            if not isinstance(part, str) or not _ID.fullmatch(part):
+                raise ZooError(f"model {model_id!r}: {part!r} is not a plain file or folder name")
+        if not file_name.endswith(".safetensors"):
+            raise ZooError(f"model {model_id!r}: file_name {file_name!r} must end in .safetensors")
+        rel = "/".join([MODELS_DIR] + ([folder] if folder else []) + [model_id, file_name])
+    inside(Path(zoo_path), rel, f"model {model_id!r}", under=MODELS_DIR)
     meta = {"format": "pt", ZOO_TAG: f"{FORMAT_NAME}/{FORMAT_VERSION}", "model_id": model_id,
             "parent_id": str(row.get("parent_id")), "row": json.dumps(row)}
+    clash = sorted(set(metadata or {}) & set(meta) - {"format"})
+    if clash:
+        raise ZooError(f"model {model_id!r}: metadata key(s) {clash} would overwrite the zoo's own header keys")
+    meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
     sha = write_safetensors(Path(zoo_path) / rel, tensors, meta)
     return {**row, "file": rel, "sha256": sha}

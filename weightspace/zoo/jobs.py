@@ -65,7 +65,8 @@ class ModelWriter:
     rows: list = field(default_factory=list)
     _parent_sha: dict = field(default_factory=dict)
 
-    def write(self, model_id: str, tensors: Mapping[str, torch.Tensor], row: Mapping) -> None:
+    def write(self, model_id: str, tensors: Mapping[str, torch.Tensor], row: Mapping, **file_options) -> None:
+        """Write one model (file_options: write_model's folder, file_name, metadata), unless it is done."""
         if model_id in self.skip:
             return
         pid = row.get("parent_id")
@@ -75,7 +76,7 @@ class ModelWriter:
                 self._parent_sha[pid] = sha256_file(f) if f.exists() else None
             if self._parent_sha[pid] is not None:
                 row = {**row, "parent_sha256": self._parent_sha[pid]}
-        self.rows.append(write_model(self.zoo_path, model_id, tensors, row))
+        self.rows.append(write_model(self.zoo_path, model_id, tensors, row, **file_options))
 
 
 def _execute(fn, spec, zoo_path, skip, threads):
