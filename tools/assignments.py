@@ -23,7 +23,11 @@ import re
 import sys
 from pathlib import Path
 
+import json
+
 import jupytext
+import nbformat
+from jupytext.config import load_jupytext_configuration_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nbsync import FORMAT, stored  # noqa: E402
@@ -103,16 +107,22 @@ def check_graded(stem: str, found: list[tuple[str, int]], where: str) -> None:
         raise MarkupError(f"{where}: exercises {found}, but the grader checks {graded}")
 
 
+def pair(script: str, config) -> tuple[str, str]:
+    """(.py, .ipynb) texts exactly as tools/nbsync.py pairs them from a py:percent script."""
+    nb = stored(json.loads(nbformat.writes(jupytext.reads(script, fmt=FORMAT))))
+    return jupytext.writes(jupytext.reads(nb, "ipynb"), FORMAT, config=config), nb
+
+
 def build(folder: Path = FOLDER) -> dict[Path, str]:
-    """{path: text} of every student copy (.py and .ipynb)."""
+    """{path: text} of every student copy (.py and .ipynb) and of each solution's .ipynb."""
+    config = load_jupytext_configuration_file(str(ROOT / "notebooks" / "jupytext.toml"))
     out = {}
     for sol in sorted((folder / "solutions").glob("A*.py")):
         where = str(sol.relative_to(ROOT) if sol.is_relative_to(ROOT) else sol)
         text, found = student_copy(sol.read_text(), where)
         check_graded(sol.stem, found, where)
-        out[folder / sol.name] = text
-        out[(folder / sol.name).with_suffix(".ipynb")] = stored(jupytext.reads(text, fmt=FORMAT))
-        out[sol.with_suffix(".ipynb")] = stored(jupytext.reads(sol.read_text(), fmt=FORMAT))   # its pair
+        out[folder / sol.name], out[(folder / sol.name).with_suffix(".ipynb")] = pair(text, config)
+        out[sol.with_suffix(".ipynb")] = pair(sol.read_text(), config)[1]
     return out
 
 

@@ -32,6 +32,7 @@ import torch
 
 torch.manual_seed(0)
 
+
 # %% [markdown]
 # ## 1 · From a stored tensor to the matrix $X$
 # A linear layer stores its weight as `[out, in]` = $[d_H, d_W]$: that is $X$, untransposed. A 1×1 convolution
@@ -54,6 +55,7 @@ def layer_matrix(weight: torch.Tensor) -> torch.Tensor:
 # %%
 for shape in [(5, 7), (6, 4, 1, 1), (5, 3, 3, 3), (9,)]:
     print(shape, "->", tuple(layer_matrix(torch.randn(shape)).shape))
+
 
 # %% [markdown]
 # ## 2 · The forward pass
@@ -85,6 +87,7 @@ print("logits", tuple(y.shape))
 X2 = X.clone()
 X2[:, :, 0] *= 2
 print("changed:", not torch.allclose(probex_forward(X2, *params), y))
+
 
 # %% [markdown]
 # ## 3 · Why it is small

@@ -31,6 +31,7 @@ import torch
 
 torch.manual_seed(0)
 
+
 # %% [markdown]
 # ## 1 · Neuron rows
 # A weight $W \in \mathbb{R}^{c_{out} \times c_1 \times \dots}$ (linear `[out, in]`, conv `[out, in, k, k]`)

@@ -13,9 +13,10 @@ limit per check, and exchange inputs and results with the grader as JSON + safet
 
     python -m weightspace grade A1 alice.ipynb            per-exercise score and the total
     python -m weightspace grade A1 alice.py --seed 3      the same inputs again (the seed is printed)
+    python -m weightspace grade A2 hand-ins/*.ipynb -q    a class: one report per file, --json for a table
     python -m weightspace grade --list                    the assignments and their exercises
 
-Exit codes: 0 graded (whatever the score), 1 the file could not be graded (missing, not Python, a syntax error,
+Exit codes: 0 graded (whatever the score), 1 a file could not be graded (missing, not Python, a syntax error,
 its definitions fail or time out: every exercise is still listed, at 0), 2 a usage error.
 """
 from __future__ import annotations
@@ -44,7 +45,8 @@ from .assignments import ASSIGNMENTS, Assignment, Check, resolve
 log = logging.getLogger(__name__)
 
 WORKER = Path(codec.__file__).resolve()
-SOLUTIONS = Path(__file__).resolve().parents[2] / "notebooks" / "assignments" / "solutions"
+PACKAGE = Path(__file__).resolve().parents[1]
+SOLUTIONS = PACKAGE.parent / "notebooks" / "assignments" / "solutions"
 TIME_LIMIT = 10.0        # seconds per check
 STARTUP_LIMIT = 120.0    # seconds for the worker to import the libraries and run the student's definitions
 MEMORY_BYTES = 8 << 30   # address space of the worker (torch alone maps a few GB)
@@ -208,7 +210,7 @@ class Worker:
         listener.bind(str(self.dir / "grader.sock"))
         listener.listen(1)
         listener.settimeout(startup_limit)
-        cfg = {"preload": preload, "forbidden": [str(SOLUTIONS)], "memory_bytes": MEMORY_BYTES,
+        cfg = {"preload": preload, "forbidden": [str(SOLUTIONS), str(PACKAGE)], "memory_bytes": MEMORY_BYTES,
                "cpu_seconds": 600, "file_bytes": 256 << 20, "socket": str(self.dir / "grader.sock"),
                "env": _env(str(self.dir))}
         config = self.dir / "config.json"
@@ -379,13 +381,14 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(prog=prog("grade"), description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(__doc__.splitlines()[10:]))
+                                 epilog=__doc__[__doc__.index("    python -m weightspace grade A1"):])
     ap.add_argument("assignment", nargs="?", help="an assignment's name or its prefix (A1, A2_mother, ...)")
-    ap.add_argument("student_file", nargs="?", type=Path, help="the student's .ipynb or .py")
+    ap.add_argument("student_files", nargs="*", type=Path, metavar="STUDENT_FILE",
+                    help="the students' .ipynb or .py files (several: one report each)")
     ap.add_argument("--seed", type=int, help="the inputs' seed (default: fresh; the report prints it)")
     ap.add_argument("--time-limit", type=float, default=TIME_LIMIT, help="seconds per check (default %(default)s)")
     ap.add_argument("--only", nargs="+", metavar="EXERCISE", help="grade only these exercises")
-    ap.add_argument("--json", type=Path, help="also write the report as JSON here")
+    ap.add_argument("--json", type=Path, help="also write the reports here (a JSON list)")
     ap.add_argument("-q", "--quiet", action="store_true", help="scores only, no per-check lines")
     ap.add_argument("--list", action="store_true", help="list the assignments and their exercises")
     args = ap.parse_args(argv)
@@ -393,20 +396,22 @@ def main(argv=None) -> int:
         for a in ASSIGNMENTS.values():
             print(f"{a.name}: " + ", ".join(f"{e.name} ({e.points})" for e in a.exercises))
         return 0
-    if not args.assignment or not args.student_file:
+    if not args.assignment or not args.student_files:
         ap.print_usage(sys.stderr)
         print(f"{ap.prog}: error: give an ASSIGNMENT and a STUDENT_FILE (or --list)", file=sys.stderr)
         return 2
     if args.time_limit <= 0:
         print(f"{ap.prog}: error: --time-limit must be > 0", file=sys.stderr)
         return 2
-    try:
-        report = grade(args.assignment, args.student_file, seed=args.seed, time_limit=args.time_limit,
-                       only=args.only)
-    except KeyError as exc:
-        print(f"{ap.prog}: error: {exc.args[0]}", file=sys.stderr)
-        return 2
-    print(report.format(verbose=not args.quiet))
+    reports = []
+    for path in args.student_files:
+        try:
+            report = grade(args.assignment, path, seed=args.seed, time_limit=args.time_limit, only=args.only)
+        except KeyError as exc:
+            print(f"{ap.prog}: error: {exc.args[0]}", file=sys.stderr)
+            return 2
+        print(report.format(verbose=not args.quiet))
+        reports.append(report)
     if args.json:
-        args.json.write_text(json.dumps(report.to_json(), indent=1) + "\n")
-    return 1 if report.error else 0
+        args.json.write_text(json.dumps([r.to_json() for r in reports], indent=1) + "\n")
+    return 1 if any(r.error for r in reports) else 0

@@ -5,9 +5,10 @@ forked from a `python -I worker.py --zygote MODULES...` process that has importe
 It works in the fresh temporary directory holding CONFIG.json, with only the environment the config gives, and
 
   1. lowers its own limits (address space, CPU seconds, file size, no core dumps; `resource`, where it exists),
-  2. installs an audit hook (PEP 578): no writes, deletes or renames outside the temporary directory, no
-     reading the solutions or the weightspace package (the reference), no importing weightspace, no
-     subprocesses, forks, sockets or ctypes,
+  2. installs an audit hook (PEP 578): no writes, deletes or renames outside the temporary directory; reads
+     only there and in Python's and the system's library folders (so not other students' files), never the
+     solutions or the weightspace package (the reference); no importing weightspace, no subprocesses,
+     forks, sockets or ctypes,
   3. runs the student's definitions, then answers one call per line of the grader's Unix socket:
      {"id", "func"} with the arguments in req_<id>.json / .safetensors -> the result in res_<id>.json /
      .safetensors and a line {"id", "ok", ...}.
@@ -125,9 +126,19 @@ def limit_resources(cfg: dict) -> None:
             pass
 
 
+SYSTEM_DIRS = ("/usr", "/lib", "/lib32", "/lib64", "/etc", "/proc", "/sys", "/dev", "/opt")
+
+
 def install_guard(home: str, forbidden: list[str]) -> None:
+    """Reads only in the temporary directory, Python's installation and the system's library folders (not in
+    `forbidden`); writes only in the temporary directory."""
     home = os.path.realpath(home) + os.sep
     forbidden = [os.path.realpath(p) + os.sep for p in forbidden]
+    readable = [home] + [os.path.realpath(p) + os.sep for p in
+                         {sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path, *SYSTEM_DIRS} if p]
+
+    def may_read(p: str) -> bool:
+        return any(inside(p, d) for d in readable) and not any(inside(p, d) for d in forbidden)
 
     def real(p) -> str | None:
         if isinstance(p, int) or p is None:
@@ -150,7 +161,7 @@ def install_guard(home: str, forbidden: list[str]) -> None:
             if writes and not inside(p, home):
                 raise PermissionError(f"the grader does not let student code write {p} (only its own temporary "
                                       "directory)")
-            if any(inside(p, d) for d in forbidden):
+            if not may_read(p):
                 raise PermissionError(f"the grader does not let student code read {p}")
         elif event in PATH_EVENTS:
             for i in PATH_EVENTS[event] or range(len(args)):
@@ -158,7 +169,7 @@ def install_guard(home: str, forbidden: list[str]) -> None:
                 if p is None:
                     continue
                 if event == "os.listdir":
-                    if any(inside(p, d) for d in forbidden):
+                    if not may_read(p):
                         raise PermissionError(f"the grader does not let student code list {p}")
                 elif not inside(p, home):
                     raise PermissionError(f"the grader does not let student code change {p} (only its own "

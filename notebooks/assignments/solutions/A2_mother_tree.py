@@ -32,6 +32,7 @@ import numpy as np
 
 rng = np.random.default_rng(0)
 
+
 # %% [markdown]
 # ## 1 · Excess kurtosis
 # Over all $n$ entries of a matrix, with population moments about the mean:
@@ -52,6 +53,7 @@ def excess_kurtosis(W: np.ndarray) -> float:
 # %%
 print("Gaussian  ", round(excess_kurtosis(rng.standard_normal((64, 64))), 3))
 print("Student t3", round(excess_kurtosis(rng.standard_t(3, (64, 64))), 3))
+
 
 # %% [markdown]
 # ## 2 · The direction matrix and the merged prior

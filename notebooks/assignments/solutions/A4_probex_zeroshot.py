@@ -30,6 +30,7 @@ import torch
 
 torch.manual_seed(0)
 
+
 # %% [markdown]
 # ## 1 · Cosine logits
 # For weight embeddings $e_i$ and projected prompts $q_c$: $s_{ic} = \dfrac{e_i^\top q_c}{\lVert e_i\rVert\,
