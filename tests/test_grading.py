@@ -231,6 +231,13 @@ def test_cli_grades_and_writes_json(tmp_path, capsys):
     assert run.returncode == 0 and "STUDENT_FILE" in run.stdout
 
 
+def test_a_missing_function_fails_only_its_exercise(tmp_path):
+    path = variant(tmp_path, "A3_sane_tokenizer", "def token_positions(", "def token_position(")
+    report = grade("A3", path)
+    assert report.scores() == {**full("A3_sane_tokenizer"), "token_positions": 0}
+    assert "defines no function 'token_positions'" in report.exercises[-1].checks[0].message
+
+
 def test_only_definitions_are_run():
     src = "import math\nX = 3\nY = math.pi\nprint('demo')\ndef f():\n    return X\nclass C:\n    pass\nf()\n"
     kept = definitions(src, "t.py")

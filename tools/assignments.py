@@ -19,18 +19,17 @@ the copy as tools/nbsync.py pairs notebooks (stored without outputs).
 """
 import argparse
 import ast
+import json
 import re
 import sys
 from pathlib import Path
-
-import json
 
 import jupytext
 import nbformat
 from jupytext.config import load_jupytext_configuration_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nbsync import FORMAT, stored  # noqa: E402
+from nbsync import FORMAT, stored
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT / "notebooks" / "assignments"

@@ -25,7 +25,6 @@ import argparse
 import ast
 import atexit
 import json
-import logging
 import os
 import secrets
 import selectors
@@ -35,14 +34,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import worker as codec
 from .assignments import ASSIGNMENTS, Assignment, Check, resolve
-
-log = logging.getLogger(__name__)
 
 WORKER = Path(codec.__file__).resolve()
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -225,7 +221,7 @@ class Worker:
                 line = z.stdout.readline() if sel.select(startup_limit) else ""
                 sel.close()
                 if not line.strip().isdigit():
-                    raise GradingError("the grader's worker process did not start")
+                    raise GradingError(f"no fork from the zygote within {startup_limit:g} s")
                 self.pid = int(line)
             else:
                 self.proc = subprocess.Popen([sys.executable, "-I", str(WORKER), str(config)], cwd=self.dir,
@@ -233,7 +229,7 @@ class Worker:
                                              stderr=subprocess.DEVNULL)
                 self.pid = self.proc.pid
             self.conn, _ = listener.accept()
-        except (TimeoutError, socket.timeout, OSError) as exc:
+        except (OSError, GradingError) as exc:          # OSError: TimeoutError included
             self.close()
             raise GradingError(f"the grader's worker process did not start ({exc})") from exc
         finally:
@@ -254,7 +250,7 @@ class Worker:
         self.conn.settimeout(timeout)
         try:
             line = self.chan.readline()
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return None
         except OSError:
             line = ""

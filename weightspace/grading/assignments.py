@@ -139,6 +139,12 @@ def _probex_inputs(B, d_H, d_W, r_U, r_V, r_T, d_Y, signs=None):
     return make
 
 
+def _random_probex(rng):
+    d_H, d_W = (int(v) for v in rng.choice(np.arange(2, 20), 2, replace=False))
+    r_U, r_V, r_T, d_Y, B = (int(v) for v in rng.integers(1, 8, 5))
+    return _probex_inputs(B, d_H, d_W, r_U, r_V, r_T, d_Y)(rng)
+
+
 def _layer_matrix(w):
     from weightspace.probex.model import layer_matrix
 
@@ -173,6 +179,7 @@ A1 = Assignment("A1_probex_forward", "ProbeX: the forward pass from the paper's 
               _probex_inputs(3, 6, 6, 4, 3, 5, 3), _probex_reference, close(1e-6, 1e-8)),
         Check("batch 1, one probe, r_V 1", FWD_TOL, _probex_inputs(1, 4, 9, 1, 1, 3, 2), _probex_reference,
               close(1e-6, 1e-8)),
+        Check("random sizes (d_H != d_W)", FWD_TOL, _random_probex, _probex_reference, close(1e-6, 1e-8)),
         Check("every Vᵀ X u_l <= 0: the ReLU leaves y = T b + c", FWD_TOL,
               _probex_inputs(2, 5, 4, 3, 2, 4, 3, signs=True), _probex_reference, close(1e-6, 1e-8)),
     ]),
@@ -309,6 +316,7 @@ A2 = Assignment("A2_mother_tree", "MoTHer: kurtosis, the direction matrix and th
         Check("ties in kurtosis (no penalty between equals)", "exact",
               lambda r: (r.choice([0.0, 1.5, 3.0], 7),), _direction, EXACT),
         Check("one model", "exact", lambda r: (r.standard_normal(1),), _direction, EXACT),
+        Check("3 to 20 models", "exact", lambda r: (r.standard_normal(int(r.integers(3, 21))),), _direction, EXACT),
     ]),
     Exercise("merged_prior", 2, [
         Check("5 models, lambda 0.3", "rtol 1e-12", _prior_inputs(5, 0.3), _merged, close(1e-12, 0)),
@@ -321,6 +329,7 @@ A2 = Assignment("A2_mother_tree", "MoTHer: kurtosis, the direction matrix and th
         _arb_check("2 models", _costs(2)),
         _arb_check("1 model: no edges", _costs(1)),
         _arb_check("a 9-model tree's merged prior", _tree_costs),
+        _arb_check("3 to 12 models, random costs", lambda r: _costs(int(r.integers(3, 13)))(r)),
     ]),
 ], preload=["numpy", "safetensors.numpy"])
 
@@ -374,6 +383,9 @@ A3 = Assignment("A3_sane_tokenizer", "SANE: a checkpoint as a sequence of tokens
               each(close(0, 1e-6), EXACT)),
         Check("tokens of 1", TTOL, lambda r: (_tensor(r, 2, 5).float(), 1), _chunk_ref,
               each(close(0, 1e-6), EXACT)),
+        Check("random rows and token size", TTOL,
+              lambda r: (_tensor(r, *(int(v) for v in r.integers(1, 12, 2))).float(), int(r.integers(1, 9))),
+              _chunk_ref, each(close(0, 1e-6), EXACT)),
     ]),
     Exercise("token_positions", 2, [
         Check("two layers: 3 rows of 2 chunks, 2 rows of 1", "exact", lambda r: ([3, 2], [2, 1]), _positions_ref,
@@ -418,6 +430,11 @@ def _top1_ref(scores, y):
     return top1(scores, y)
 
 
+def _random_cos(rng):
+    B, C, r = (int(v) for v in rng.integers(1, 16, 3))
+    return _tensor(rng, B, r), _tensor(rng, C, r)
+
+
 def _zero_row(rng):
     e, t = _tensor(rng, 3, 4), _tensor(rng, 5, 4)
     e[1] = 0
@@ -438,6 +455,7 @@ A4 = Assignment("A4_probex_zeroshot", "Language-aligned ProbeX: zero-shot scorin
               close(0, 1e-9)),
         Check("scale invariance (x1000 and x0.001)", COS, lambda r: (1e3 * _tensor(r, 4, 6), 1e-3 * _tensor(r, 3, 6)),
               _cos_ref, close(0, 1e-9)),
+        Check("random sizes", COS, _random_cos, _cos_ref, close(0, 1e-9)),
         Check("one weight, one prompt", COS, lambda r: (_tensor(r, 1, 3), _tensor(r, 1, 3)), _cos_ref,
               close(0, 1e-9)),
         Check("an all-zero weight embedding scores 0, not NaN", COS, _zero_row, _cos_ref, close(0, 1e-9)),

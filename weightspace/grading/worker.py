@@ -118,7 +118,7 @@ def limit_resources(cfg: dict) -> None:
         if value is None or not hasattr(resource, name):
             continue
         lim = getattr(resource, name)
-        soft, hard = resource.getrlimit(lim)
+        hard = resource.getrlimit(lim)[1]
         value = int(value) if hard == resource.RLIM_INFINITY else min(int(value), hard)
         try:
             resource.setrlimit(lim, (value, hard))
