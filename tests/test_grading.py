@@ -192,6 +192,16 @@ def test_refused(tmp_path, code, message):
     assert message in report.exercises[0].checks[0].message, report.format()
 
 
+def test_memory_is_limited(tmp_path):
+    """np.empty touches no page: only the address-space limit makes a 16 GiB request fail."""
+    pytest.importorskip("resource")
+    path = variant(tmp_path, "A2_mother_tree", "    k = np.asarray(k, dtype=float)\n    return (k[None",
+                   "    np.empty(2 ** 31)\n    k = np.asarray(k, dtype=float)\n    return (k[None")
+    report = grade("A2", path, only=["direction_matrix"])
+    assert report.scores() == {"direction_matrix": 0}
+    assert "MemoryError" in report.exercises[0].checks[0].message, report.format()
+
+
 # ------------------------------------------------------------------------------------------- bad input
 
 def test_cli_bad_input_still_lists_every_exercise(tmp_path, capsys):
