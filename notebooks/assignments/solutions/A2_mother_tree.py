@@ -109,7 +109,8 @@ def arborescence(M: np.ndarray, names: list[str]) -> list[tuple[str, str]]:
 parents = {"root": None, "a": "root", "b": "root", "a1": "a", "a2": "a", "b1": "b"}
 weights = {}
 for name, parent in parents.items():
-    weights[name] = rng.standard_t(3, (40, 40)) if parent is None else weights[parent] + 0.6 * rng.standard_normal((40, 40))
+    noise = 0.6 * rng.standard_normal((40, 40))
+    weights[name] = rng.standard_t(3, (40, 40)) if parent is None else weights[parent] + noise
 names = list(weights)
 D = np.array([[np.sqrt(np.mean((weights[u] - weights[v]) ** 2)) for v in names] for u in names])
 k = np.array([excess_kurtosis(weights[n]) for n in names])
