@@ -178,10 +178,13 @@ def _zygote(preload: list[str]) -> subprocess.Popen:
     key = tuple(preload)
     z = _ZYGOTES.get(key)
     if z is None or z.poll() is not None:
+        if z is not None:
+            shutil.rmtree(z.home, ignore_errors=True)
         home = tempfile.mkdtemp(prefix="ws-grade-zygote-")
         z = subprocess.Popen([sys.executable, "-I", str(WORKER), "--zygote", *preload], cwd=home, env=_env(home),
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                              bufsize=1)
+        z.home = home
         _ZYGOTES[key] = z
     return z
 
@@ -192,6 +195,7 @@ def _stop_zygotes() -> None:
         if z.poll() is None:
             z.kill()
             z.wait()
+        shutil.rmtree(z.home, ignore_errors=True)
 
 
 class Worker:
