@@ -8,6 +8,7 @@
 #   make nbclean     store notebooks without outputs
 #   make constraints record this venv's versions in constraints.txt (what made the committed figures)
 #   make sync        pair each notebook with its py:percent script, from the .ipynb (FROM=py: from the .py)
+#   make assignments the students' copies of the course assignments, from their solutions
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -23,7 +24,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup setup-dev reproduce test tiny lab site bench nbclean params sync constraints clean
+.PHONY: setup setup-dev reproduce test tiny lab site bench nbclean params sync assignments constraints clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "weightspace needs Python >= 3.11, this is " + sys.version' 
@@ -78,6 +79,9 @@ params: setup
 
 sync: setup
 	$(PY) tools/nbsync.py --from $(FROM)
+
+assignments: setup-dev
+	$(PY) tools/assignments.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -5,6 +5,7 @@
   mother      recover the model tree of a folder of checkpoints (see weightspace.mother.cli)
   doctor      check that this machine can run the notebooks
   site        a static, browsable copy of an executed run (notebooks with outputs, the gallery)
+  grade       grade a student's copy of a course assignment (notebooks/assignments/)
 
 `weightspace --version` prints the version; `weightspace COMMAND --help` each command's options.
 Exit codes: 0 success, 1 a data error (a bad file or zoo, a failed check), 2 a usage error.
@@ -21,6 +22,7 @@ COMMANDS = {
     "mother": "weightspace.mother.cli",
     "doctor": "weightspace.doctor",
     "site": "weightspace.site",
+    "grade": "weightspace.grading",
 }
 
 
