@@ -49,13 +49,13 @@ def train_from_files(zoo, ids_tr, ids_va, layer, Ytr, Yva, cfg, seed):
     import torch.nn.functional as F
 
     from weightspace.probex.model import ProbeX
-    from weightspace.probex.train import elementwise_accuracy
+    from weightspace.probex.train import adam, elementwise_accuracy
     from weightspace.runtime import generator
 
     torch.manual_seed(seed)
     d_H, d_W = zoo.lazy(ids_tr[0]).shape(layer)
     model = ProbeX(d_H, d_W, cfg["n_probes"], cfg["proj_dim"], cfg["rep_dim"], Ytr.shape[1])
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    opt = adam(model.parameters(), cfg["lr"], cfg["weight_decay"])
     g = generator("probex-train", seed)
     train_set, val_set = CheckpointFiles(zoo, ids_tr, layer, Ytr), CheckpointFiles(zoo, ids_va, layer, Yva)
     best = -1.0
