@@ -371,11 +371,15 @@ def rms_norms(models: Mapping[str, Mapping], layers: Sequence[Layer], *, chunk_b
 
 # -------------------------------------------------------------------------- everything in one pass
 
-def _row_power_sums(X: torch.Tensor) -> torch.Tensor:
+def _row_power_sums(X: torch.Tensor, squares_only: bool = False) -> torch.Tensor:
     """[N, 5] float64 (n, sum x, sum x^2, sum x^3, sum x^4) of each row of X about 0: float32 products,
     one row at a time (cache-sized) with BLAS dots; relative error ~1e-6 (weights have |mean| << std, so
-    power sums about 0 lose nothing to cancellation)."""
-    out = torch.empty(len(X), 5, dtype=torch.float64)
+    power sums about 0 lose nothing to cancellation). `squares_only`: sum x^2 alone (the rest 0)."""
+    out = torch.zeros(len(X), 5, dtype=torch.float64)
+    if squares_only:
+        for i, x in enumerate(X):
+            out[i, 2] = float(torch.dot(x, x))
+        return out
     sq = torch.empty_like(X[0])
     for i, x in enumerate(X):
         torch.mul(x, x, out=sq)
@@ -410,7 +414,7 @@ def weight_pass(models: Mapping[str, Mapping], layers: Sequence[Layer], directio
             with _threads(X.numel()):
                 if want_k or layer.name in dist:
                     with _threads(0):
-                        ps += _row_power_sums(X if X.device.type == "cpu" else X.cpu())
+                        ps += _row_power_sums(X if X.device.type == "cpu" else X.cpu(), squares_only=not want_k)
                 if layer.name not in dist:
                     continue
                 X[1:] -= X[:1]
