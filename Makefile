@@ -5,6 +5,7 @@
 #   make site        a static HTML copy of the last run (PRESET=default): notebooks with outputs, the gallery
 #   make tiny        the whole pipeline at the `tiny` preset (a few minutes), into runs/tiny
 #   make bench       the speed benchmarks (ratios of two implementations on the same input)
+#   make profile     the floor table: each expensive stage against this machine's peak (results/profile.json, README)
 #   make nbclean     store notebooks without outputs
 #   make constraints record this venv's versions in constraints.txt (what made the committed figures)
 #   make sync        pair each notebook with its py:percent script, from the .ipynb (FROM=py: from the .py)
@@ -24,7 +25,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup setup-dev reproduce test tiny lab site bench nbclean params sync assignments constraints clean
+.PHONY: setup setup-dev reproduce test tiny lab site bench profile nbclean params sync assignments constraints clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "weightspace needs Python >= 3.11, this is " + sys.version' 
@@ -62,6 +63,9 @@ site: setup
 
 bench: setup-dev
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+profile: setup
+	$(PY) benchmarks/floor.py --out results/profile.json --readme README.md
 
 nbclean: setup-dev
 	$(PY) tools/nbclean.py $$(find notebooks -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*')

@@ -10,7 +10,9 @@
 2. exact    near-identical models (1% apart): max relative error of the plain float32 Gram trick and
             of ours (centred) against a float64 pair loop.
 3. vitb     21 ViT-B/16-sized models (48 attention matrices of 768x768, ~2.4 GB, made in memory):
-            the distance matrix with ours vs a plain float32 pair loop. Goal: <= 0.5 s.
+            the distance matrix with ours vs a plain float32 pair loop. Goal: <= 0.5 s. And recover()
+            end to end (one pass over the weights for D, norms and kurtosis) vs the four separate passes it
+            replaced, in the same run. Goal: <= 1.0 s.
 4. rank     l_LoRA from the stored low-rank factors vs an SVD of every merged difference (same ranks):
             on the LoRA-V forest, and on ViT-B-sized value matrices (d = 768, ranks 8..64).
 
@@ -127,7 +129,44 @@ def bench_vitb(n):
         out[f"max_rel_err_chunk_{cb >> 20}MB"] = max_rel(D, ref)
     best = min(v for k, v in out.items() if k.startswith("gram_s"))
     out.update(gram_s=best, speedup=t_loop / best, gram_over_read_once=best / t_read, goal_s=0.5)
+    out["recover"] = bench_recover(models, t_loop)
     return out
+
+
+def separate_passes(models):
+    """recover()'s reads before the one-pass version: kurtosis, a coarse D to cluster, the norms to count
+    trees, then D again per tree (four passes over the weights)."""
+    from weightspace.mother import select_layers
+    from weightspace.mother.distances import kurtosis_scores, rms_distances, rms_norms
+    from weightspace.mother.recover import count_trees, relative_distance, ward_clusters
+
+    first = next(iter(models.values()))
+    d_layers = select_layers(first, "hf-vit", "ft", "distance")
+    k_layers = select_layers(first, "hf-vit", "ft", "direction")
+    k = kurtosis_scores(models, k_layers)
+    D_all = rms_distances(models, d_layers, device="cpu", tol=1e-3)
+    labels = ward_clusters(D_all, count_trees(relative_distance(D_all, "ft", norms=rms_norms(models, d_layers))))
+    names = list(models)
+    Ds = [rms_distances({names[i]: models[names[i]] for i in np.flatnonzero(labels == t)}, d_layers, device="cpu")
+          for t in range(labels.max() + 1)]
+    return k, Ds
+
+
+def bench_recover(models, t_loop):
+    """recover() end to end (one pass: D, norms and kurtosis from the same reads) vs the four separate
+    passes it replaced, beside the plain pair loop of the same run. Goal: <= 1.0 s."""
+    from weightspace.mother import recover
+    from weightspace.mother.distances import kurtosis_scores
+
+    t_one, G = timed(lambda: recover(models, layers="hf-vit", distance="ft", direction_layers="hf-vit",
+                                     device="cpu"), repeat=3)
+    t_sep, (k, Ds) = timed(lambda: separate_passes(models), repeat=1)
+    k_one = np.array([G.nodes[n]["kurtosis"] for n in models])
+    D_one = G.graph["trees"][0]["D"] if len(Ds) == 1 else None
+    return dict(recover_s=t_one, separate_passes_s=t_sep, speedup_vs_separate=t_sep / t_one,
+                pair_loop_float32_s=t_loop, trees=len(G.graph["trees"]), goal_s=1.0,
+                max_abs_kurtosis_difference=float(np.abs(k_one - k).max()),
+                max_rel_D_difference=None if D_one is None else max_rel(D_one, Ds[0]))
 
 
 def lora_models(n=11, d=768, layers=2, ranks=(8, 16, 32, 64), seed=3):

@@ -7,6 +7,11 @@ model's checkpoint file each epoch (what the official code does), for one full t
 Both runs train the same ProbeX (same seed, same batches) with the same recipe and must reach the same
 validation accuracy; the first includes the one-time extraction (zoo.layer, uncached) in its time.
 Without --zoo a small zoo is built first in a temporary folder.
+
+Second, notebook 03's layer sweep (ProbeX and Dense on every weight matrix of every tree, its recipe,
+`--sweep-epochs` epochs): one `fit` after another vs `fit_many` (experts of one shape trained together),
+in one run on the same pre-extracted layers. Reported: both times, the ratio, and how many fits agree
+(same checkpoint epoch and accuracies) and the largest test-accuracy difference (float rounding only).
 """
 from __future__ import annotations
 
@@ -44,13 +49,13 @@ def train_from_files(zoo, ids_tr, ids_va, layer, Ytr, Yva, cfg, seed):
     import torch.nn.functional as F
 
     from weightspace.probex.model import ProbeX
-    from weightspace.probex.train import elementwise_accuracy
+    from weightspace.probex.train import adam, elementwise_accuracy
     from weightspace.runtime import generator
 
     torch.manual_seed(seed)
     d_H, d_W = zoo.lazy(ids_tr[0]).shape(layer)
     model = ProbeX(d_H, d_W, cfg["n_probes"], cfg["proj_dim"], cfg["rep_dim"], Ytr.shape[1])
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    opt = adam(model.parameters(), cfg["lr"], cfg["weight_decay"])
     g = generator("probex-train", seed)
     train_set, val_set = CheckpointFiles(zoo, ids_tr, layer, Ytr), CheckpointFiles(zoo, ids_va, layer, Yva)
     best = -1.0
@@ -71,12 +76,38 @@ def train_from_files(zoo, ids_tr, ids_va, layer, Ytr, Yva, cfg, seed):
     return best
 
 
+def bench_sweep(zoo, epochs):
+    """Notebook 03's layer sweep, fit after fit vs fit_many, on the same LayerData."""
+    from weightspace.probex import LayerData
+    from weightspace.probex.train import fit, fit_many
+
+    data = LayerData(zoo)
+    layers = data.layers()
+    cfg = dict(n_probes=16, proj_dim=16, rep_dim=32, batch_size=32, epochs=epochs)   # notebook 03's
+    tasks = [(kind, [data.split(l, t, s) for s in ("train", "val", "test")], 0, cfg)
+             for t in data.trees for l in layers for kind in ("probex", "dense")]
+    t = time.perf_counter()
+    one = [fit(k, *sp, seed=s, device="cpu", **c) for k, sp, s, c in tasks]
+    t_one = time.perf_counter() - t
+    t = time.perf_counter()
+    many = fit_many(tasks, device="cpu")
+    t_many = time.perf_counter() - t
+    same = sum((a.best_epoch, a.val_acc, a.test_acc) == (b.best_epoch, b.val_acc, b.test_acc)
+               for a, b in zip(one, many))
+    return dict(fits=len(tasks), trees=len(data.trees), layers=len(layers), epochs=epochs,
+                one_at_a_time_s=round(t_one, 2), fit_many_s=round(t_many, 2), speedup=t_one / t_many,
+                identical_fits=same, max_test_acc_difference=max(abs(a.test_acc - b.test_acc)
+                                                                 for a, b in zip(one, many)),
+                mean_test_acc=[sum(f.test_acc for f in fs) / len(fs) for fs in (one, many)])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zoo", type=Path)
     ap.add_argument("--tree", type=int, default=0)
     ap.add_argument("--layer", default="blocks.1.attn.proj.weight")
     ap.add_argument("--epochs", type=int, default=150)
+    ap.add_argument("--sweep-epochs", type=int, default=40, help="epochs of the layer-sweep section (0: skip)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     from weightspace.probex.model import stack_layer
@@ -119,6 +150,8 @@ def main(argv=None):
                pre_extracted_s=round(t_tensor, 2), reread_files_s=round(t_files, 2),
                speedup=t_files / t_tensor, best_val_acc_pre_extracted=fit.val_acc,
                best_val_acc_reread=val_files)
+    if args.sweep_epochs:
+        res["sweep"] = bench_sweep(zoo, args.sweep_epochs)
     print(json.dumps(res, indent=2))
     if args.out:
         save_results(args.out.parent, args.out.stem, res)

@@ -1,6 +1,7 @@
 """Batched (vmap) fine-tuning vs the same recipe one model at a time, on 2 cores.
 
-    .venv/bin/python benchmarks/bench_zoo.py [--models 128] [--steps 150] [--workers 2] [--out results/bench_zoo.json]
+    .venv/bin/python benchmarks/bench_zoo.py [--models 128] [--steps 150] [--workers 2] [--repeats 5]
+        [--out results/bench_zoo.json]
 
 Both sides fine-tune the same models (same parent, classes, learning rates, schedules, seeds and batches)
 from a briefly pre-trained root, split over `workers` processes of one thread each, as the zoo builder
@@ -12,6 +13,12 @@ amplify over a run), then prints (and writes) the speed ratio.
 
 A third run, "one process", is what a user without the zoo builder writes: the same per-model loop in
 a single process, torch using both cores (2 threads) for each model's small matrix products.
+
+Why the ratio moved between runs (1.54x-1.99x): it was a ratio of two wall times measured one after
+the other on cores that other jobs share, so whichever side ran while the machine was busier lost. Now
+each of `--repeats` rounds runs both sides back to back (alternating which goes first) and the ratio is
+also taken of CPU time (time.process_time of each one-thread worker, summed), which other processes'
+load inflates far less; min / median / max over the rounds are reported for both.
 
 What to expect: at batch 32 one tiny-ViT model step is mostly arithmetic (~2.7 MFLOP per image, forward
 and backward), so batching M models with vmap removes only the per-model Python/dispatch overhead; the
@@ -27,6 +34,8 @@ import argparse
 import json
 import math
 import multiprocessing
+import os
+import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -52,10 +61,10 @@ def batched(parent, rows, threads=1):
 
     torch.set_num_threads(threads)
     styled_digits()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     sds, metrics = finetune([parent] * len(rows), [r["classes"] for r in rows], [r["lr"] for r in rows],
                             [r["steps"] for r in rows], [r["schedule"] for r in rows], [r["seed"] for r in rows])
-    return time.perf_counter() - t, sds, [m["test_acc"] for m in metrics]
+    return (time.perf_counter() - t, time.process_time() - c), sds, [m["test_acc"] for m in metrics]
 
 
 def one_at_a_time(parent, rows, threads=1):
@@ -70,7 +79,7 @@ def one_at_a_time(parent, rows, threads=1):
     ds = styled_digits()
     tr = ds.train
     out, accs = [], []
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for r in rows:
         model = make_vit(ds.n_classes)
         model.load_state_dict(fresh_head(parent, ds.n_classes, r["seed"]))
@@ -96,21 +105,23 @@ def one_at_a_time(parent, rows, threads=1):
             mine = torch.isin(ds.test.y, torch.as_tensor(r["classes"]))
             accs.append(float((model(ds.test.x[mine]).argmax(-1) == ds.test.y[mine]).float().mean()))
         out.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-    return time.perf_counter() - t, out, accs
+    return (time.perf_counter() - t, time.process_time() - c), out, accs
 
 
 def run(fn, parent, rows, workers, threads=1):
-    """`workers` spawned processes of `threads` torch threads each, models dealt round-robin."""
+    """`workers` spawned processes of `threads` torch threads each, models dealt round-robin. Returns
+    (wall, cpu, state dicts, accuracies): the slower worker's training time (imports and start-up
+    excluded) and the workers' CPU times summed."""
     parts = [rows[w::workers] for w in range(workers)]
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
         results = list(ex.map(fn, [parent] * workers, parts, [threads] * workers))
-    wall = max(r[0] for r in results)  # the slower worker's training time (imports and start-up excluded)
+    wall, cpu = max(r[0][0] for r in results), sum(r[0][1] for r in results)
     sds, accs = [None] * len(rows), [None] * len(rows)
     for w, (_, part, part_accs) in enumerate(results):
         for j, (sd, acc) in enumerate(zip(part, part_accs)):
             sds[w + j * workers], accs[w + j * workers] = sd, acc
-    return wall, sds, accs
+    return wall, cpu, sds, accs
 
 
 def main(argv=None):
@@ -118,6 +129,7 @@ def main(argv=None):
     ap.add_argument("--models", type=int, default=128)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5, help="rounds of both sides, back to back")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     from weightspace.nets.vit_training import pretrain
@@ -125,8 +137,14 @@ def main(argv=None):
     torch.set_num_threads(1)
     parent, _ = pretrain("supervised", 0, 200)
     rows = plan(args.models, args.steps)
-    t_b, sd_b, acc_b = run(batched, parent, rows, args.workers)
-    t_s, sd_s, acc_s = run(one_at_a_time, parent, rows, args.workers)
+    rounds = []
+    for r in range(args.repeats):
+        sides = [("batched", batched), ("one_at_a_time", one_at_a_time)]
+        out = {name: run(fn, parent, rows, args.workers) for name, fn in (sides if r % 2 == 0 else sides[::-1])}
+        rounds.append(out)
+        print(f"round {r}: wall {out['one_at_a_time'][0] / out['batched'][0]:.2f}x, "
+              f"cpu {out['one_at_a_time'][1] / out['batched'][1]:.2f}x", flush=True)
+    (t_b, c_b, sd_b, acc_b), (t_s, c_s, sd_s, acc_s) = rounds[-1]["batched"], rounds[-1]["one_at_a_time"]
     # what a user without the zoo builder runs: one process, torch using all the cores for each model
     t_n, *_ = run(one_at_a_time, parent, rows, 1, threads=args.workers)
     diff = max(float((sd_b[m][k] - sd_s[m][k]).abs().max()) for m in range(len(rows)) for k in sd_b[m])
@@ -135,11 +153,17 @@ def main(argv=None):
     one = plan(4, 1)
     (_, a, _), (_, b, _) = batched(parent, one), one_at_a_time(parent, one)
     diff_one_step = max(float((a[m][k] - b[m][k]).abs().max()) for m in range(4) for k in a[m])
-    res = dict(models=args.models, steps=args.steps, workers=args.workers, batched_s=round(t_b, 2),
-               one_at_a_time_s=round(t_s, 2), speedup=round(t_s / t_b, 2),
+    ratios = {kind: sorted(o["one_at_a_time"][j] / o["batched"][j] for o in rounds)
+              for j, kind in ((0, "wall"), (1, "cpu"))}
+    spread = {f"speedup_{kind}_{stat}": round(f(v), 2) for kind, v in ratios.items()
+              for stat, f in (("min", min), ("median", statistics.median), ("max", max))}
+    res = dict(models=args.models, steps=args.steps, workers=args.workers, repeats=args.repeats,
+               batched_s=round(t_b, 2), one_at_a_time_s=round(t_s, 2), speedup=round(t_s / t_b, 2),
+               batched_cpu_s=round(c_b, 2), one_at_a_time_cpu_s=round(c_s, 2), **spread,
+               load_average=" ".join(f"{x:.2f}" for x in os.getloadavg()),
                one_process_all_threads_s=round(t_n, 2), speedup_vs_one_process=round(t_n / t_b, 2),
-               ms_per_model_step_batched=round(1000 * t_b * args.workers / (args.models * args.steps), 2),
-               ms_per_model_step_one_at_a_time=round(1000 * t_s * args.workers / (args.models * args.steps), 2),
+               ms_per_model_step_batched=round(1000 * c_b / (args.models * args.steps), 2),
+               ms_per_model_step_one_at_a_time=round(1000 * c_s / (args.models * args.steps), 2),
                max_abs_weight_difference_after_one_step=diff_one_step,
                max_abs_weight_difference_after_all_steps=diff,
                mean_test_acc_batched=sum(acc_b) / len(acc_b), mean_test_acc_one_at_a_time=sum(acc_s) / len(acc_s))

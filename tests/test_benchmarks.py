@@ -19,9 +19,10 @@ def run(script, *args, out):
 
 
 def test_bench_zoo(tmp_path):
-    res = run("bench_zoo.py", "--models", "4", "--steps", "2", out=tmp_path / "zoo.json")
+    res = run("bench_zoo.py", "--models", "4", "--steps", "2", "--repeats", "2", out=tmp_path / "zoo.json")
     assert res["models"] == 4 and res["speedup"] > 0 and res["speedup_vs_one_process"] > 0
     assert res["max_abs_weight_difference_after_one_step"] < 1e-5  # same recipe on both sides
+    assert res["repeats"] == 2 and res["speedup_cpu_min"] <= res["speedup_cpu_median"] <= res["speedup_cpu_max"]
 
 
 def test_bench_probex(tmp_path):

@@ -174,3 +174,24 @@ def test_parameters_are_checked_before_anything_is_written(tmp_path, bad, match)
     with pytest.raises(ValueError, match=match):
         build_model_trees(tmp_path / "z", executor="inline", progress=False, **{**TINY_TREES, **bad})
     assert not (tmp_path / "z").exists()
+
+
+def test_build_like_copies_the_roots_it_shares(tmp_path, monkeypatch):
+    """build_like takes a root that `like` made with the same spec from `like` (verified), the same bytes as
+    pre-training it again; a root with another spec (here: width) is pre-trained."""
+    from weightspace.zoo import model_trees
+
+    p = {**TINY_TREES, "n_trees": 1, "n_per_tree": 4}
+    zoo = build_model_trees(tmp_path / "a", executor="inline", progress=False, **p)
+    fresh = build_model_trees(tmp_path / "b", executor="inline", progress=False, **{**p, "lr": [1e-5, 1e-4]})
+    calls = []
+    real = model_trees.pretrain
+    monkeypatch.setattr(model_trees, "pretrain", lambda *a, **k: calls.append(a) or real(*a, **k))
+    like = model_trees.build_like(tmp_path / "c", zoo, executor="inline", progress=False, lr=[1e-5, 1e-4])
+    assert calls == []
+    assert like.row("t0-root")["sha256"] == zoo.row("t0-root")["sha256"] == fresh.row("t0-root")["sha256"]
+    assert like.row("t0-root")["pretrain_loss"] == zoo.row("t0-root")["pretrain_loss"]
+    assert [like.row(i)["sha256"] for i in like.select(depth=1)] == [fresh.row(i)["sha256"] for i in fresh.select(depth=1)]
+    wide = model_trees.build_like(tmp_path / "d", zoo, executor="inline", progress=False,
+                                  vit={**zoo.params["vit"], "embed_dim": 16})
+    assert len(calls) == 1 and wide.row("t0-root")["sha256"] != zoo.row("t0-root")["sha256"]

@@ -124,6 +124,31 @@ def test_kurtosis_scores_match_scipy_summed_over_layers():
     assert k[0] > k[1]
 
 
+def test_weight_pass_equals_the_separate_passes():
+    """One read of the weights gives rms_distances' D (exact pairs of two tight trees far apart included),
+    rms_norms' norms and kurtosis_scores' scores (float32 products: within 1e-5), in any row blocks."""
+    from weightspace.mother.distances import rms_norms, weight_pass
+
+    g = torch.Generator().manual_seed(5)
+    models = {**_tree(g, 2, rel=1e-3)[0], **{f"o{k}": v for k, v in _tree(g, 2, rel=1e-3)[0].items()}}
+    layers = select_layers(models["r"], "timm-vit", "ft")
+    k_layers = select_layers(models["r"], "timm-vit", "ft", "direction")
+    ref = rms_distances_pairloop(models, layers)
+    for chunk_bytes in (1 << 30, 16 * 4 * 7 * len(models)):
+        D, n, k = weight_pass(models, layers, k_layers, chunk_bytes=chunk_bytes, device="cpu")
+        off = ~np.eye(len(models), dtype=bool)
+        assert float((np.abs(D - ref)[off] / ref[off]).max()) < 1e-6
+        assert np.allclose(n, rms_norms(models, layers), rtol=1e-6, atol=0)
+        assert np.abs(k - kurtosis_scores(models, k_layers)).max() < 1e-5
+    # a direction layer that is not a distance layer is read for its kurtosis alone
+    mlp = select_layers(models["r"], "timm-vit:mlp", "ft")
+    _, _, k = weight_pass(models, layers, mlp, device="cpu")
+    assert np.abs(k - kurtosis_scores(models, mlp)).max() < 1e-5
+    bad = {**models, "nan": {**models["r"], "blocks.0.attn.proj.weight": torch.full((16, 16), float("nan"))}}
+    with pytest.raises(MotherError, match="nan"):
+        weight_pass(bad, layers, k_layers, device="cpu")
+
+
 # ----------------------------------------------------------------------------------------- LoRA ranks
 
 def _lora_forest(g, d=24, n_layers=2, ranks=(1, 2, 3, 4)):

@@ -125,6 +125,37 @@ def test_training_learns_and_checkpoints_on_validation():
     assert ridge.score(*te) > 0.9
 
 
+def test_fit_many_equals_one_at_a_time():
+    """Experts trained together (stacked, vmapped) give `fit`'s numbers: same init, shuffles, checkpoint
+    and accuracies, weights equal to float rounding; mixed kinds, shapes and recipes come back in order."""
+    from weightspace.probex.train import fit_many
+
+    g = torch.Generator().manual_seed(3)
+
+    def split(n, h, w):
+        return torch.randn(n, h, w, generator=g), (torch.rand(n, 6, generator=g) > 0.5).float()
+
+    tasks = []
+    for i, (kind, (h, w)) in enumerate([("probex", (8, 12)), ("dense", (8, 12)), ("probex", (5, 7)),
+                                         ("probex", (8, 12)), ("dense", (8, 12)), ("probex", (8, 12))]):
+        cfg = dict(n_probes=4, proj_dim=4, rep_dim=8, epochs=6, eval_every=2, batch_size=8,
+                   lr=1e-3 * (1 + i % 3), weight_decay=[1e-5, 1e-2][i % 2])
+        tasks.append((kind, (split(20, h, w), split(9, h, w), split(11, h, w)), i % 2, cfg))
+    tasks.append(("dense", (split(20, 8, 12), split(9, 8, 12)), 0, dict(epochs=3, eval_every=1, device="cpu")))
+    many = fit_many(tasks, device="cpu")
+    for (kind, splits, seed, cfg), b in zip(tasks, many):
+        a = fit(kind, *splits, seed=seed, **{"device": "cpu", **cfg})
+        assert type(a.model) is type(b.model) and a.n_params == b.n_params
+        assert (a.val_acc, a.test_acc, a.train_acc, a.best_epoch) == (b.val_acc, b.test_acc, b.train_acc, b.best_epoch)
+        assert [h[::2] for h in a.history] == [h[::2] for h in b.history]        # epochs and val accuracies
+        sa, sb = a.model.state_dict(), b.model.state_dict()
+        assert max(float((sa[k] - sb[k]).abs().max()) for k in sa) < 1e-5
+    with pytest.raises(TypeError, match="unknown ProbeX setting"):
+        fit_many([("probex", tasks[0][1], 0, dict(n_probe=3))])
+    with pytest.raises(ValueError, match="labels have"):
+        fit_many([("dense", (tasks[0][1][0], (tasks[0][1][1][0], tasks[0][1][1][1][:, :3])), 0, {})])
+
+
 def test_ridge_matches_the_primal_solution():
     X, Y = _planted(40, d=3)
     r = Ridge(0.1).fit(X, Y)

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import networkx as nx
 import numpy as np
 
-from .distances import CHUNK_BYTES, kurtosis_scores, rank_distances, rms_distances, rms_norms
+from .distances import CHUNK_BYTES, kurtosis_scores, rank_distances, rms_distances, weight_pass
 from .layers import MotherError, as_models, check_models, select_layers
 
 STAGES = ("finetune", "pretrain")
@@ -229,18 +229,20 @@ def recover(models, *, layers, distance: str, direction_layers, lam: float = 0.3
     k_layers = select_layers(first, direction_layers, distance, "direction")
     check_models(models, list(d_layers) + list(k_layers))
     names = list(models)
-    k = kurtosis_scores(models, k_layers, chunk_bytes=chunk_bytes)
+    norms = None
+    if distance == "ft":
+        # one pass over the weights: D exact to float32 for every pair (the pairs of a tight tree refined
+        # inside the Gram trick), so each tree's D is a slice of it; the norms and kurtosis from the same reads
+        D_all, norms, k = weight_pass(models, d_layers, k_layers, device=device, chunk_bytes=chunk_bytes)
+    else:
+        k = kurtosis_scores(models, k_layers, chunk_bytes=chunk_bytes)
+        D_all = None if n_trees == 1 else distance_matrix(models, d_layers, distance, device=device)
 
     if n_trees == 1:
         labels = np.zeros(len(names), dtype=int)
-        D_all = None
     else:
-        # clustering needs only coarse distances (trees are far apart): no exact refinement here
-        D_all = distance_matrix(models, d_layers, distance, device=device, chunk_bytes=chunk_bytes, tol=1e-3)
         if n_trees is None:
-            R = relative_distance(D_all, distance, full_rank=sum(min(x.shape) for x in d_layers),
-                                  norms=rms_norms(models, d_layers, chunk_bytes=chunk_bytes) if distance == "ft"
-                                  else None)
+            R = relative_distance(D_all, distance, full_rank=sum(min(x.shape) for x in d_layers), norms=norms)
             n_trees = count_trees(R)
         labels = ward_clusters(D_all, n_trees)
 
@@ -253,12 +255,10 @@ def recover(models, *, layers, distance: str, direction_layers, lam: float = 0.3
         sub = [names[i] for i in idx]
         if len(sub) == 1:
             D = np.zeros((1, 1))
-        elif distance == "ft" or D_all is None:
-            # recomputed on the tree alone: centred on the tree's own mean, so exact to float32
-            D = distance_matrix({n: models[n] for n in sub}, d_layers, distance, device=device,
-                                chunk_bytes=chunk_bytes)
+        elif D_all is None:
+            D = distance_matrix({n: models[n] for n in sub}, d_layers, distance, device=device)
         else:
-            D = D_all[np.ix_(idx, idx)]   # integer ranks: nothing to refine
+            D = D_all[np.ix_(idx, idx)]
         G.graph["trees"].append({"names": sub, "D": D})
         for p, c in solve(D, k[idx], sub, lam, stage, seed):
             G.add_edge(p, c, distance=float(D[sub.index(p), sub.index(c)]))

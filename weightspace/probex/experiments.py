@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from .baselines import fit_statnn, majority, statnn_features, tensor_keys
-from .train import Fit, LayerData, compare_inputs, fit
+from .train import Fit, LayerData, compare_inputs, fit_many
 
 KINDS = ("probex", "dense")
 SPLITS = ("train", "val", "test")
@@ -70,16 +70,14 @@ def layer_sweep(data: LayerData, layers: Sequence[str] | None = None, trees: Seq
     bad = sorted(set(kinds) - set(KINDS))
     if bad:
         raise ValueError(f"unknown expert kind(s) {bad}; choose from {KINDS}")
+    cells = [(t, layer, kind) for t in trees for layer in layers for kind in kinds]
+    done = fit_many([(kind, _splits(data, layer, t), seed, config) for t, layer, kind in cells])
     rows, fits = [], {}
-    for t in trees:
-        for layer in layers:
-            splits = _splits(data, layer, t)
-            for kind in kinds:
-                f = fits[(t, layer, kind)] = fit(kind, *splits, seed=seed, **config)
-                rows.append(dict(tree=data.tree_names[t], tree_id=t, layer=layer, kind=kind,
-                                 train_acc=f.train_acc, val_acc=f.val_acc, test_acc=f.test_acc,
-                                 n_params=f.n_params, shape=tuple(splits[0][0].shape[1:]),
-                                 best_epoch=f.best_epoch))
+    for (t, layer, kind), f in zip(cells, done):
+        fits[(t, layer, kind)] = f
+        rows.append(dict(tree=data.tree_names[t], tree_id=t, layer=layer, kind=kind,
+                         train_acc=f.train_acc, val_acc=f.val_acc, test_acc=f.test_acc,
+                         n_params=f.n_params, shape=tuple(data.X(layer).shape[1:]), best_epoch=f.best_epoch))
     return pd.DataFrame(rows), fits
 
 
@@ -183,17 +181,15 @@ def ablation(data: LayerData, layers: Mapping[int, str], grid: Mapping[str, Sequ
         raise ValueError(f"unknown ProbeX size(s) {bad}; choose from n_probes, proj_dim, rep_dim")
     trees = _trees(data, list(layers))
     _layers(data, set(layers.values()))
-    rows = []
-    for size, values in grid.items():
-        for v in values:
-            for t in trees:
-                cfg = {**config, size: v}
-                f = (fits or {}).get((t, layers[t], "probex")) if cfg == config else None
-                if f is None:
-                    f = fit("probex", *_splits(data, layers[t], t), seed=seed, **cfg)
-                rows.append(dict(size=size, value=v, tree_id=t, layer=layers[t], test_acc=f.test_acc,
-                                 val_acc=f.val_acc, train_acc=f.train_acc, n_params=f.n_params))
-    return pd.DataFrame(rows)
+    cells = [(size, v, t, {**config, size: v}) for size, values in grid.items() for v in values for t in trees]
+    found = [(fits or {}).get((t, layers[t], "probex")) if cfg == config else None for _, _, t, cfg in cells]
+    todo = [i for i, f in enumerate(found) if f is None]
+    for i, f in zip(todo, fit_many([("probex", _splits(data, layers[cells[i][2]], cells[i][2]), seed, cells[i][3])
+                                    for i in todo])):
+        found[i] = f
+    return pd.DataFrame([dict(size=size, value=v, tree_id=t, layer=layers[t], test_acc=f.test_acc,
+                              val_acc=f.val_acc, train_acc=f.train_acc, n_params=f.n_params)
+                         for (size, v, t, _), f in zip(cells, found)])
 
 
 # -------------------------------------------------------------------------- the representation e
@@ -278,9 +274,10 @@ def wide_comparison(wide: LayerData, sweep: pd.DataFrame | None = None, tree: in
     _trees(wide, [tree])
     layers = _layers(wide, [l for l in wide.layers() if l.startswith("blocks")] if layers is None else layers)
     rows = []
+    done = iter(fit_many([(kind, _splits(wide, layer, tree), seed, config) for layer in layers for kind in KINDS]))
     for layer in layers:
         splits = _splits(wide, layer, tree)
-        fp, fd = (fit(kind, *splits, seed=seed, **config) for kind in KINDS)
+        fp, fd = next(done), next(done)
         row = dict(layer=layer, shape=tuple(splits[0][0].shape[1:]), probex=fp.test_acc, dense=fd.test_acc,
                    probex_train=fp.train_acc, dense_train=fd.train_acc, probex_params=fp.n_params,
                    dense_params=fd.n_params, narrow_probex=np.nan, narrow_dense=np.nan)

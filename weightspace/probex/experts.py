@@ -13,18 +13,17 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from .train import Fit, LayerData, elementwise_accuracy, fit
+from .train import Fit, LayerData, elementwise_accuracy, fit_many
 
 
 def fit_experts(data: LayerData, layer: str | Mapping[int, str], kind: str = "probex", seed: int = 0,
                 trees: Sequence[int] | None = None, **config) -> dict[int, tuple[str, Fit]]:
     """{tree: (layer, Fit)}: one expert per tree on that tree's train split, selected on its val split."""
-    out = {}
-    for t in (trees if trees is not None else data.trees):
-        name = layer if isinstance(layer, str) else layer[t]
-        out[t] = (name, fit(kind, data.split(name, t, "train"), data.split(name, t, "val"),
-                            data.split(name, t, "test"), seed=seed, **config))
-    return out
+    trees = list(trees if trees is not None else data.trees)
+    names = [layer if isinstance(layer, str) else layer[t] for t in trees]
+    fits = fit_many([(kind, [data.split(name, t, s) for s in ("train", "val", "test")], seed, config)
+                     for t, name in zip(trees, names)])
+    return {t: (name, f) for t, name, f in zip(trees, names, fits)}
 
 
 class Router:

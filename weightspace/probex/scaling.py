@@ -30,7 +30,7 @@ import torch
 from weightspace.runtime import np_rng
 
 from .model import probex_params
-from .train import DEFAULTS, LayerData, fit
+from .train import DEFAULTS, LayerData, fit_many
 
 KINDS = ("probex", "dense")
 SPLITS = ("train", "val", "test")
@@ -95,19 +95,25 @@ def grid_points(grid: Mapping[str, Sequence]) -> list[dict]:
 
 # ---------------------------------------------------------------------------------- the fitting engine
 
-def _fit_task(kind: str, splits, seed: int, config: dict) -> dict:
+def _fit_tasks(tasks: Sequence[tuple]) -> list[dict]:
     torch.set_num_threads(1)
-    f = fit(kind, *splits, seed=seed, device="cpu", **config)
-    return dict(train_acc=f.train_acc, val_acc=f.val_acc, test_acc=f.test_acc, best_epoch=f.best_epoch,
-                n_params=f.n_params, seconds=f.seconds)
+    return [dict(train_acc=f.train_acc, val_acc=f.val_acc, test_acc=f.test_acc, best_epoch=f.best_epoch,
+                 n_params=f.n_params, seconds=f.seconds) for f in fit_many(tasks, device="cpu")]
 
 
 def run_fits(tasks: Sequence[tuple], workers: int = 1) -> list[dict]:
-    """Run `_fit_task(kind, splits, seed, config)` for every task, in `workers` one-thread processes
-    (1: here, one after another). Results come back in task order and equal the serial ones."""
+    """`fit(kind, *splits, seed=seed, **config)` for every task (kind, splits, seed, config), trained many
+    at once (`train.fit_many`), in `workers` one-thread processes (1: here), each taking every
+    `workers`-th task (tasks that batch together sit next to each other, so each process gets a share of
+    every batch). Results come back in task order, equal whatever `workers` up to float rounding."""
     if workers <= 1 or len(tasks) <= 1:
-        return [_fit_task(*t) for t in tasks]
-    return list(_pool(workers).map(_fit_task, *zip(*tasks), chunksize=1))
+        return _fit_tasks(tasks)
+    parts = [list(range(w, len(tasks), workers)) for w in range(workers)]
+    out = [None] * len(tasks)
+    for part, res in zip(parts, _pool(workers).map(_fit_tasks, [[tasks[i] for i in p] for p in parts])):
+        for i, r in zip(part, res):
+            out[i] = r
+    return out
 
 
 _POOLS: dict[int, cf.ProcessPoolExecutor] = {}

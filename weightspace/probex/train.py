@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,6 +89,16 @@ def _check_recipe(batch_size, epochs, eval_every, lr, weight_decay) -> None:
             raise ValueError(f"{name}={value!r}: must be a finite number {'> 0' if name == 'lr' else '>= 0'}")
 
 
+def adam(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """torch.optim.Adam (L2 weight decay, as the paper's code), its fused kernel where the device has one:
+    one pass over each tensor instead of ~10, which is most of a step for the Dense expert's many weights."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
 @torch.no_grad()
 def _logits(model: nn.Module, X: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     model.eval()
@@ -109,7 +119,7 @@ def train(model: nn.Module, train: tuple, val: tuple, test: tuple | None = None,
     dev = torch.device(device) if device is not None else default_device()
     model = model.to(dev)
     Xtr_d, Ytr_d = Xtr.float().to(dev), Ytr.float().to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = adam(model.parameters(), lr, weight_decay)
     g = generator("probex-train", seed)
     best = (-1.0, -1, None)
     history = []
@@ -140,9 +150,9 @@ def train(model: nn.Module, train: tuple, val: tuple, test: tuple | None = None,
     return fit
 
 
-def fit(kind: str, train_split: tuple, val_split: tuple, test_split: tuple | None = None, *, seed: int = 0,
-        device=None, **config) -> Fit:
-    """Build a "probex" or "dense" expert for the layer's shape and train it (config: DEFAULTS's keys)."""
+def _expert(kind: str, train_split: tuple, seed: int, config: Mapping) -> tuple[nn.Module, dict]:
+    """The untrained expert `fit` starts from (seeded as PyTorch's default init draws from the global
+    generator) and the full config (DEFAULTS overridden by `config`)."""
     cfg = {**DEFAULTS, **config}
     unknown = sorted(set(cfg) - set(DEFAULTS))
     if unknown:
@@ -152,10 +162,148 @@ def fit(kind: str, train_split: tuple, val_split: tuple, test_split: tuple | Non
     if X.ndim != 3:
         raise ValueError(f"expected layer tensors [N, d_H, d_W], got {tuple(X.shape)}")
     ranks = ranks_for(X.shape, {k: cfg[k] for k in RANKS}) if kind == "probex" else {}
-    torch.manual_seed(seed)  # PyTorch's default init draws from the global generator
-    model = make_model(kind, X.shape[1], X.shape[2], Y.shape[1], **ranks)
+    torch.manual_seed(seed)
+    return make_model(kind, X.shape[1], X.shape[2], Y.shape[1], **ranks), cfg
+
+
+def fit(kind: str, train_split: tuple, val_split: tuple, test_split: tuple | None = None, *, seed: int = 0,
+        device=None, **config) -> Fit:
+    """Build a "probex" or "dense" expert for the layer's shape and train it (config: DEFAULTS's keys)."""
+    model, cfg = _expert(kind, train_split, seed, config)
     return train(model, train_split, val_split, test_split, seed=seed, device=device,
                  **{k: cfg[k] for k in RECIPE})
+
+
+# -------------------------------------------------------------------- many experts at once (vmap)
+
+MANY_BYTES = 256 << 20   # stacked training inputs held at once by one batch of experts
+
+
+def fit_many(tasks: Sequence[tuple], *, device=None, max_bytes: int = MANY_BYTES) -> list[Fit]:
+    """`fit(kind, *splits, seed=seed, **config)` for every task (kind, splits, seed, config), many at once.
+
+    A layer sweep, an ablation or a validation grid is hundreds of tiny independent experts; one step of
+    one of them is mostly Python and dispatch overhead. Tasks that agree in everything that shapes the
+    training loop (kind, layer shape, ranks, split sizes, batch size, epochs, validation schedule) are
+    trained together: parameters stacked on a leading axis, one vmapped forward and backward of the
+    model's own `forward`, and one Adam (`adam`, elementwise, so M independent ones) over the stacked
+    tensors; tasks must then also share lr and weight decay to batch. Each expert keeps its own initialisation
+    (`fit`'s), its own shuffles (generator("probex-train", seed)) and its own best-on-validation checkpoint,
+    so every Fit equals `fit`'s up to float rounding (a batched matrix product rounds differently, and
+    over a long run Adam's normalised steps let that drift; tests/test_probex.py checks short runs).
+    Results come back in task order; `seconds` is the batch's time shared equally by its experts.
+    """
+    out: list[Fit | None] = [None] * len(tasks)
+    groups: dict[tuple, list[int]] = {}
+    built = []
+    for i, (kind, splits, seed, config) in enumerate(tasks):
+        config = dict(config)
+        task_dev = config.pop("device", device)
+        (Xtr, Ytr), (Xva, Yva), test = splits[0], splits[1], (splits[2] if len(splits) > 2 else None)
+        model, cfg = _expert(kind, (Xtr, Ytr), seed, config)
+        _check_recipe(*(cfg[k] for k in ("batch_size", "epochs", "eval_every", "lr", "weight_decay")))
+        _check_split("validation", Xva, Yva, Ytr.shape[1])
+        if test is not None:
+            _check_split("test", *test, width=Ytr.shape[1])
+        built.append((model, cfg))
+        shapes = tuple(tuple(p.shape) for p in model.parameters())
+        key = (type(model).__name__, shapes, tuple(Xtr.shape), len(Xva), None if test is None else len(test[0]),
+               cfg["batch_size"], cfg["epochs"], cfg["eval_every"], cfg["lr"], cfg["weight_decay"], str(task_dev))
+        groups.setdefault(key, []).append(i)
+    for key, members in groups.items():
+        dev = torch.device(key[-1]) if key[-1] != "None" else default_device()
+        per_model = 4 * tasks[members[0]][1][0][0].numel()
+        step = max(1, max_bytes // max(per_model, 1))
+        for lo in range(0, len(members), step):
+            chunk = members[lo:lo + step]
+            if len(chunk) == 1:                          # nothing to batch: the plain loop is quicker
+                (i,) = chunk
+                model, cfg = built[i]
+                out[i] = train(model, *tasks[i][1][:3], seed=int(tasks[i][2]), device=dev,
+                               **{k: cfg[k] for k in RECIPE})
+                continue
+            fits = _train_stacked([built[i][0] for i in chunk], [tasks[i][1] for i in chunk],
+                                  [int(tasks[i][2]) for i in chunk], [built[i][1] for i in chunk], dev)
+            for i, f in zip(chunk, fits):
+                out[i] = f
+    return out
+
+
+def _stacked_logits(net, X: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([net(X[:, i:i + chunk]) for i in range(0, X.shape[1], chunk)], 1)
+
+
+def _accuracies(logits: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """`elementwise_accuracy` of each expert, [M] (float32, as its mean)."""
+    return ((logits > 0) == (Y > 0.5)).flatten(1).float().mean(1)
+
+
+def _train_stacked(models: Sequence[nn.Module], splits: Sequence[tuple], seeds: Sequence[int],
+                   cfgs: Sequence[dict], dev) -> list[Fit]:
+    """`train` for M experts of one architecture and one training-loop shape, in one vmapped loop."""
+    from weightspace.nets.batched import Stacked
+
+    t0 = time.time()
+    M = len(models)
+    net = Stacked(lambda: copy.deepcopy(models[0]), [m.state_dict() for m in models], device=dev)
+    params = net.trainable()
+    Xtr = torch.stack([s[0][0].float() for s in splits]).to(dev)
+    Ytr = torch.stack([s[0][1].float() for s in splits]).to(dev)
+    Xva, Yva = (torch.stack([s[1][j].float() for s in splits]).to(dev) for j in (0, 1))
+    batch_size, epochs, eval_every = (cfgs[0][k] for k in ("batch_size", "epochs", "eval_every"))
+    opt = adam(params.values(), cfgs[0]["lr"], cfgs[0]["weight_decay"])   # elementwise: M independent Adams
+    gens = [generator("probex-train", s) for s in seeds]
+    best_acc = torch.full((M,), -1.0)
+    best_epoch = torch.full((M,), -1, dtype=torch.long)
+    best = {k: p.detach().clone() for k, p in params.items()}
+    history = [[] for _ in range(M)]
+    rows = torch.arange(M, device=dev)[:, None]
+    n = Xtr.shape[1]
+    for epoch in range(epochs):
+        order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(dev)
+        total = torch.zeros(M, dtype=torch.float64)
+        for lo in range(0, n, batch_size):
+            idx = order[:, lo:lo + batch_size]
+            flat = (idx + rows * n).flatten()           # one contiguous gather (2-D fancy indexing is slow)
+            b = idx.shape[1]
+            logits = net(Xtr.flatten(0, 1).index_select(0, flat).view(M, b, *Xtr.shape[2:]))
+            target = Ytr.flatten(0, 1).index_select(0, flat).view(M, b, -1)
+            loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
+            opt.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            opt.step()
+            total += loss.detach().double().cpu() * idx.shape[1]
+        if epoch % eval_every == 0 or epoch == epochs - 1:
+            acc = _accuracies(_stacked_logits(net, Xva).cpu(), Yva.cpu())
+            for m in range(M):
+                history[m].append((epoch, float(total[m]) / n, float(acc[m])))
+            better = acc > best_acc
+            if better.any():
+                best_acc = torch.where(better, acc, best_acc)
+                best_epoch[better] = epoch
+                sel = better.to(dev)
+                with torch.no_grad():
+                    for k, p in params.items():
+                        best[k][sel] = p[sel]
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(best[k])
+    train_acc = _accuracies(_stacked_logits(net, Xtr).cpu(), Ytr.cpu())
+    tests = [s[2] if len(s) > 2 else None for s in splits]
+    test_acc = None
+    if tests[0] is not None:
+        Xte, Yte = (torch.stack([t[j].float() for t in tests]).to(dev) for j in (0, 1))
+        test_acc = _accuracies(_stacked_logits(net, Xte).cpu(), Yte.cpu())
+    seconds = (time.time() - t0) / M
+    fits = []
+    for m, (model, sd) in enumerate(zip(models, net.state_dicts())):
+        model.load_state_dict(sd)
+        model.to(dev)
+        fits.append(Fit(model=model, train_acc=float(train_acc[m]), val_acc=float(best_acc[m]),
+                        test_acc=None if test_acc is None else float(test_acc[m]), best_epoch=int(best_epoch[m]),
+                        n_params=n_params(model), seconds=seconds, history=history[m]))
+    return fits
 
 
 # -------------------------------------------------------------------------- a zoo's layers, once in RAM
@@ -273,7 +421,7 @@ def compare_inputs(data: LayerData, tree: int, layers: Sequence[str], *, seeds: 
     """ProbeX and Dense on three inputs of one tree's layers: the raw layer X (the paper's), the delta from
     the root ΔX, and ΔX/σ (`delta_inputs`). One record per (layer, input, kind): test and train accuracy
     averaged over `seeds`, and `moved`, how far the fine-tunes went (mean ‖X − X_root‖ / ‖X_root‖)."""
-    records = []
+    cells, tasks = [], []
     for layer in layers:
         raw = [data.split(layer, tree, s) for s in ("train", "val", "test")]
         root = data.root(layer, tree)
@@ -281,8 +429,9 @@ def compare_inputs(data: LayerData, tree: int, layers: Sequence[str], *, seeds: 
         inputs = dict(zip(INPUTS, (raw, delta_inputs(raw, root, standardize=False), delta_inputs(raw, root))))
         for name, splits in inputs.items():
             for kind in kinds:
-                fits = [fit(kind, *splits, seed=s, **config) for s in seeds]
-                records.append(dict(layer=layer, moved=moved, input=name, kind=kind,
-                                    test_acc=float(np.mean([f.test_acc for f in fits])),
-                                    train_acc=float(np.mean([f.train_acc for f in fits]))))
-    return records
+                cells.append(dict(layer=layer, moved=moved, input=name, kind=kind))
+                tasks += [(kind, splits, s, config) for s in seeds]
+    fits = fit_many(tasks)
+    return [dict(cell, test_acc=float(np.mean([f.test_acc for f in fits[i * len(seeds):(i + 1) * len(seeds)]])),
+                 train_acc=float(np.mean([f.train_acc for f in fits[i * len(seeds):(i + 1) * len(seeds)]])))
+            for i, cell in enumerate(cells)]

@@ -168,14 +168,24 @@ def finetune_plan(params: Mapping) -> list[dict]:
     return rows
 
 
-def plan_jobs(params: Mapping) -> list[Job]:
+def _root_spec(p: Mapping, t: int) -> dict:
+    return dict(recipe=p["recipes"][t % len(p["recipes"])], seed=derive_seed(p["seed"], "root", t),
+                steps=p["root_steps"], vit=p["vit"], styles=p["styles"], tree=t)
+
+
+def plan_jobs(params: Mapping, roots_from: Zoo | None = None) -> list[Job]:
+    """The build's jobs: one per root, then the fine-tunes in chunks. A root that the zoo `roots_from` made
+    with the same spec (recipe, seed, steps, ViT, styles: pre-training is deterministic) is copied from it,
+    verified, instead of pre-trained again."""
     p = resolve_params(params)
     jobs = []
+    donor_p = resolve_params(roots_from.params) if roots_from is not None and roots_from.kind == KIND else None
     for t in range(p["n_trees"]):
-        recipe = p["recipes"][t % len(p["recipes"])]
-        spec = dict(recipe=recipe, seed=derive_seed(p["seed"], "root", t), steps=p["root_steps"],
-                    vit=p["vit"], styles=p["styles"], tree=t)
-        jobs.append(Job(_root_job, spec, (root_id(t),), name=f"root {t} ({recipe})"))
+        spec = _root_spec(p, t)
+        if (donor_p is not None and t < donor_p["n_trees"] and _root_spec(donor_p, t) == spec
+                and root_id(t) in roots_from):
+            spec["donor"] = str(roots_from.path)
+        jobs.append(Job(_root_job, spec, (root_id(t),), name=f"root {t} ({spec['recipe']})"))
     rows = finetune_plan(p)
     for t in range(p["n_trees"]):
         mine = sorted((r for r in rows if r["tree_id"] == t), key=lambda r: (r["steps"], r["model_id"]))
@@ -191,8 +201,14 @@ def plan_jobs(params: Mapping) -> list[Job]:
 
 
 def _root_job(spec, writer) -> None:
-    sd, metrics = pretrain(spec["recipe"], spec["seed"], spec["steps"], vit=spec["vit"], styles=spec["styles"])
     t = spec["tree"]
+    if spec.get("donor"):
+        donor = Zoo.open(spec["donor"], kind=KIND)
+        sd = donor.load(root_id(t))                                 # verified against its recorded sha256
+        metrics = {k: donor.row(root_id(t))[k] for k in ("pretrain_loss", "pretrain_test_acc")
+                   if donor.row(root_id(t)).get(k) is not None}
+    else:
+        sd, metrics = pretrain(spec["recipe"], spec["seed"], spec["steps"], vit=spec["vit"], styles=spec["styles"])
     writer.write(root_id(t), sd, dict(parent_id=None, tree_id=t, tree_name=spec["recipe"], depth=0,
                                       split=None, seed=spec["seed"], steps=spec["steps"],
                                       num_classes=int(sd["head.weight"].shape[0]), **metrics))
@@ -220,10 +236,11 @@ def _finetune_job(spec, writer) -> None:
 
 
 def build_model_trees(path, *, executor="local", workers: int | None = 2, progress: bool = True,
-                      repair: bool = False,
+                      repair: bool = False, roots_from: Zoo | None = None,
                       preset: str | None = None, **params) -> Zoo:
     """Build (or resume, or just open when complete) a ViT Model Trees zoo at `path`: DEFAULTS's parameters,
-    and LORA_DEFAULTS's for a LoRA Model Tree (`finetune_mode="lora"`)."""
+    and LORA_DEFAULTS's for a LoRA Model Tree (`finetune_mode="lora"`). Roots that the zoo `roots_from`
+    already has with the same spec are copied from it (`plan_jobs`)."""
     p = resolve_params(params)
     lora = p.get("finetune_mode") == "lora"
     arch = {**timm_architecture(**p["vit"]), "num_classes_column": "num_classes"}
@@ -236,7 +253,7 @@ def build_model_trees(path, *, executor="local", workers: int | None = 2, progre
                                              "roots have none"),
                      architecture={**arch, "extra_prefixes": [LORA_FACTORS]} if lora else arch,
                      lora=LORA_LAYOUT if lora else None)
-    run_jobs(zoo, plan_jobs(p), executor=executor, workers=workers, progress=progress,
+    run_jobs(zoo, plan_jobs(p, roots_from), executor=executor, workers=workers, progress=progress,
              desc=f"ViT model trees ({p['n_trees']} x {p['n_per_tree']})")
     if not zoo.manifest.get("layers"):
         first = zoo.lazy(zoo.select(depth=1)[0])
@@ -250,11 +267,12 @@ def build_like(path, like: Zoo, *, executor="local", workers: int | None = 2, pr
 
     Same seed and plan: a tree kept in common has the same root (bit for bit) and the same fine-tunes' classes,
     steps and seeds, so e.g. `build_like(path, zoo, n_trees=1, lr=[1e-5, 1e-4])` re-trains tree 0's fine-tunes
-    with another learning rate and nothing else changed."""
+    with another learning rate and nothing else changed. The roots kept in common are copied from `like`
+    (verified), not pre-trained again."""
     if like.kind != KIND:
         raise ValueError(f"{like.path}: build_like needs a {KIND!r} zoo, this one is {like.kind!r}")
     params = {k: v for k, v in like.params.items() if k in DEFAULTS or k in LORA_DEFAULTS}
     if overrides.get("finetune_mode", params.get("finetune_mode", "ft")) == "ft":
         params = {k: v for k, v in params.items() if k not in LORA_DEFAULTS}
-    return build_model_trees(path, executor=executor, workers=workers, progress=progress,
+    return build_model_trees(path, executor=executor, workers=workers, progress=progress, roots_from=like,
                              **{**params, **overrides})
