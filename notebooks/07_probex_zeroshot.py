@@ -321,6 +321,11 @@ if skipped:
 results["claims"] = [c for c in claims if measurable(c)]
 results["claims_not_measurable"] = skipped
 results["seconds"] = round(time.time() - t_start, 1)
+results["figures"] = {
+    "probex_zs_layer_sweep": "Zero-shot and in-distribution top-1 of ProbeX and Dense on every LoRA layer of the tiny UNet (the paper's layer sweep; its best layer is a cross-attention query).",
+    "probex_zs_table": "ProbeX vs Dense vs chance, in-distribution and zero-shot, on the class-prompt and generic-prompt zoos, image-side and all layers (the paper's SD_200 table), with parameter counts.",
+    "probex_zs_controls": "Protocol controls of the zero-shot layer: checkpoint chosen without holdout LoRAs, a temperature, and permuted training labels (which must fall to chance).",
+}
 path = plotting.save_results(results_dir, "07_probex_zeroshot", results)
 saved = json.loads(path.read_text())
 pd.DataFrame([{k: c[k] for k in ("claim", "holds")} | {"ours": plotting.format_ours(c["ours"])}

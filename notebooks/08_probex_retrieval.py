@@ -213,6 +213,10 @@ def measurable(c):
 results["claims_not_measurable"] = [c["claim"] for c in results["claims"] if not measurable(c)]
 results["claims"] = [c for c in results["claims"] if measurable(c)]
 results["seconds"] = round(time.time() - t_start, 1)
+results["figures"] = {
+    "probex_zs_retrieval": "Text-to-model retrieval: the top test LoRAs for free-text queries, each shown with images sampled from the base UNet with that LoRA (the paper's retrieval figure).",
+    "probex_zs_embedding_map": "ProbeX embeddings of the LoRAs, coloured by digit and by style, holdout LoRAs and prompts marked.",
+}
 path = plotting.save_results(results_dir, "08_probex_retrieval", results)
 saved = json.loads(path.read_text())
 pd.DataFrame([{k: c[k] for k in ("claim", "holds")} | {"ours": plotting.format_ours(c["ours"])}

@@ -231,6 +231,12 @@ results = {
              how="mean distance of the test runs' last epochs to the reference, before vs after"),
     ],
 }
+results["figures"] = {
+    "sane_02_tokens": "One CNN checkpoint as SANE tokens: tokens, mask and the three-part positions (SANE Sec. 3).",
+    "sane_03_alignment": "What weight matching does: distances to the reference before and after alignment, and an aligned layer.",
+    "sane_04_training": "SANE pre-training: masked reconstruction and NT-Xent losses over the steps.",
+    "sane_05_window": "Inference chunk length vs reconstruction (the paper's Fig. 6), and alignment on / off.",
+}
 path = plotting.save_results(results_dir, "10_sane_tokens_and_training", results)
 plotting.claims_table(path)
 

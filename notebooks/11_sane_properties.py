@@ -157,6 +157,9 @@ results = {"paper": "SANE", "preset": preset, "min_epoch": min_epoch, "embed_sec
            "r2": {f: {t: table[f][t]["test_r2"] for t in TARGETS} for f in table},
            "lambda": {f: {t: table[f][t]["lam"] for t in TARGETS} for f in table},
            "target_test_std": spread, "vit": vit, "claims": claims}
+results["figures"] = {
+    "sane_06_properties": "Property prediction on the seed zoo: test R² of SANE embeddings vs raw weights W and weight statistics s(W) (the paper's Table 2).",
+}
 path = plotting.save_results(results_dir, "11_sane_properties", results)
 plotting.claims_table(path)
 

@@ -299,6 +299,11 @@ results = {
              rhs=0.0, how=f"SANE of the seed zoo, {transfer_prompts} prompts of the new-task zoo"),
     ],
 }
+results["figures"] = {
+    "sane_07_sampling": "Sampled models vs random initialisation and the S_KDE30-style baseline, zero-shot and while fine-tuning (the paper's Table 4 / Fig. 5).",
+    "sane_08_distance": "New models or copies: each sample's zero-shot accuracy against its distance to the nearest prompt.",
+    "sane_09_radar": "SANE at a glance, like the paper's Figure 1.",
+}
 path = plotting.save_results(results_dir, "12_sane_sampling", results)
 plotting.claims_table(path)
 
