@@ -157,15 +157,16 @@ def test_cli_on_a_zoo_prints_accuracy_and_marks_wrong_edges(toy_zoo, capsys):
 
 
 def test_cli_errors(tmp_path, capsys):
-    assert cli_main([str(tmp_path)]) == 2
+    """Problems with the checkpoints are data errors: exit 1 (usage errors exit 2)."""
+    assert cli_main([str(tmp_path)]) == 1
     assert "no *.safetensors files" in capsys.readouterr().err
     g = torch.Generator().manual_seed(2)
     write_safetensors(tmp_path / "a.safetensors", _timm_like(g))
-    assert cli_main([str(tmp_path)]) == 2
+    assert cli_main([str(tmp_path)]) == 1
     assert "at least 2 models" in capsys.readouterr().err
     (tmp_path / "a").mkdir()
     write_safetensors(tmp_path / "a" / "model.safetensors", _timm_like(g))
-    assert cli_main([str(tmp_path)]) == 2
+    assert cli_main([str(tmp_path)]) == 1
     assert "duplicate model name 'a'" in capsys.readouterr().err
 
 
@@ -481,12 +482,12 @@ def test_cli_shard_indexes(tmp_path, capsys):
     index = one / "model.safetensors.index.json"
     index.write_text(json.dumps({"weight_map": {k: f for f, ks in half.items() for k in ks}}))
     # a folder that IS one sharded checkpoint is one model, not one model per shard
-    assert cli_main([str(one)]) == 2 and "at least 2 models to relate, got 1" in capsys.readouterr().err
+    assert cli_main([str(one)]) == 1 and "at least 2 models to relate, got 1" in capsys.readouterr().err
     index.write_text("{not json")
-    assert cli_main([str(one)]) == 2 and "not a readable shard index" in capsys.readouterr().err
+    assert cli_main([str(one)]) == 1 and "not a readable shard index" in capsys.readouterr().err
     index.write_text(json.dumps({"metadata": {}}))
-    assert cli_main([str(one)]) == 2 and 'needs a non-empty "weight_map"' in capsys.readouterr().err
+    assert cli_main([str(one)]) == 1 and 'needs a non-empty "weight_map"' in capsys.readouterr().err
     index.write_text(json.dumps({"weight_map": {keys[0]: "../elsewhere.safetensors"}}))
-    assert cli_main([str(one)]) == 2 and "not a .safetensors file beside the index" in capsys.readouterr().err
+    assert cli_main([str(one)]) == 1 and "not a .safetensors file beside the index" in capsys.readouterr().err
     index.write_text(json.dumps({"weight_map": {"no.such.tensor": "model-00001-of-00002.safetensors"}}))
-    assert cli_main([str(one)]) == 2 and "has no such tensor" in capsys.readouterr().err
+    assert cli_main([str(one)]) == 1 and "has no such tensor" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""python -m weightspace mother DIR — recover the Model Tree(s) of a folder of checkpoints.
+"""weightspace mother DIR — recover the Model Tree(s) of a folder of checkpoints.
 
 DIR may hold
   *.safetensors files                    one model each, named by the file stem
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from weightspace.zoo.format import LazyStateDict, ZooError
 
+from .distances import _device
 from .layers import MotherError, detect_preset
 from .recover import edge_accuracy, format_tree, recover, truth_graph
 
@@ -143,8 +144,13 @@ def load_folder(path, variant: str | None = None,
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m weightspace mother", description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    from weightspace.__main__ import prog
+
+    head, _, rest = __doc__.partition("\n")
+    ap = argparse.ArgumentParser(prog=prog("mother"), description=head.split(" — ")[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=rest.strip() + "\n\nexit codes: 0 recovered, 1 a problem with the "
+                                 "checkpoints or zoo (named on stderr), 2 a usage error")
     ap.add_argument("dir", help="folder of checkpoints or a weightspace zoo")
     ap.add_argument("--distance", choices=["ft", "lora"], default="ft",
                     help="ft: mean RMS of weight differences; lora: sum of ranks of value differences")
@@ -170,6 +176,11 @@ def main(argv=None) -> int:
         problem = f"--n-trees {args.n_trees}: must be at least 1"
     elif args.json and not Path(args.json).resolve().parent.is_dir():
         problem = f"--json {args.json}: the folder {Path(args.json).resolve().parent} does not exist"
+    if problem is None and args.device is not None:
+        try:
+            _device(args.device)
+        except MotherError as e:
+            problem = f"--device: {e}"
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -184,7 +195,7 @@ def main(argv=None) -> int:
                     stage=args.stage, n_trees=args.n_trees, device=args.device)
     except (MotherError, ZooError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 2 if ": --" in str(e) or str(e).startswith("--") else 1   # an option that does not fit: usage
     n_trees = len(g.graph["trees"])
     print(f"{len(models)} models, {n_trees} tree(s); distance {args.distance} over {len(g.graph['layers'])} "
           f"matrices, direction from {len(g.graph['direction_layers'])} ({layers} / {direction}), "
