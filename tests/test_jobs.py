@@ -319,3 +319,19 @@ def test_workers_exit_when_their_driver_is_killed(tmp_path):
 
 def _slow_job_inline(spec, writer):
     writer.write("a", {"w": torch.ones(3)}, {"depth": 0})
+
+
+def test_progress_counts_training_steps_not_models(tmp_path, capsys):
+    """The build bar weighs a root's pre-training steps against its fine-tunes' steps (a root is not one model's
+    worth of a short fine-tune), so its first estimate is not off by the ratio of the two."""
+    from conftest import TINY_TREES
+
+    from weightspace.zoo.model_trees import build_model_trees, finetune_plan, resolve_params
+
+    p = resolve_params(TINY_TREES)
+    expected = p["n_trees"] * p["root_steps"] + sum(r["steps"] for r in finetune_plan(p))
+    build_model_trees(tmp_path / "z", executor="inline", progress=True, **TINY_TREES)
+    err = capsys.readouterr().err
+    import re
+
+    assert re.search(rf"\b{expected}(\.0)?/{expected}(\.0)? ", err) and "steps" in err, err[-300:]

@@ -131,7 +131,8 @@ def plan_jobs(params: Mapping) -> list[Job]:
             chunk = mine[lo:lo + p["chunk"]]
             spec = dict(runs=chunk, cfg=cnn_config(p, act), styles=p["styles"], data_seed=p["data_seed"])
             ids = tuple(model_id(r["run_id"], e) for r in chunk for e in range(p["epochs"] + 1))
-            jobs.append(Job(_train_job, spec, ids, name=f"{act} runs {chunk[0]['run_id']}-{chunk[-1]['run_id']}"))
+            jobs.append(Job(_train_job, spec, ids, name=f"{act} runs {chunk[0]['run_id']}-{chunk[-1]['run_id']}",
+                            cost=len(chunk) * p["epochs"]))
     return jobs
 
 

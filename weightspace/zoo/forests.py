@@ -204,7 +204,7 @@ def plan_jobs(params: Mapping) -> list[Job]:
         spec = dict(recipe=recipes[t % len(recipes)], seed=derive_seed(p["seed"], "forest-root", t),
                     steps=p["root_steps"], lr=p["root_lr"], weight_decay=p["root_weight_decay"],
                     vit=p["vit"], styles=p["root_styles"], tree=t, log_every=p["log_every"])
-        jobs.append(Job(_root_job, spec, (root_id(t),), name=f"root {t}"))
+        jobs.append(Job(_root_job, spec, (root_id(t),), name=f"root {t}", cost=spec["steps"]))
     common = {k: p[k] for k in ("vit", "batch_size", "weight_decay", "lora_targets", "log_every", "head_lr_mult")}
     for variant in p["variants"]:
         rows = forest_plan(p, variant)
@@ -214,7 +214,8 @@ def plan_jobs(params: Mapping) -> list[Job]:
                 chunk = mine[lo:lo + p["chunk"]]
                 jobs.append(Job(_finetune_job, dict(rows=chunk, **common), tuple(r["model_id"] for r in chunk),
                                 parents=tuple(sorted({r["parent_id"] for r in chunk})),
-                                name=f"{variant} depth {depth} models {lo}-{lo + len(chunk) - 1}"))
+                                name=f"{variant} depth {depth} models {lo}-{lo + len(chunk) - 1}",
+                                cost=sum(r["steps"] for r in chunk)))
     return jobs
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import concurrent.futures.process  # noqa: F401  (BrokenProcessPool)
 import contextlib
+import logging
 import multiprocessing
 import os
 import threading
@@ -46,7 +47,8 @@ class Job:
     """Train `model_ids` with `fn(spec, writer)`; `parents` are the model ids they start from.
 
     `fn` must be a module-level function (it is pickled to other processes) that calls
-    `writer.write(model_id, tensors, row)` once per model.
+    `writer.write(model_id, tensors, row)` once per model. `cost` weights the progress bar: a root
+    pre-trained for thousands of steps is not one model's worth of a fine-tune of a hundred.
     """
 
     fn: Callable
@@ -54,6 +56,7 @@ class Job:
     model_ids: tuple[str, ...]
     parents: tuple[str, ...] = ()
     name: str = ""
+    cost: float | None = None      # its work, e.g. the training steps of its models: what the progress bar counts
 
 
 @dataclass
@@ -278,7 +281,7 @@ def run_jobs(zoo: Zoo, jobs: Iterable[Job], executor="local", workers: int | Non
              threads: int = 1, progress: bool = True, desc: str | None = None, **executor_options) -> Zoo:
     """Run the jobs that still have work, level by level, recording each job's rows as it finishes."""
     jobs = list(jobs)
-    log = print
+    log = logging.getLogger(__name__).warning      # quarantine, adoption, orphans: worth seeing, routable
     levels = job_levels(zoo, jobs)
     wanted = {m for job in jobs for m in job.model_ids}
     zoo.clean_temp_files()
@@ -293,7 +296,12 @@ def run_jobs(zoo: Zoo, jobs: Iterable[Job], executor="local", workers: int | Non
         return zoo
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n_todo, desc=desc or f"building {zoo.path.name}", unit="model", disable=not progress)
+    # the bar counts work, not models: each job's cost (training steps) shared among its models still to do
+    weighted = all(job.cost is not None for job in todo)
+    per_model = {m: (job.cost / len(job.model_ids) if weighted else 1.0) for job in jobs for m in job.model_ids}
+    total = sum(per_model[m] for job in todo for m in job.model_ids if m not in zoo)
+    bar = tqdm(total=round(total), desc=desc or f"building {zoo.path.name}", unit=" steps" if weighted else " models",
+               disable=not progress, unit_scale=weighted)
 
     def finish(fut, job):
         try:
@@ -309,7 +317,8 @@ def run_jobs(zoo: Zoo, jobs: Iterable[Job], executor="local", workers: int | Non
         if missing:
             raise ZooError(f"{zoo.path}: job {job.name!r} did not write {sorted(missing)[:5]}")
         zoo.record(sorted(rows, key=lambda r: job.model_ids.index(r["model_id"])), replace=True)
-        bar.update(len(rows) + sum(m in wanted for m in _readopt(zoo, log)))
+        done = [r["model_id"] for r in rows] + [m for m in _readopt(zoo, log) if m in wanted]
+        bar.update(round(sum(per_model.get(m, 0.0) for m in done)))
 
     try:
         with make_executor(executor, workers, **executor_options) as ex:

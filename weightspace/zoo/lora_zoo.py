@@ -370,7 +370,8 @@ def plan_jobs(p: Mapping, base_rates: Mapping, device: str = "cpu") -> list[Job]
         chunk = rows[lo:lo + p["chunk"]]
         jobs.append(Job(_lora_job, dict(rows=chunk, params=dict(p), device=device, base_rates=base_rates,
                                         eval_seed=derive_seed(p["seed"], "lora-eval")),
-                        tuple(r["model_id"] for r in chunk), name=f"LoRAs {lo}-{lo + len(chunk) - 1}"))
+                        tuple(r["model_id"] for r in chunk), name=f"LoRAs {lo}-{lo + len(chunk) - 1}",
+                        cost=len(chunk) * max(r["steps"] for r in chunk)))
     return jobs
 
 

@@ -185,7 +185,8 @@ def plan_jobs(params: Mapping, roots_from: Zoo | None = None) -> list[Job]:
         if (donor_p is not None and t < donor_p["n_trees"] and _root_spec(donor_p, t) == spec
                 and root_id(t) in roots_from):
             spec["donor"] = str(roots_from.path)
-        jobs.append(Job(_root_job, spec, (root_id(t),), name=f"root {t} ({spec['recipe']})"))
+        jobs.append(Job(_root_job, spec, (root_id(t),), name=f"root {t} ({spec['recipe']})",
+                        cost=1 if spec.get("donor") else spec["steps"]))
     rows = finetune_plan(p)
     for t in range(p["n_trees"]):
         mine = sorted((r for r in rows if r["tree_id"] == t), key=lambda r: (r["steps"], r["model_id"]))
@@ -196,7 +197,8 @@ def plan_jobs(params: Mapping, roots_from: Zoo | None = None) -> list[Job]:
             if p.get("finetune_mode") == "lora":
                 spec.update({k: p[k] for k in ("finetune_mode", "lora_targets", "head_lr_mult")})
             jobs.append(Job(_finetune_job, spec, tuple(r["model_id"] for r in chunk), parents=(root_id(t),),
-                            name=f"tree {t} fine-tunes {lo}-{lo + len(chunk) - 1}"))
+                            name=f"tree {t} fine-tunes {lo}-{lo + len(chunk) - 1}",
+                            cost=sum(r["steps"] for r in chunk)))
     return jobs
 
 
