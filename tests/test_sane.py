@@ -309,6 +309,35 @@ def test_save_load_round_trip(tmp_path):
     m2, std2, info = T.load(tmp_path / "sane", d.tokens.layout)
     assert info == {"note": 1} and std2.stats == std.stats
     assert all(torch.equal(x, y) for x, y in zip(m.state_dict().values(), m2.state_dict().values()))
+    # weights that are not the ones recorded are never served
+    f = tmp_path / "sane" / "model.safetensors"
+    data_ = bytearray(f.read_bytes())
+    data_[-1] ^= 1
+    f.write_bytes(bytes(data_))
+    with pytest.raises(ValueError, match="model.safetensors: missing, or not the weights"):
+        T.load(tmp_path / "sane", d.tokens.layout)
+
+
+def test_a_checkpoint_that_fails_its_record_restarts_training(tmp_path, caplog):
+    st, rows = zoo(8, 2)
+    data, _, _ = T.prepare({"train": (st, rows)}, aligned=True)
+    d = data["train"]
+    cfg = T.config_for(d, window=16, d_model=16, d_z=4, n_layers=1, n_heads=2)
+    torch.manual_seed(0)
+    fresh = T.train(SANE(copy.deepcopy(cfg)), d, 4, batch_size=8, seed=3, progress=False, device="cpu")
+    ck = tmp_path / "ck.safetensors"
+    torch.manual_seed(0)
+    T.train(SANE(copy.deepcopy(cfg)), d, 4, batch_size=8, seed=3, progress=False, device="cpu", checkpoint=ck,
+            checkpoint_every=2)
+    raw = bytearray(ck.read_bytes())
+    raw[-1] ^= 1
+    ck.write_bytes(bytes(raw))
+    torch.manual_seed(0)
+    with caplog.at_level("WARNING", logger="weightspace.sane.train"):
+        again = T.train(SANE(copy.deepcopy(cfg)), d, 4, batch_size=8, seed=3, progress=False, device="cpu",
+                        checkpoint=ck)
+    assert "does not match its record" in caplog.text
+    assert again["loss"] == pytest.approx(fresh["loss"], rel=1e-5)        # trained from step 0 again
 
 
 # --------------------------------------------------------------------------------------------- properties

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from weightspace.runtime import autocast, device as pick_device, generator
+from weightspace.zoo.format import sha256_file
 
 from . import preprocess
 from .model import SANE, SANEConfig, sane_loss
@@ -133,13 +134,35 @@ def _save_checkpoint(path: Path, model, opt, step: int, history: dict) -> None:
             tensors[f"opt.{i}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp))
+    meta = {"step": step, "history": history, "sha256": sha256_file(tmp)}
     tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps({"step": step, "history": history}))
+    _atomic_text(path.with_suffix(".json"), json.dumps(meta))
 
 
-def _load_checkpoint(path: Path, model, opt) -> tuple[int, dict]:
-    meta = json.loads(path.with_suffix(".json").read_text())
-    tensors = load_file(str(path))
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _verified(path: Path, expected: str | None) -> dict[str, torch.Tensor] | None:
+    """The tensors of `path` if its sha256 is the one recorded beside it, else None."""
+    if not expected or not path.is_file() or sha256_file(path) != expected:
+        return None
+    return load_file(str(path))
+
+
+def _load_checkpoint(path: Path, model, opt) -> tuple[int, dict] | None:
+    """Resume from a training checkpoint whose bytes match its record; None (start over) if they do not —
+    a run killed between writing the weights and their record leaves such a pair."""
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    tensors = _verified(path, meta.get("sha256") if isinstance(meta, dict) else None)
+    if tensors is None:
+        log.warning("%s: does not match its record %s; training starts over", path, path.with_suffix(".json"))
+        return None
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     sd = opt.state_dict()
     state: dict = {}
@@ -176,7 +199,9 @@ def train(model: SANE, data: SplitData, steps: int, batch_size: int = 32, lr: fl
     start = 0
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.is_file():
-        start, history = _load_checkpoint(ckpt, model, opt)
+        resumed = _load_checkpoint(ckpt, model, opt)
+        if resumed is not None:
+            start, history = resumed
         with warnings.catch_warnings():   # replaying the schedule without optimizer steps
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(start):
@@ -220,9 +245,10 @@ def save(path: str | Path, model: SANE, standardizer: Standardizer, info: Mappin
     path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
               str(path / "model.safetensors"))
-    (path / "sane.json").write_text(json.dumps({"config": model.cfg.to_dict(),
-                                                "standardizer": json.loads(standardizer.to_json()),
-                                                "info": dict(info or {})}, indent=1))
+    _atomic_text(path / "sane.json", json.dumps({"config": model.cfg.to_dict(),
+                                                 "standardizer": json.loads(standardizer.to_json()),
+                                                 "info": dict(info or {}),
+                                                 "sha256": sha256_file(path / "model.safetensors")}, indent=1))
     return path
 
 
@@ -231,7 +257,11 @@ def load(path: str | Path, lay: Layout) -> tuple[SANE, Standardizer, dict]:
     path = Path(path)
     meta = json.loads((path / "sane.json").read_text())
     model = SANE(SANEConfig(**meta["config"]))
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    tensors = _verified(path / "model.safetensors", meta.get("sha256"))
+    if tensors is None:
+        raise ValueError(f"{path / 'model.safetensors'}: missing, or not the weights {path / 'sane.json'} records "
+                         "(sha256 differs); train it again (notebook 10)")
+    model.load_state_dict(tensors)
     if model.cfg.token_size != lay.token_size:
         raise ValueError(f"{path}: SANE trained on tokens of {model.cfg.token_size}, the zoo gives "
                          f"{lay.token_size}")
