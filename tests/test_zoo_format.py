@@ -638,3 +638,16 @@ def test_verified_reads_parse_every_dtype_like_safetensors(tmp_path):
     head = b'{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}'
     with pytest.raises(ZooError, match="lies outside the data"):
         _parse_bytes(Path("x.safetensors"), bytearray(len(head).to_bytes(8, "little") + head + b"\x00" * 8))
+
+
+def test_asset_metadata_is_read_only_from_a_verified_file(toy_zoo):
+    toy_zoo.add_asset("base", {"w": torch.ones(3)}, {"config": '{"width": 3}'})
+    assert toy_zoo.asset_metadata("base")["config"] == '{"width": 3}'
+    f = toy_zoo.path / toy_zoo.manifest["assets"]["base"]["file"]
+    raw = bytearray(f.read_bytes())
+    raw[-1] ^= 1
+    f.write_bytes(bytes(raw))
+    with pytest.raises(ZooError, match="sha256"):
+        Zoo.open(toy_zoo.path).asset_metadata("base")
+    with pytest.raises(ZooError, match="no asset 'other'"):
+        toy_zoo.asset_metadata("other")

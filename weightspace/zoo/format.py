@@ -805,6 +805,17 @@ class Zoo:
             raise ZooError(f"{path}: asset {name!r} is missing or not a regular file")
         return self._read(path, assets[name]["sha256"]) if verify else read_safetensors(path)
 
+    def asset_metadata(self, name: str) -> dict[str, str]:
+        """The string metadata of an asset's header, read once its file matches the manifest's sha256."""
+        assets = self.manifest.get("assets", {})
+        if name not in assets:
+            raise ZooError(f"{self.path / MANIFEST}: no asset {name!r} (has {sorted(assets)})")
+        path = self.path / assets[name]["file"]
+        if not path.is_file():
+            raise ZooError(f"{path}: asset {name!r} is missing or not a regular file")
+        self._check_file(path, assets[name]["sha256"])
+        return read_metadata(path)
+
     # -- reading weights ------------------------------------------------------------------------------
     def _memo_ok(self, path: Path, expected: str) -> tuple[int, int, int] | None:
         """The file's (size, mtime_ns, inode) if this Zoo already hashed it unchanged and it matched."""

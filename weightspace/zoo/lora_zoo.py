@@ -193,19 +193,14 @@ def lora_plan(p: Mapping) -> list[dict]:
 
 def text_encoder(zoo: Zoo) -> TextEncoder:
     """A cache-only TextEncoder with the zoo's prompts (every class prompt and the generic one)."""
-    a = zoo.manifest["assets"]["text"]
-    from .format import read_metadata
-
-    return TextEncoder.from_tensors(zoo.load_asset("text"), read_metadata(zoo.path / a["file"]))
+    return TextEncoder.from_tensors(zoo.load_asset("text"), zoo.asset_metadata("text"))
 
 
 def load_base(zoo: Zoo, device="cpu"):
     """The zoo's base UNet (verified), frozen, in eval mode."""
-    from .format import read_metadata
-
-    meta = read_metadata(zoo.path / zoo.manifest["assets"]["base_unet"]["file"])
-    unet = make_unet(json.loads(meta["config"]))
-    missing, unexpected = unet.load_state_dict(zoo.load_asset("base_unet"), strict=False)
+    weights = zoo.load_asset("base_unet")
+    unet = make_unet(json.loads(zoo.asset_metadata("base_unet")["config"]))
+    missing, unexpected = unet.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ZooError(f"{zoo.path}: asset base_unet does not fit its own config (missing {missing[:3]}, "
                        f"unexpected {unexpected[:3]})")
@@ -222,10 +217,8 @@ def load_recognizer(zoo: Zoo) -> Recognizer:
 def base_eval(zoo: Zoo) -> dict:
     """The base's recognition rates: {"per_class" (samples of each class prompt), "real" (real test images),
     "generic_histogram" (classes of the generic prompt's samples), ...} and its samples as tensors."""
-    from .format import read_metadata
-
     t = zoo.load_asset("base_eval")
-    info = json.loads(read_metadata(zoo.path / zoo.manifest["assets"]["base_eval"]["file"])["eval"])
+    info = json.loads(zoo.asset_metadata("base_eval")["eval"])
     return {**info, "samples": t["samples"], "generic_samples": t["generic_samples"]}
 
 
