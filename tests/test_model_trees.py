@@ -176,6 +176,35 @@ def test_parameters_are_checked_before_anything_is_written(tmp_path, bad, match)
     assert not (tmp_path / "z").exists()
 
 
+def test_build_like_copies_the_fine_tunes_it_shares(tmp_path, monkeypatch):
+    """A larger tree like `zoo` takes its first fine-tunes from `zoo` (verified, metrics kept, split its own)
+    and trains only the new ones; the copies are the bytes that training them again in this tree gives."""
+    from weightspace.zoo import model_trees
+
+    p = {**TINY_TREES, "n_trees": 1, "n_per_tree": 4, "chunk": 2}
+    zoo = build_model_trees(tmp_path / "a", executor="inline", progress=False, **p)
+    fresh = build_model_trees(tmp_path / "b", executor="inline", progress=False, **{**p, "n_per_tree": 8})
+    trained = []
+    real = model_trees.finetune
+    monkeypatch.setattr(model_trees, "finetune", lambda *a, **k: trained.extend(a[3]) or real(*a, **k))
+    big = model_trees.build_like(tmp_path / "c", zoo, executor="inline", progress=False, n_per_tree=8,
+                                 split=[0.5, 0.25, 0.25])
+    shared = zoo.select(depth=1)
+    assert len(trained) == 4                                       # steps of the 4 new fine-tunes only
+    assert sorted(big.select(depth=1)) == sorted(fresh.select(depth=1))
+    for i in fresh.select(depth=1):
+        a, b = big.load(i), fresh.load(i)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), i
+    for i in shared:
+        assert big.row(i)["test_acc"] == zoo.row(i)["test_acc"]
+        assert big.row(i)["split"] == fresh.row(i)["split"]
+    assert big.verify() == []
+    # another learning rate is another fine-tune: nothing is copied
+    trained.clear()
+    model_trees.build_like(tmp_path / "d", zoo, executor="inline", progress=False, lr=[1e-5, 1e-4])
+    assert len(trained) == 4
+
+
 def test_build_like_copies_the_roots_it_shares(tmp_path, monkeypatch):
     """build_like takes a root that `like` made with the same spec from `like` (verified), the same bytes as
     pre-training it again; a root with another spec (here: width) is pre-trained."""

@@ -173,23 +173,46 @@ def _root_spec(p: Mapping, t: int) -> dict:
                 steps=p["root_steps"], vit=p["vit"], styles=p["styles"], tree=t)
 
 
-def plan_jobs(params: Mapping, roots_from: Zoo | None = None) -> list[Job]:
-    """The build's jobs: one per root, then the fine-tunes in chunks. A root that the zoo `roots_from` made
-    with the same spec (recipe, seed, steps, ViT, styles: pre-training is deterministic) is copied from it,
-    verified, instead of pre-trained again."""
+# What a fine-tune's weights depend on besides its row: two builds that agree on these and on the root train
+# the same model for the same row (finetune_plan's id, classes, learning rate, steps, schedule, seed).
+_FINETUNE_SPEC = ("vit", "styles", "batch_size", "head_init_std", "finetune_mode", "lora_targets", "head_lr_mult")
+_ROW_SPEC = ("parent_id", "tree_id", "classes", "lr", "steps", "schedule", "seed", "batch_size", "rank")
+
+
+def _same_finetune(row: Mapping, donor_row: Mapping) -> bool:
+    return all(row.get(k) == donor_row.get(k) for k in _ROW_SPEC)
+
+
+def plan_jobs(params: Mapping, copy_from: Zoo | None = None) -> list[Job]:
+    """The build's jobs: one per root, then the fine-tunes in chunks. What the zoo `copy_from` already made
+    with the same spec is copied from it, verified, instead of trained again: a root with the same recipe,
+    seed, steps, ViT and styles (pre-training is deterministic), and, under a copied root, a fine-tune with
+    the same row and fine-tuning settings (so the large tree of notebook 03 reuses notebook 01's first tree)."""
     p = resolve_params(params)
     jobs = []
-    donor_p = resolve_params(roots_from.params) if roots_from is not None and roots_from.kind == KIND else None
+    donor_p = resolve_params(copy_from.params) if copy_from is not None and copy_from.kind == KIND else None
+    shared_roots = set()
     for t in range(p["n_trees"]):
         spec = _root_spec(p, t)
         if (donor_p is not None and t < donor_p["n_trees"] and _root_spec(donor_p, t) == spec
-                and root_id(t) in roots_from):
-            spec["donor"] = str(roots_from.path)
+                and root_id(t) in copy_from):
+            spec["donor"] = str(copy_from.path)
+            shared_roots.add(t)
         jobs.append(Job(_root_job, spec, (root_id(t),), name=f"root {t} ({spec['recipe']})",
                         cost=1 if spec.get("donor") else spec["steps"]))
     rows = finetune_plan(p)
+    same_recipe = donor_p is not None and all(p.get(k) == donor_p.get(k) for k in _FINETUNE_SPEC)
+    copied = {r["model_id"] for r in rows
+              if same_recipe and r["tree_id"] in shared_roots and r["model_id"] in copy_from
+              and _same_finetune(r, copy_from.row(r["model_id"]))}
     for t in range(p["n_trees"]):
-        mine = sorted((r for r in rows if r["tree_id"] == t), key=lambda r: (r["steps"], r["model_id"]))
+        mine = [r for r in rows if r["tree_id"] == t and r["model_id"] not in copied]
+        mine.sort(key=lambda r: (r["steps"], r["model_id"]))
+        reused = [r for r in rows if r["tree_id"] == t and r["model_id"] in copied]
+        if reused:
+            jobs.append(Job(_copy_job, dict(rows=reused, donor=str(copy_from.path)),
+                            tuple(r["model_id"] for r in reused), parents=(root_id(t),),
+                            name=f"tree {t}: {len(reused)} fine-tunes copied", cost=len(reused)))
         for lo in range(0, len(mine), p["chunk"]):
             chunk = mine[lo:lo + p["chunk"]]
             spec = dict(rows=chunk, vit=p["vit"], styles=p["styles"], batch_size=p["batch_size"],
@@ -200,6 +223,16 @@ def plan_jobs(params: Mapping, roots_from: Zoo | None = None) -> list[Job]:
                             name=f"tree {t} fine-tunes {lo}-{lo + len(chunk) - 1}",
                             cost=sum(r["steps"] for r in chunk)))
     return jobs
+
+
+def _copy_job(spec, writer) -> None:
+    """Fine-tunes taken from the donor zoo: each file verified against its recorded sha256 on loading, its
+    metrics kept, its row (e.g. the split, which depends on the tree's size) this build's."""
+    donor = Zoo.open(spec["donor"], kind=KIND)
+    for r in spec["rows"]:
+        kept = {k: v for k, v in donor.row(r["model_id"]).items()
+                if k not in ("model_id", "file", "sha256", "parent_sha256")}
+        writer.write(r["model_id"], donor.load(r["model_id"]), kept | {k: v for k, v in r.items() if k != "model_id"})
 
 
 def _root_job(spec, writer) -> None:
@@ -238,11 +271,11 @@ def _finetune_job(spec, writer) -> None:
 
 
 def build_model_trees(path, *, executor="local", workers: int | None = 2, progress: bool = True,
-                      repair: bool = False, roots_from: Zoo | None = None,
+                      repair: bool = False, copy_from: Zoo | None = None,
                       preset: str | None = None, **params) -> Zoo:
     """Build (or resume, or just open when complete) a ViT Model Trees zoo at `path`: DEFAULTS's parameters,
-    and LORA_DEFAULTS's for a LoRA Model Tree (`finetune_mode="lora"`). Roots that the zoo `roots_from`
-    already has with the same spec are copied from it (`plan_jobs`)."""
+    and LORA_DEFAULTS's for a LoRA Model Tree (`finetune_mode="lora"`). Roots and fine-tunes that the zoo
+    `copy_from` already has with the same spec are copied from it (`plan_jobs`)."""
     p = resolve_params(params)
     lora = p.get("finetune_mode") == "lora"
     arch = {**timm_architecture(**p["vit"]), "num_classes_column": "num_classes"}
@@ -255,7 +288,7 @@ def build_model_trees(path, *, executor="local", workers: int | None = 2, progre
                                              "roots have none"),
                      architecture={**arch, "extra_prefixes": [LORA_FACTORS]} if lora else arch,
                      lora=LORA_LAYOUT if lora else None)
-    run_jobs(zoo, plan_jobs(p, roots_from), executor=executor, workers=workers, progress=progress,
+    run_jobs(zoo, plan_jobs(p, copy_from), executor=executor, workers=workers, progress=progress,
              desc=f"ViT model trees ({p['n_trees']} x {p['n_per_tree']})")
     if not zoo.manifest.get("layers"):
         first = zoo.lazy(zoo.select(depth=1)[0])
@@ -276,5 +309,5 @@ def build_like(path, like: Zoo, *, executor="local", workers: int | None = 2, pr
     params = {k: v for k, v in like.params.items() if k in DEFAULTS or k in LORA_DEFAULTS}
     if overrides.get("finetune_mode", params.get("finetune_mode", "ft")) == "ft":
         params = {k: v for k, v in params.items() if k not in LORA_DEFAULTS}
-    return build_model_trees(path, executor=executor, workers=workers, progress=progress, roots_from=like,
+    return build_model_trees(path, executor=executor, workers=workers, progress=progress, copy_from=like,
                              **{**params, **overrides})
