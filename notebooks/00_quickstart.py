@@ -4,6 +4,10 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   weightspace:
+#     reads: []
+#     writes:
+#     - zoo/quickstart
 # ---
 
 # %% [markdown]

@@ -4,6 +4,14 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   weightspace:
+#     reads:
+#     - zoo/vit_model_trees
+#     writes:
+#     - zoo/vit_large_tree
+#     - zoo/vit_width64_tree
+#     - zoo/vit_gentle_tree
+#     - zoo/vit_lora_tree
 # ---
 
 # %% [markdown]
@@ -306,9 +314,10 @@ measure (mean per-class kNN accuracy {float(dec.test_e.mean()):.3f} vs {float(de
 # fine-tunes in its generative setting.
 #
 # ### 6a · More training models, equal tuning, ranks that scale with the layer
-# One **large tree**: notebook 01's supervised root (rebuilt bit for bit from the same seed) with
-# `scaling_models` fine-tunes of notebook 01's recipe (`build_like`: fine-tune i keeps its classes,
-# learning rate, steps and seed), split `scaling_split`. Both experts read the same layer, chosen on the
+# One **large tree**: notebook 01's supervised root with `scaling_models` fine-tunes of notebook 01's
+# recipe (`build_like`: fine-tune i keeps its classes, learning rate, steps and seed, so the first ones
+# are notebook 01's own and are copied from its zoo, verified; only the rest are trained), split
+# `scaling_split`. Both experts read the same layer, chosen on the
 # validation accuracy of both at the largest size among `curve_layers`, and are trained on nested random
 # subsets of `curve_sizes` training models, one subset draw and initialisation per seed (`curve_seeds`);
 # validation and test are the tree's full splits. Every fit gets the **same validation grid** (learning
@@ -433,7 +442,7 @@ if scaling_models and width_models:
 # %% [markdown]
 # ### 6b · Fine-tunes that stay near their root
 # Model-J's fine-tunes start from a ViT-B with learning rates of 3e-5 to 5e-4; ours use 1e-3 to 1e-2.
-# So: notebook 01's first tree again (the same root, rebuilt from the same seed, and the same plan of
+# So: notebook 01's first tree again (the same root, copied from its zoo, and the same plan of
 # classes, steps and seeds: `build_like` copies the zoo's parameters), fine-tuned with a 100x smaller
 # learning rate (`gentle_lr`). Both experts read three inputs on two layers (`ex.gentle_comparison`):
 #

@@ -4,6 +4,11 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   weightspace:
+#     reads: []
+#     writes:
+#     - zoo/mother_forests
+#     - zoo/mother_forests_select
 # ---
 
 # %% [markdown]

@@ -4,6 +4,11 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   weightspace:
+#     reads:
+#     - zoo/mother_forests
+#     - results/04_mother_forests
+#     writes: []
 # ---
 
 # %% [markdown]

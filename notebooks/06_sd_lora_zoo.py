@@ -4,6 +4,12 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   weightspace:
+#     reads: []
+#     writes:
+#     - zoo/sd_lora_zoo
+#     - zoo/sd_lora_zoo_generic
+#     - zoo/sd_tiny_pipeline
 # ---
 
 # %% [markdown]

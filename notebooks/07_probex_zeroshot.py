@@ -4,6 +4,11 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   weightspace:
+#     reads:
+#     - zoo/sd_lora_zoo
+#     - zoo/sd_lora_zoo_generic
+#     writes: []
 # ---
 
 # %% [markdown]

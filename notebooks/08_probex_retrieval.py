@@ -4,6 +4,12 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   weightspace:
+#     reads:
+#     - zoo/sd_lora_zoo
+#     - zoo/sd_lora_zoo_generic
+#     - results/07_probex_zeroshot
+#     writes: []
 # ---
 
 # %% [markdown]

@@ -4,6 +4,12 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   weightspace:
+#     reads: []
+#     writes:
+#     - zoo/cnn_seed_zoo
+#     - zoo/cnn_grid_zoo
+#     - zoo/cnn_transfer_zoo
 # ---
 
 # %% [markdown]

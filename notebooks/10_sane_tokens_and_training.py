@@ -4,6 +4,11 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   weightspace:
+#     reads:
+#     - zoo/cnn_seed_zoo
+#     writes:
+#     - zoo/sane_cnn
 # ---
 
 # %% [markdown]

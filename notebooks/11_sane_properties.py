@@ -4,6 +4,12 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   weightspace:
+#     reads:
+#     - zoo/cnn_seed_zoo
+#     - zoo/sane_cnn
+#     - zoo/vit_model_trees
+#     writes: []
 # ---
 
 # %% [markdown]

@@ -4,6 +4,13 @@
 #     display_name: Python 3
 #     language: python
 #     name: python3
+#   weightspace:
+#     reads:
+#     - zoo/cnn_seed_zoo
+#     - zoo/cnn_transfer_zoo
+#     - zoo/sane_cnn
+#     - results/11_sane_properties
+#     writes: []
 # ---
 
 # %% [markdown]

@@ -139,3 +139,109 @@ def test_only_names_one_notebook_each(repo):
            "--no-progress", "--preset", "tiny", "--only", "00", "-p", "x", "seven"]
     bad = subprocess.run(cmd, capture_output=True, text=True)
     assert bad.returncode == 1 and "not a Python literal" in bad.stderr and "preset" not in bad.stderr
+
+
+# ---------------------------------------------------------------- dependency order and parallel runs
+
+STAMP = ("import pathlib, time, json\n"
+         "d = pathlib.Path(results_dir); d.mkdir(parents=True, exist_ok=True)\n"
+         "t0 = time.time()\n"
+         "{body}\n"
+         "(d / '{name}.json').write_text(json.dumps([t0, time.time()]))\n")
+
+
+def _declared(path, body, reads=(), writes=()):
+    _notebook(path, body)
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["weightspace"] = {"reads": list(reads), "writes": list(writes)}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def graph(tmp_path):
+    """a makes zoo x; b reads it; c stands alone (and is slow enough to overlap a)."""
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    mk = "pathlib.Path(zoo_root, 'x').mkdir(parents=True, exist_ok=True); time.sleep(3)"
+    _declared(nbs / "00_a.ipynb", STAMP.format(body=mk, name="a"), writes=["zoo/x"])
+    _declared(nbs / "01_b.ipynb", STAMP.format(body="assert pathlib.Path(zoo_root, 'x').is_dir()", name="b"),
+              reads=["zoo/x"])
+    _declared(nbs / "02_c.ipynb", STAMP.format(body="time.sleep(3)", name="c"))
+    return tmp_path
+
+
+def _spans(out):
+    import json
+
+    return {n: json.loads((out / "results" / f"{n}.json").read_text()) for n in "abc"}
+
+
+def test_dependencies_come_from_what_notebooks_declare(graph):
+    every = reproduce.numbered_notebooks(graph / "notebooks")
+    assert reproduce.dependencies(every, every) == {"00_a": set(), "01_b": {"00_a"}, "02_c": set()}
+    assert reproduce.dependencies(every, every[1:]) == {"01_b": set(), "02_c": set()}
+    assert reproduce.declared_io(every[1]) == (["zoo/x"], ["results/01_b"])
+    quiet = dict(root=graph, out=graph / "o", progress=False, log=lambda *a: None)
+    with pytest.raises(ValueError, match=r"01_b.ipynb reads .*/o/zoos/x, made by 00_a: add it to --only"):
+        reproduce.run("tiny", only=["01"], **quiet)
+    _declared(graph / "notebooks" / "03_d.ipynb", "pass", reads=["zoo/nobody"])
+    with pytest.raises(ValueError, match=r"03_d.ipynb reads \['zoo/nobody'\], which no notebook writes"):
+        reproduce.run("tiny", **quiet)
+    _declared(graph / "notebooks" / "03_d.ipynb", "pass", reads=["x"])
+    with pytest.raises(ValueError, match=r"entry 'x' is not 'zoo/<name>'"):
+        reproduce.run("tiny", **quiet)
+
+
+@pytest.mark.parametrize("executor", ["local", "dask", "slurm"])
+def test_parallel_runs_follow_the_dependencies(graph, executor, tmp_path):
+    """Two at a time through each executor: b starts only after a has finished; c runs beside a."""
+    out = graph / "o"
+    options = {"folder": tmp_path / "submitit", "cluster": "local"} if executor == "slurm" else {}
+    lines = []
+    timings = reproduce.run("tiny", root=graph, out=out, progress=False, log=lines.append, parallel=2,
+                            executor=executor, **options)
+    assert sorted(n for n, _ in timings) == ["00_a", "01_b", "02_c"]
+    s = _spans(out)
+    assert s["b"][0] >= s["a"][1]
+    assert s["c"][0] < s["a"][1] and s["a"][0] < s["c"][1]              # a and c overlapped
+    assert any("up to 2 at once" in line for line in lines) and any("cores)" in line for line in lines)
+
+
+def test_a_failed_notebook_stops_only_what_depends_on_it(graph):
+    nbs = graph / "notebooks"
+    _declared(nbs / "00_a.ipynb", "raise ValueError('boom')", writes=["zoo/x"])
+    with pytest.raises(reproduce.NotebookFailed, match=r"(?s)00_a.ipynb failed in cell .*boom.*not run, waiting "
+                                                        r"on a failed notebook: 01_b"):
+        reproduce.run("tiny", root=graph, out=graph / "o", progress=False, log=lambda *a: None, parallel=2)
+    assert (graph / "o" / "results" / "c.json").exists() and not (graph / "o" / "results" / "b.json").exists()
+    with pytest.raises(ValueError, match="parallel=0"):
+        reproduce.run("tiny", root=graph, out=graph / "o", progress=False, log=lambda *a: None, parallel=0)
+
+
+def test_the_notebooks_declare_the_zoos_they_use():
+    """Every zoo a numbered notebook names under zoo_root (in code or as a parameter's default) is declared,
+    and everything declared is named; the graph is the one the notebooks' text describes."""
+    import re
+
+    root = reproduce.repo_root()
+    every = reproduce.numbered_notebooks(root / "notebooks")
+    for nb in every:
+        reads, writes = reproduce.declared_io(nb)
+        zoos = {i.split("/", 1)[1] for i in reads + writes if i.startswith("zoo/")}
+        code = nb.with_suffix(".py").read_text()
+        named = set(re.findall(r"\{zoo_root\}/([a-z0-9_]+)(?![a-z0-9_{])", code))
+        named |= set(re.findall(r'^\w+_(?:zoo|dir): str = "([a-z0-9_]+)"', code, flags=re.M))
+        named |= set(re.findall(r'\bpath="([a-z0-9_]+)"', code))          # notebook 09's table of zoos
+        assert named <= zoos, f"{nb.name} uses {sorted(named - zoos)} without declaring them"
+        patterns = [re.sub(r"\\\{[^}]*\\\}", "[a-z0-9_]+", re.escape(m))
+                    for m in re.findall(r"\{zoo_root\}/([a-z0-9_{}]+)", code)]
+        for z in zoos - named:
+            assert any(re.fullmatch(p, z) for p in patterns), f"{nb.name} declares {z!r} but never names it"
+        for item in reads:
+            if item.startswith("results/"):
+                assert item.split("/", 1)[1] + ".json" in code, f"{nb.name} declares {item} but never reads it"
+    deps = reproduce.dependencies(every, every)
+    short = {k[:2]: {d[:2] for d in v} for k, v in deps.items()}
+    assert short["05"] == {"04"} and short["03"] == {"01"} and short["08"] == {"06", "07"}
+    assert short["12"] == {"09", "10", "11"} and short["11"] == {"01", "09", "10"}
+    assert not short["00"] and not short["01"] and not short["06"] and not short["09"]

@@ -1,4 +1,5 @@
-"""Store notebooks clean: no outputs or execution counts, a python3 kernelspec, no editor metadata.
+"""Store notebooks clean: no outputs or execution counts, a python3 kernelspec, no editor metadata (the
+`weightspace` entry, what the notebook reads and writes for `reproduce --parallel`, is kept).
 
     python tools/nbclean.py notebooks/*.ipynb        (make nbclean)
     python tools/nbclean.py --check notebooks/*.ipynb   exits 1 if any file would change
@@ -12,7 +13,8 @@ LANGUAGE = {"name": "python", "pygments_lexer": "ipython3"}
 
 
 def clean(nb: dict) -> dict:
-    nb["metadata"] = {"kernelspec": KERNELSPEC, "language_info": LANGUAGE}
+    kept = {"weightspace": nb["metadata"]["weightspace"]} if "weightspace" in nb.get("metadata", {}) else {}
+    nb["metadata"] = {"kernelspec": KERNELSPEC, "language_info": LANGUAGE, **kept}
     for cell in nb["cells"]:
         cell["metadata"] = {k: v for k, v in cell.get("metadata", {}).items() if k == "tags"}
         if cell["cell_type"] == "code":

@@ -6,7 +6,7 @@
 
 DIR (default notebooks/) is searched recursively and every .py in it is a notebook's pair. A file without
 its pair is paired whichever side is the source, so to remove a notebook delete both files. The check
-compares cell types, sources and tags as jupytext reads them, not bytes. The format and the scripts' header
+compares cell types, sources, tags and the `weightspace` metadata as jupytext reads them, not bytes. The format and the scripts' header
 come from DIR/jupytext.toml, which JupyterLab's jupytext reads too.
 """
 import argparse
@@ -31,7 +31,9 @@ def stored(nb: dict) -> str:
 
 
 def cells(nb) -> list:
-    return [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in nb.cells]
+    """What a pair must agree on: every cell's type, source and tags, and the notebook's `weightspace`
+    metadata (what it reads and writes)."""
+    return [nb.metadata.get("weightspace")] + [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in nb.cells]
 
 
 def files(folder: Path, suffix: str) -> dict:
@@ -67,7 +69,8 @@ def main(argv=None) -> int:
             elif stem not in notebooks:
                 bad.append(f"{shown(scripts[stem])}: no paired .ipynb")
             else:
-                via_script = jupytext.reads(jupytext.writes(jupytext.read(notebooks[stem]), FORMAT), FORMAT)
+                via_script = jupytext.reads(jupytext.writes(jupytext.read(notebooks[stem]), FORMAT, config=config),
+                                            FORMAT)
                 if cells(via_script) != cells(jupytext.read(scripts[stem], fmt=FORMAT)):
                     bad.append(f"{shown(notebooks[stem])}: cells differ from {scripts[stem].name}")
         if bad:

@@ -138,29 +138,128 @@ def _atomic_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+# ------------------------------------------------------------------------------ what each notebook reads
+
+def declared_io(path: Path) -> tuple[list[str], list[str]]:
+    """(reads, writes) a notebook declares in its metadata, `weightspace: {reads: [...], writes: [...]}`:
+    "zoo/<name>" is a folder under zoo_root, "results/<notebook>" another notebook's results file. Every
+    notebook also writes "results/<its own name>"."""
+    import nbformat
+
+    meta = nbformat.read(str(path), as_version=4).metadata.get("weightspace", {}) or {}
+    reads, writes = list(meta.get("reads", [])), list(meta.get("writes", []))
+    for item in reads + writes:
+        if not isinstance(item, str) or item.split("/", 1)[0] not in ("zoo", "results") or "/" not in item:
+            raise ValueError(f"{path}: metadata weightspace.reads/writes entry {item!r} is not 'zoo/<name>' "
+                             "or 'results/<notebook>'")
+    return reads, writes + [f"results/{path.stem}"]
+
+
+def dependencies(all_notebooks: list[Path], chosen: list[Path]) -> dict[str, set[str]]:
+    """{notebook: the chosen notebooks it must wait for}: those that write what it reads. What a notebook
+    reads from one that is not chosen must already be there (checked by `missing_inputs`)."""
+    io = {nb.stem: declared_io(nb) for nb in all_notebooks}
+    maker: dict[str, str] = {}
+    for stem, (_, writes) in io.items():
+        for item in writes:
+            if item in maker and maker[item] != stem:
+                raise ValueError(f"{item!r} is written by both {maker[item]} and {stem}")
+            maker[item] = stem
+    names = {nb.stem for nb in chosen}
+    deps = {}
+    for nb in chosen:
+        reads, _ = io[nb.stem]
+        unknown = [r for r in reads if r not in maker]
+        if unknown:
+            raise ValueError(f"{nb.name} reads {unknown}, which no notebook writes")
+        deps[nb.stem] = {maker[r] for r in reads if maker[r] in names and maker[r] != nb.stem}
+    return deps
+
+
+def missing_inputs(all_notebooks: list[Path], chosen: list[Path], dirs: dict[str, Path]) -> list[str]:
+    """What a chosen notebook reads from a notebook that is not chosen and has not made it yet."""
+    io = {nb.stem: declared_io(nb) for nb in all_notebooks}
+    maker = {item: stem for stem, (_, writes) in io.items() for item in writes}
+    names = {nb.stem for nb in chosen}
+    out = []
+    for nb in chosen:
+        for item in io[nb.stem][0]:
+            kind, name = item.split("/", 1)
+            if maker[item] in names:
+                continue
+            where = dirs["zoo_root"] / name if kind == "zoo" else dirs["results_dir"] / f"{name}.json"
+            if not where.exists():
+                out.append(f"{nb.name} reads {where}, made by {maker[item]}: add it to --only, or run it first")
+    return out
+
+
+def _critical_path(deps: dict[str, set[str]], seconds: dict[str, float]) -> dict[str, float]:
+    """Each notebook's own time plus the longest chain of notebooks waiting on it (unknown times: 60 s)."""
+    after = {s: [t for t, d in deps.items() if s in d] for s in deps}
+    memo: dict[str, float] = {}
+
+    def length(s):
+        if s not in memo:
+            memo[s] = seconds.get(s, 60.0) + max((length(t) for t in after[s]), default=0.0)
+        return memo[s]
+
+    return {s: length(s) for s in deps}
+
+
+# ------------------------------------------------------------------------------------------- execution
+
+def execute_notebook(nb: str, executed: str, params: dict, progress: bool = False) -> dict:
+    """Run one notebook with papermill (what every executor runs); returns its wall and CPU seconds (of the
+    kernel and the processes it waited for) and, when a cell failed, the error instead of raising it, so
+    the message crosses any executor intact."""
+    import resource
+
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    for k, v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"),
+                 ("MPLBACKEND", "module://matplotlib_inline.backend_inline")):
+        os.environ.setdefault(k, v)
+    t0, c0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    error = None
+    try:
+        papermill.execute_notebook(nb, executed, parameters=params, cwd=str(Path(nb).parent),
+                                   progress_bar=progress, kernel_name="python3", language="python")
+    except PapermillExecutionError as e:
+        error = (f"{Path(nb).name} failed in cell {e.cell_index} (execution count {e.exec_count}): "
+                 f"{e.ename}: {e.evalue}\nexecuted copy with the traceback: {executed}")
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return dict(seconds=time.time() - t0, cpu_seconds=(c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime),
+                error=error)
+
+
 def run(preset: str = "default", only: list[str] | None = None, out: Path | None = None,
         root: Path | None = None, overrides: dict | None = None, progress: bool = True,
-        log=print, raw_overrides: bool = False) -> list[tuple[str, float]]:
-    """Execute the notebooks; returns [(notebook, seconds)]. Raises NotebookFailed naming notebook and cell.
+        log=print, raw_overrides: bool = False, parallel: int = 1, executor: str | None = None,
+        **executor_options) -> list[tuple[str, float]]:
+    """Execute the notebooks; returns [(notebook, seconds)] in the order they finished. Raises NotebookFailed
+    naming notebook and cell (with `parallel`, after the notebooks that do not depend on it have run).
 
     `overrides` set parameters of every selected notebook that declares them (an override no selected
     notebook declares is an error), checked against the type of each notebook's default; `raw_overrides`:
     the values are command-line strings (parsed as Python literals unless the parameter is a string).
-    Nothing is created or run before every parameter of every notebook has been checked."""
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
+    Nothing is created or run before every parameter of every notebook has been checked.
 
+    `parallel`: run up to this many notebooks at once, each as soon as the notebooks that write what it
+    reads (`declared_io`) are done, longest chain first, through `executor` ("local" process pool, "dask",
+    "slurm": the zoo builders' executors, weightspace.zoo.jobs.make_executor; `executor_options` go to it).
+    Each notebook keeps its own `workers` and one thread per process, so the OS shares the cores."""
     if preset not in presets.PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {presets.names()}")
+    if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
+        raise ValueError(f"parallel={parallel!r}: give a whole number of notebooks >= 1")
     root = repo_root(root)
-    chosen = select(numbered_notebooks(root / "notebooks"), only)
+    every = numbered_notebooks(root / "notebooks")
+    chosen = select(every, only)
     dirs = output_dirs(root, preset, out)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
 
     # check every parameter before running anything, so a typo fails in a second, not after an hour
-    plans, used = [], set()
+    plans, used = {}, set()
     overrides = dict(overrides or {})
     for nb in chosen:
         declared = notebook_parameters(nb)
@@ -174,44 +273,104 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
             if name in declared:
                 params[name] = coerce_parameter(name, value, declared[name], nb.name, raw=raw_overrides)
                 used.add(name)
-        plans.append((nb, params))
+        plans[nb.stem] = (nb, params)
     unused = sorted(set(overrides) - used)
     if unused:
         raise ValueError(f"-p {', '.join(unused)}: no selected notebook declares "
                          f"{'this parameter' if len(unused) == 1 else 'these parameters'} "
                          f"(notebooks: {[nb.stem for nb in chosen]})")
+    deps = dependencies(every, chosen)
+    missing = missing_inputs(every, chosen, dirs)
+    if missing:
+        raise ValueError("; ".join(missing))
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
 
-    timings = []
     record = dirs["executed"] / TIMINGS
     last = _last_timings(record)
-    log(f"weightspace reproduce: preset {preset!r}, {len(plans)} notebook(s)")
+    order = list(plans)
+    if parallel > 1:
+        chain = _critical_path(deps, last)
+        order.sort(key=lambda s: -chain[s])
+    log(f"weightspace reproduce: preset {preset!r}, {len(plans)} notebook(s)"
+        + (f", up to {parallel} at once" if parallel > 1 else "") + (f" through the {executor or 'local'} executor"
+                                                                     if parallel > 1 or executor else ""))
     start = time.time()
-    for i, (nb, params) in enumerate(plans, 1):
-        executed = dirs["executed"] / nb.name
-        known = [last[p.stem] for p, _ in plans[i - 1:] if p.stem in last]
-        eta = (f"; last run {last[nb.stem] / 60:.1f} min" if nb.stem in last else "") + (
-            f", about {sum(known) / 60:.0f} min left" if len(known) == len(plans) - i + 1 else "")
-        log(f"▶ [{i}/{len(plans)}] {nb.name} (elapsed {(time.time() - start) / 60:.1f} min{eta})")
-        t0 = time.time()
-        try:
-            papermill.execute_notebook(str(nb), str(executed), parameters=params, cwd=str(nb.parent),
-                                       progress_bar=progress, kernel_name="python3", language="python")
-        except PapermillExecutionError as e:
-            raise NotebookFailed(f"{nb.name} failed in cell {e.cell_index} (execution count {e.exec_count}): "
-                                 f"{e.ename}: {e.evalue}\nexecuted copy with the traceback: {executed}") from None
-        dt = time.time() - t0
-        timings.append((nb.stem, dt))
-        last[nb.stem] = dt
+    timings, failed, skipped, running = [], {}, [], {}
+
+    def started(stem):
+        left = [last[s] for s in order if s not in running and s not in dict(timings) and s not in skipped
+                and s not in failed and s in last]
+        unknown = sum(1 for s in order if s not in last and s not in dict(timings))
+        eta = (f"; last run {last[stem] / 60:.1f} min" if stem in last else "") + (
+            f", about {(sum(left) + sum(last.get(s, 0) for s in running)) / 60 / parallel:.0f} min left"
+            if not unknown else "")
+        n = len(timings) + len(failed) + len(skipped) + len(running)
+        log(f"▶ [{n}/{len(plans)}] {stem}.ipynb (elapsed {(time.time() - start) / 60:.1f} min{eta})")
+
+    def finished(stem, res):
+        if res["error"]:
+            failed[stem] = res["error"]
+            log(f"✘ {stem}.ipynb failed after {res['seconds'] / 60:.1f} min")
+            return
+        timings.append((stem, res["seconds"]))
+        last[stem] = res["seconds"]
         _atomic_json(record, last)
-        log(f"✔ {nb.name} in {dt / 60:.1f} min — executed copy: {executed}")
+        cores = res["cpu_seconds"] / res["seconds"] if res["seconds"] > 0 else 0.0
+        log(f"✔ {stem}.ipynb in {res['seconds'] / 60:.1f} min (CPU {res['cpu_seconds'] / 60:.1f} min, "
+            f"{cores:.1f} cores) — executed copy: {dirs['executed'] / (stem + '.ipynb')}")
+
+    args = lambda stem: (str(plans[stem][0]), str(dirs["executed"] / plans[stem][0].name), plans[stem][1])
+    if parallel == 1 and executor is None:
+        for stem in order:
+            if deps[stem] & (set(failed) | set(skipped)):
+                skipped.append(stem)
+                continue
+            running[stem] = None
+            started(stem)
+            res = execute_notebook(*args(stem), progress=progress)
+            del running[stem]
+            finished(stem, res)
+            if res["error"]:
+                break
+    else:
+        from weightspace.zoo.jobs import _wait_any, make_executor
+
+        pending: dict = {}
+        with make_executor(executor or "local", parallel, **executor_options) as ex:
+            todo = list(order)
+            while todo or pending:
+                for stem in [s for s in todo if deps[s] & (set(failed) | set(skipped))]:
+                    todo.remove(stem)
+                    skipped.append(stem)
+                for stem in [s for s in todo if deps[s] <= {t for t, _ in timings}]:
+                    if len(pending) >= parallel:
+                        break
+                    todo.remove(stem)
+                    running[stem] = True
+                    started(stem)
+                    pending[ex.submit(execute_notebook, *args(stem))] = stem
+                if not pending:
+                    break
+                for fut in _wait_any(pending):
+                    stem = pending.pop(fut)
+                    del running[stem]
+                    try:
+                        res = fut.result()
+                    except Exception as e:  # a worker that died, a cluster that went away
+                        res = dict(seconds=0.0, cpu_seconds=0.0,
+                                   error=f"{stem}.ipynb: the executor failed: {type(e).__name__}: {e}")
+                    finished(stem, res)
     from .gallery import write_gallery
 
     gallery = write_gallery(dirs["figures_dir"], dirs["results_dir"], preset)
-    total = sum(t for _, t in timings)
     log(f"gallery: {gallery}")
-    log(f"done in {total / 60:.1f} min. figures: {dirs['figures_dir']}  results: {dirs['results_dir']}")
+    if failed:
+        not_run = [s for s in order if s not in dict(timings) and s not in failed]
+        raise NotebookFailed("\n".join(failed.values())
+                             + (f"\nnot run, waiting on a failed notebook: {', '.join(not_run)}" if not_run else ""))
+    log(f"done in {(time.time() - start) / 60:.1f} min (notebook time {sum(t for _, t in timings) / 60:.1f} min). "
+        f"figures: {dirs['figures_dir']}  results: {dirs['results_dir']}")
     return timings
 
 
@@ -227,12 +386,19 @@ def main(argv=None) -> int:
     ap.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
                     help="set one parameter of every selected notebook that has it (a Python literal of the "
                          "notebook's type; strings as they are)")
+    ap.add_argument("--parallel", type=int, default=1, metavar="N",
+                    help="run up to N notebooks at once, in dependency order (default 1: one after another)")
+    ap.add_argument("--executor", choices=["local", "dask", "slurm"], default=None,
+                    help="where parallel notebooks run: a local process pool (default), a Dask cluster "
+                         "(--address, or a local one), SLURM through submitit")
+    ap.add_argument("--address", help="with --executor dask: the scheduler's address (default: a local cluster)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     overrides = dict(args.param)
+    options = {"address": args.address} if args.address else {}
     try:
         run(args.preset, args.only, args.out, args.root, overrides, progress=not args.no_progress,
-            raw_overrides=True)
+            raw_overrides=True, parallel=args.parallel, executor=args.executor, **options)
     except (NotebookFailed, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
