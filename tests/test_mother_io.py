@@ -187,6 +187,45 @@ def test_cli_reads_sharded_hf_checkpoints(tmp_path, capsys):
     assert "3 models" in capsys.readouterr().out
 
 
+def test_cli_verifies_a_folder_under_a_download_lock(tmp_path, capsys, monkeypatch):
+    """Checkpoints under a lock (a downloaded VTHR split, or files recorded with `weightspace lock`) are read
+    only once each matches it, shards too; --no-verify skips the check."""
+    import weightspace.downloads as dl
+    from weightspace.downloads import record_folder
+
+    g = torch.Generator().manual_seed(5)
+    models, _ = _family(g, _timm_like(g), n_children=1)
+    names = sorted(models)
+    write_safetensors(tmp_path / f"{names[0]}.safetensors", models[names[0]])
+    (tmp_path / names[1]).mkdir()
+    write_safetensors(tmp_path / names[1] / "model.safetensors", models[names[1]])
+    d = tmp_path / names[2]
+    d.mkdir()
+    keys = sorted(models[names[2]])
+    half = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for file, ks in half.items():
+        write_safetensors(d / file, {k: models[names[2]][k] for k in ks})
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: f for f, ks in half.items() for k in ks}}))
+    args = ["--n-trees", "1", "--direction-layers", "timm-vit:hidden"]
+    assert record_folder(tmp_path)["new"] == 4
+    hashed = []
+    real = dl.sha256_file
+    monkeypatch.setattr(dl, "sha256_file", lambda p: hashed.append(p) or real(p))
+    assert cli_main([str(tmp_path), *args]) == 0 and "3 models" in capsys.readouterr().out
+    assert len(hashed) == 4
+    shard = d / "model-00002-of-00002.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0x01
+    shard.write_bytes(bytes(data))
+    assert cli_main([str(tmp_path), *args]) == 1
+    assert f"{shard}: sha256" in capsys.readouterr().err
+    assert cli_main([str(tmp_path), *args, "--no-verify"]) == 0
+    write_safetensors(tmp_path / "extra.safetensors", models[names[0]])
+    assert cli_main([str(tmp_path), *args]) == 1
+    assert f"{tmp_path / 'extra.safetensors'}: not in the lock file" in capsys.readouterr().err
+
+
 # -------------------------------------------------------------------------------------- VTHR paper path
 
 def _lookalike_graph_pkl(path, nodes, lora=False):
