@@ -163,8 +163,9 @@ class ModelJSubset:
         if first is None:
             raise ZooError(f"{self.dir}: no downloaded models in {', '.join(SPLITS)} "
                            f"(expected <split>/models--*/refs/main and snapshots/<ref>/{WEIGHTS_FILE})")
-        self.verifier = Verifier(root, verify, reader="ModelJSubset",
-                              download=f"`python data_scripts/download_modelj.py --subset {subset} --root {root}`")
+        self.verifier = Verifier(
+            root, verify, reader="ModelJSubset",
+            download=f"`python data_scripts/download_modelj.py --subset {subset} --root {root}`")
         for e in (e for es in self.entries.values() for e in es):
             self.verifier.check(e.path)
         from safetensors import safe_open
