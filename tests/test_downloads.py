@@ -1,6 +1,7 @@
 """weightspace.downloads: the safetensors header check, hash checks and the lock file (no network)."""
 import json
 import struct
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -11,10 +12,13 @@ from weightspace.downloads import (
     LOCK_NAME,
     DownloadError,
     Lock,
+    Verifier,
     check_safetensors,
     expect_hash,
+    find_lock,
     git_blob_sha1,
     published_hashes,
+    record_folder,
     sha256_file,
     verify_root,
 )
@@ -141,3 +145,110 @@ def test_lock_records_and_verifies(tmp_path, capsys):
     (tmp_path / LOCK_NAME).write_text("{not json")
     with pytest.raises(DownloadError, match="not a JSON lock file"):
         Lock(tmp_path)
+
+
+def test_verifier_serves_files_as_locked_and_hashes_each_once(tmp_path, monkeypatch):
+    import hashlib
+
+    import weightspace.downloads as dl
+
+    a, b = tmp_path / "d" / "a.safetensors", tmp_path / "d" / "sub" / "b.safetensors"
+    b.parent.mkdir(parents=True)
+    write_safetensors(a, {"w": torch.randn(4, 4)})
+    write_safetensors(b, {"w": torch.randn(2)})
+    (tmp_path / "d" / "notes.txt").write_text("x")
+    lock = Lock(tmp_path)
+    lock.record("d/a.safetensors", source="hf:o/a", revision="r")
+    lock.record("d/sub/b.safetensors", source="hf:o/b", revision="r")
+    assert find_lock(tmp_path / "d" / "sub").root == tmp_path and find_lock(tmp_path.parent) is None
+    hashed = []
+    monkeypatch.setattr(dl, "sha256_file", lambda p: hashed.append(Path(p).name) or sha256_file(p))
+    v = Verifier(tmp_path / "d" / "sub")                          # the lock of a folder above
+    assert v.check(a) == a and hashed == []                      # opening: size and header only
+    assert v.verified(a) == a and v.verified(a) == a and Verifier(tmp_path).verified(a) == a
+    assert hashed == ["a.safetensors"]                           # once per process while unchanged
+    assert hashlib.sha256(a.read_bytes()).hexdigest() == lock.get("d/a.safetensors")["sha256"]
+    with pytest.raises(DownloadError, match=rf"{tmp_path / 'd' / 'notes.txt'}: not in the lock file "
+                                            rf"{tmp_path / LOCK_NAME}; record it with"):
+        v.check(tmp_path / "d" / "notes.txt")
+    data = bytearray(b.read_bytes())
+    data[-1] ^= 0x01                                             # same size and header
+    b.write_bytes(bytes(data))
+    assert v.check(b) == b
+    with pytest.raises(DownloadError, match=rf"{b}: sha256 {hashlib.sha256(bytes(data)).hexdigest()}, "
+                                            rf"the lock says {lock.get('d/sub/b.safetensors')['sha256']}"):
+        v.verified(b)
+    b.write_bytes(bytes(data[:-4]))
+    with pytest.raises(DownloadError, match=rf"{b}: size {len(data) - 4} bytes, the lock says {len(data)}"):
+        v.check(b)
+    b.write_bytes(bytes(data[:9]) + b"x" * (len(data) - 9))       # the header broken, the size as locked
+    with pytest.raises(DownloadError, match="header"):
+        v.check(b)
+    b.unlink()
+    with pytest.raises(DownloadError, match=rf"{b}: missing"):
+        v.verified(b)
+    with pytest.raises(DownloadError, match=rf"{tmp_path.parent / 'x.safetensors'}: outside {tmp_path}"):
+        v.check(tmp_path.parent / "x.safetensors")
+    with pytest.raises(ValueError, match="verify='yes'"):
+        Verifier(tmp_path, "yes")
+    with pytest.warns(UserWarning, match="verify='none'"):
+        none = Verifier(tmp_path.parent, "none", reader="R")
+    assert none.verified(b) == b                                 # not checked at all
+
+
+def test_lock_cli_records_and_verifies_own_files(tmp_path, capsys):
+    import hashlib
+
+    from weightspace.__main__ import main as ws_main
+    from weightspace.downloads import main
+
+    root = tmp_path / "mine"
+    f1, f2 = root / "train" / "m0" / "x.safetensors", root / "y.safetensors"
+    f1.parent.mkdir(parents=True)
+    write_safetensors(f1, {"w": torch.randn(3, 3)})
+    write_safetensors(f2, {"w": torch.randn(5)})
+    assert ws_main(["lock", str(root)]) == 0
+    assert "2 new, 0 updated, 0 unchanged" in capsys.readouterr().out
+    entries = json.loads((root / LOCK_NAME).read_text())
+    assert entries == {rel: {"sha256": hashlib.sha256(f.read_bytes()).hexdigest(), "size": f.stat().st_size,
+                             "source": f"local:{rel}", "revision": None}
+                       for rel, f in (("train/m0/x.safetensors", f1), ("y.safetensors", f2))}
+    assert main([str(root), "--verify"]) == 0 and "2 of 2 locked files are as locked" in capsys.readouterr().out
+    assert main([str(root)]) == 0 and "0 new, 0 updated, 2 unchanged" in capsys.readouterr().out
+    data = bytearray(f1.read_bytes())
+    data[-1] ^= 0x01
+    f1.write_bytes(bytes(data))
+    assert main([str(root), "--verify"]) == 1
+    assert "train/m0/x.safetensors: sha256" in capsys.readouterr().err
+    assert record_folder(root) == {"new": 0, "updated": 1, "unchanged": 1, "kept": 0}   # one's own: re-recorded
+    assert Verifier(root).verified(f1) == f1
+
+    Lock(root).record("y.safetensors", source="hf:o/y", revision="r")      # as a download script records it
+    before = (root / LOCK_NAME).read_text()
+    assert main([str(root)]) == 0 and "1 locked by a download kept" in capsys.readouterr().out
+    data = bytearray(f2.read_bytes())
+    data[-1] ^= 0x01
+    f2.write_bytes(bytes(data))                                             # never re-recorded as one's own
+    assert record_folder(root) == {"new": 0, "updated": 0, "unchanged": 1, "kept": 1}
+    assert (root / LOCK_NAME).read_text() == before
+    with pytest.raises(DownloadError, match=rf"{f2}: sha256"):
+        Verifier(root).verified(f2)
+    f2.write_bytes(bytes(data) + bytes(8))
+    assert main([str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "y.safetensors: " in err and "downloaded from hf:o/y" in err and "nothing recorded" in err
+    assert (root / LOCK_NAME).read_text() == before
+    f2.write_bytes(bytes(data))
+    (root / "z.safetensors").write_bytes(f1.read_bytes()[:-2])              # a broken file is not recorded
+    assert main([str(root)]) == 1 and "z.safetensors" in capsys.readouterr().err
+    assert (root / LOCK_NAME).read_text() == before
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 1 and "no *.safetensors" in capsys.readouterr().err
+    assert main([str(tmp_path / "gone")]) == 1 and "no such folder" in capsys.readouterr().err
+    assert main([str(tmp_path / "empty"), "--verify"]) == 1
+    with pytest.raises(SystemExit) as e:
+        main([str(root), "--rehash"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 2

@@ -10,10 +10,11 @@ import types
 import pytest
 import torch
 
+from weightspace.downloads import LOCK_NAME, DownloadError
 from weightspace.mother import MotherError, detect_preset, edge_accuracy, recover, select_layers, truth_graph
 from weightspace.mother import vthr
 from weightspace.mother.cli import main as cli_main
-from weightspace.zoo import write_safetensors
+from weightspace.zoo import ZooError, write_safetensors
 
 
 def _heavy(g, *shape):
@@ -186,6 +187,45 @@ def test_cli_reads_sharded_hf_checkpoints(tmp_path, capsys):
     assert "3 models" in capsys.readouterr().out
 
 
+def test_cli_verifies_a_folder_under_a_download_lock(tmp_path, capsys, monkeypatch):
+    """Checkpoints under a lock (a downloaded VTHR split, or files recorded with `weightspace lock`) are read
+    only once each matches it, shards too; --no-verify skips the check."""
+    import weightspace.downloads as dl
+    from weightspace.downloads import record_folder
+
+    g = torch.Generator().manual_seed(5)
+    models, _ = _family(g, _timm_like(g), n_children=1)
+    names = sorted(models)
+    write_safetensors(tmp_path / f"{names[0]}.safetensors", models[names[0]])
+    (tmp_path / names[1]).mkdir()
+    write_safetensors(tmp_path / names[1] / "model.safetensors", models[names[1]])
+    d = tmp_path / names[2]
+    d.mkdir()
+    keys = sorted(models[names[2]])
+    half = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for file, ks in half.items():
+        write_safetensors(d / file, {k: models[names[2]][k] for k in ks})
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: f for f, ks in half.items() for k in ks}}))
+    args = ["--n-trees", "1", "--direction-layers", "timm-vit:hidden"]
+    assert record_folder(tmp_path)["new"] == 4
+    hashed = []
+    real = dl.sha256_file
+    monkeypatch.setattr(dl, "sha256_file", lambda p: hashed.append(p) or real(p))
+    assert cli_main([str(tmp_path), *args]) == 0 and "3 models" in capsys.readouterr().out
+    assert len(hashed) == 4
+    shard = d / "model-00002-of-00002.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0x01
+    shard.write_bytes(bytes(data))
+    assert cli_main([str(tmp_path), *args]) == 1
+    assert f"{shard}: sha256" in capsys.readouterr().err
+    assert cli_main([str(tmp_path), *args, "--no-verify"]) == 0
+    write_safetensors(tmp_path / "extra.safetensors", models[names[0]])
+    assert cli_main([str(tmp_path), *args]) == 1
+    assert f"{tmp_path / 'extra.safetensors'}: not in the lock file" in capsys.readouterr().err
+
+
 # -------------------------------------------------------------------------------------- VTHR paper path
 
 def _lookalike_graph_pkl(path, nodes, lora=False):
@@ -267,7 +307,8 @@ def test_vthr_split_lookalike_end_to_end(tmp_path):
         depth = n.count("c") + n.count("g")
         root_model.load_state_dict(sd)
         root_model.save_pretrained(split_dir / vthr.repo_name("ft", 1, depth, uuids[n]), safe_serialization=True)
-    loaded, truth = vthr.load_split(tmp_path / "vthr", "ft")
+    with pytest.warns(UserWarning, match="verify='none'"):     # no lock here: the lock is tested below
+        loaded, truth = vthr.load_split(tmp_path / "vthr", "ft", verify="none")
     assert len(loaded) == 7 and sum(p is None for p in truth.values()) == 1
     pred = recover(loaded, layers="hf-vit", distance="ft", direction_layers="hf-vit:hidden", n_trees=1)
     assert edge_accuracy(pred, truth_graph(truth)) == 1.0
@@ -425,8 +466,38 @@ def test_vthr_download_pins_checks_and_resumes(tmp_path, monkeypatch, capsys):
     hub.calls[:] = []
     c = mod.download("ft", root)
     assert (c["present"], c["downloaded"], hub.calls) == (3, 0, [])
-    _, parents = vthr.load_split(root, "ft")
+    models, parents = vthr.load_split(root, "ft")
     assert parents == {names[0]: None, names[1]: names[0], names[2]: names[0]}
+    (root / "ft" / vthr.GRAPH_JSON).write_text("[]")             # parents come from the verified pickle
+    assert vthr.load_split(root, "ft")[1] == parents
+    f0 = root / "ft" / names[0] / "model.safetensors"
+    key = next(iter(models[names[0]]))
+    g = bytearray(f0.read_bytes())
+    g[-1] ^= 0x01
+    f0.write_bytes(bytes(g))                                     # changed after loading: refused when read
+    with pytest.raises(ZooError, match="changed after its sha256 was verified"):
+        models[names[0]][key]
+    with pytest.raises(DownloadError, match=rf"{f0}: sha256 [0-9a-f]{{64}}, the lock says"):
+        vthr.load_split(root, "ft")
+    g[-1] ^= 0x01
+    f0.write_bytes(bytes(g))
+    pkl = root / "ft" / vthr.GRAPH_FILES["ft"]
+    pkl.write_bytes(pkl.read_bytes() + b"\0")
+    with pytest.raises(DownloadError, match=rf"{pkl}: size"):
+        vthr.load_split(root, "ft")
+    pkl.write_bytes(pkl.read_bytes()[:-1])
+    extra = root / "ft" / vthr.repo_name("ft", 0, 1, "zzzzzzzz") / "model.safetensors"
+    extra.parent.mkdir()
+    extra.write_bytes(f0.read_bytes())
+    with pytest.raises(DownloadError, match=rf"{extra}: not in the lock file"):
+        vthr.load_split(root, "ft")
+    extra.unlink()
+    extra.parent.rmdir()
+    saved = (root / LOCK_NAME).read_text()
+    (root / LOCK_NAME).unlink()
+    with pytest.raises(DownloadError, match=r"no weightspace-downloads.lock.json.*download_vthr.py --splits ft"):
+        vthr.load_split(root, "ft")
+    (root / LOCK_NAME).write_text(saved)
 
     f = root / "ft" / names[1] / "model.safetensors"
     f.write_bytes(f.read_bytes()[:-8])                 # changed on disk: re-downloaded at the locked commit

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from weightspace.downloads import LOCK_NAME, DownloadError, Lock, record_folder
 from weightspace.probex import ProbeX
 from weightspace.probex.modelj import (
     CIFAR100_CLASSES,
@@ -49,6 +50,7 @@ def small_vit_subset(tmp_path):
                          _random(shapes, hash((split, i)) % 1000), names)
     # an interrupted download: a cache folder without refs/main
     (tmp_path / "SupViT" / "train" / repo_folder("ProbeX/half-done") / "blobs").mkdir(parents=True)
+    record_folder(tmp_path)
     return tmp_path
 
 
@@ -76,6 +78,7 @@ def test_resnet_layers_and_conv_orientation(tmp_path):
     assert len(names) == 1 + 1 + 4 * 3 + 4            # classifier, stem, 3 convs per block, 4 shortcuts
     for split in ("train", "val"):
         _write_model(tmp_path / "ResNet" / split, f"ProbeX/r_{split}", sd, list(range(50)))
+    record_folder(tmp_path)
     sub = ModelJSubset(tmp_path, "ResNet")
     stem = sd["resnet.embedder.embedder.convolution.weight"]                      # [8, 3, 7, 7]
     X = sub.layer("resnet.embedder.embedder.convolution.weight", "train")
@@ -116,6 +119,7 @@ def test_labels_are_parsed_as_literals_never_evaluated(tmp_path):
     shapes = hf_vit_shapes(hidden=8, mlp=16, patch=16, image=32)
     path = _write_model(tmp_path / "SupViT" / "train", "ProbeX/m", _random(shapes, 0), ["apple"])
     save_file(_random(shapes, 0), str(path), metadata={"other": "x"})          # label missing
+    record_folder(tmp_path)
     with pytest.raises(ZooError, match="no 'dataset_chosen_targets'"):
         ModelJSubset(tmp_path, "SupViT").labels("train")
     with pytest.raises(ValueError, match="the val split is empty"):
@@ -136,7 +140,8 @@ def test_full_size_vit_b16_layer_extraction_and_probex_step(tmp_path):
     (second / "refs" / "main").write_text("0123abcd")
     (second / "snapshots" / "0123abcd").mkdir(parents=True)
     os.link(first, second / "snapshots" / "0123abcd" / "model.safetensors")
-    sub = ModelJSubset(tmp_path, "SupViT")
+    with pytest.warns(UserWarning, match="verify='none'"):   # the lock is tested on small files below
+        sub = ModelJSubset(tmp_path, "SupViT", verify="none")
     X, Y = sub.split(59, "train")
     assert X.shape == (2, 768, 768) and Y.shape == (2, 100)
     torch.manual_seed(0)
@@ -235,3 +240,88 @@ def test_download_script_pins_checks_and_resumes(tmp_path, monkeypatch, capsys):
     f.write_bytes(bytes(data))
     assert mod.main(["--root", str(tmp_path), "--verify"]) == 1
     assert f"{rel}: sha256" in capsys.readouterr().err
+
+
+def _flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_only_locked_files_are_served_each_hashed_once(small_vit_subset, monkeypatch):
+    """Every file must be in the lock and match it; each is hashed once across labels and layer reads."""
+    import weightspace.downloads as dl
+
+    root = small_vit_subset
+    hashed = []
+    real = dl.sha256_file
+    monkeypatch.setattr(dl, "sha256_file", lambda p: hashed.append(os.path.basename(os.path.dirname(
+        os.path.dirname(os.path.dirname(p))))) or real(p))
+    sub = ModelJSubset(root, "SupViT")
+    assert hashed == ["models--ProbeX--Model-J__SupViT__train_0"]        # the header the layer list comes from
+    X, Y = sub.split(59, "train")
+    assert X.shape == (4, 16, 16) and Y.shape == (4, 100)
+    sub.labels("train")
+    sub.layer(2, "train")
+    assert sorted(hashed) == [f"models--ProbeX--Model-J__SupViT__train_{i}" for i in range(4)]
+    sub.labels("val")
+    assert len(hashed) == 6
+
+    snap = next((root / "SupViT" / "test").glob("models--*/snapshots/*/model.safetensors"))
+    _flip_last_byte(snap)                                                # same size: only the hash sees it
+    with pytest.raises(DownloadError, match=rf"{snap}: sha256 [0-9a-f]{{64}}, the lock says [0-9a-f]{{64}}"):
+        sub.labels("test")
+    with pytest.raises(DownloadError, match=rf"{snap}: sha256"):
+        ModelJSubset(root, "SupViT").layer(59, "test")
+
+    first = next((root / "SupViT" / "train").glob("models--*/snapshots/*/model.safetensors"))
+    st = first.stat()
+    _flip_last_byte(first)                                               # changed after it was hashed
+    os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(DownloadError, match=rf"{first}: sha256"):
+        sub.layer(59, "train")
+    first.write_bytes(first.read_bytes() + b"\0")
+    with pytest.raises(DownloadError, match=rf"{first}: size {st.st_size + 1} bytes, the lock says {st.st_size}"):
+        ModelJSubset(root, "SupViT")
+
+
+def test_unlocked_files_are_refused_unless_verify_none(small_vit_subset):
+    import warnings
+
+    root = small_vit_subset
+    shapes = hf_vit_shapes(hidden=16, mlp=32, patch=16, image=32)
+    extra = _write_model(root / "SupViT" / "val", "ProbeX/extra", _random(shapes, 7), ["apple"])
+    with pytest.raises(DownloadError, match=rf"{extra}: not in the lock file {root / LOCK_NAME}"):
+        ModelJSubset(root, "SupViT")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sub = ModelJSubset(root, "SupViT", verify="none")
+        assert sub.labels("val").shape == (3, 100) and sub.layer(59, "val").shape == (3, 16, 16)
+    assert len(caught) == 1 and "verify='none'" in str(caught[0].message)
+    assert "not verified" in str(caught[0].message) and str(root) in str(caught[0].message)
+    (root / LOCK_NAME).unlink()
+    with pytest.raises(DownloadError) as e:
+        ModelJSubset(root, "SupViT")
+    msg = str(e.value)
+    assert msg.startswith(f"{root}: no {LOCK_NAME}") and "download_modelj.py --subset SupViT" in msg
+    assert f"python -m weightspace lock {root}" in msg and "verify='none'" in msg
+    with pytest.raises(ValueError, match="verify='sha'"):
+        ModelJSubset(root, "SupViT", verify="sha")
+
+
+def test_hf_cache_symlinks_are_locked_by_their_snapshot_path(tmp_path):
+    """huggingface_hub keeps the bytes in blobs/ and links snapshots/<rev>/model.safetensors to them; the
+    download script locks the snapshot path, and that is what the reader checks."""
+    shapes = hf_vit_shapes(hidden=8, mlp=16, patch=16, image=32)
+    snap = _write_model(tmp_path / "MAE" / "train", "ProbeX/m", _random(shapes, 3), ["worm"])
+    blob = snap.parents[2] / "blobs" / "abc123"
+    blob.parent.mkdir()
+    snap.rename(blob)
+    snap.symlink_to(os.path.relpath(blob, snap.parent))
+    rel = snap.relative_to(tmp_path).as_posix()
+    Lock(tmp_path).record(rel, source="hf:ProbeX/m/model.safetensors", revision="0123abcd")
+    sub = ModelJSubset(tmp_path, "MAE")
+    assert sub.labels("train")[0, 99] == 1 and sub.layer(64, "train").shape == (1, 8, 8)
+    _flip_last_byte(blob)
+    with pytest.raises(DownloadError, match=rf"{snap}: sha256"):
+        ModelJSubset(tmp_path, "MAE")

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from weightspace.downloads import LOCK_NAME, DownloadError, record_folder
 from weightspace.probex.model import ProbeX, n_params
 from weightspace.probex.modelj_sd import PAPER_LAYER, Extracted, SDLoraFolder, sd15_lora_shapes
 from weightspace.probex.retrieval import (average_precision, knn_classify, model_to_model, nearest,
@@ -314,6 +315,7 @@ def _sd_folder(root, rank=16):
         for c in classes:
             _write_lora(root / split / f"model_idx_{n:04d}" / "pytorch_lora_weights.safetensors", shapes, c, n)
             n += 1
+    record_folder(root)
     return shapes
 
 
@@ -356,21 +358,25 @@ def test_sd_folder_bad_inputs(tmp_path):
     good(tmp_path / "rank")
     odd = tmp_path / "rank" / "train" / "m9" / "pytorch_lora_weights.safetensors"
     _write_lora(odd, sd15_lora_shapes(4), "n01440764", 9)
+    record_folder(tmp_path / "rank")
     with pytest.raises(ZooError, match=r"m9/pytorch_lora_weights.safetensors.*LoRA rank 4, not 2"):
         SDLoraFolder(tmp_path / "rank")
     good(tmp_path / "keys")
     gone = "unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.lora.up.weight"
     _write_lora(tmp_path / "keys" / "train" / "m9" / "pytorch_lora_weights.safetensors", shapes, "n01440764", 9,
                 drop=(gone,))
+    record_folder(tmp_path / "keys")
     with pytest.raises(ZooError, match=f"m9/pytorch_lora_weights.safetensors: missing LoRA key '{gone}'"):
         SDLoraFolder(tmp_path / "keys")
     good(tmp_path / "leak")
     _write_lora(tmp_path / "leak" / "train" / "m9" / "pytorch_lora_weights.safetensors", shapes, "n01484850", 9)
+    record_folder(tmp_path / "leak")
     with pytest.raises(ValueError, match="holdout class 'great white shark' also appears in training"):
         SDLoraFolder(tmp_path / "leak")
     good(tmp_path / "nolabel")
     p = tmp_path / "nolabel" / "train" / "m9" / "pytorch_lora_weights.safetensors"
     write_safetensors(p, {k: torch.zeros(s) for k, s in shapes.items()}, {"format": "pt"})
+    record_folder(tmp_path / "nolabel")
     with pytest.raises(ZooError, match="m9/pytorch_lora_weights.safetensors: no 'imagenet_class_id'"):
         SDLoraFolder(tmp_path / "nolabel")
     with pytest.raises(ZooError, match="no pytorch_lora_weights.safetensors under any split"):
@@ -402,6 +408,7 @@ def test_sd_folder_rank_options(tmp_path):
     for i, (s, c, sh) in enumerate([("train", "n01440764", shapes2), ("train", "n01440764", shapes4),
                                     ("test_holdout", "n01484850", shapes2)]):
         _write_lora(tmp_path / s / f"m{i}" / "pytorch_lora_weights.safetensors", sh, c, i)
+    record_folder(tmp_path)
     f = SDLoraFolder(tmp_path, rank=None)          # ranks may differ (our zoo): B A has the layer's shape
     assert f.X(PAPER_LAYER).shape == (3, 1280, 1280)
     with pytest.raises(ZooError, match="rank 2, not 4"):
@@ -411,6 +418,7 @@ def test_sd_folder_rank_options(tmp_path):
     wide = dict(shapes2)
     wide["unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight"] = (2, 640)
     _write_lora(tmp_path / "train" / "m7" / "pytorch_lora_weights.safetensors", wide, "n01440764", 7)
+    record_folder(tmp_path)
     with pytest.raises(ZooError, match=r"m7/pytorch_lora_weights.safetensors: 'unet.mid_block.*to_q.lora.down"
                                        r".weight' is \[2, 640\] but \[2, 1280\]"):
         SDLoraFolder(tmp_path, rank=None)
@@ -463,10 +471,80 @@ def test_sd_folder_reads_our_zoo_layout(tmp_path):
                                 metadata={"class_name": names[c]}))
     zoo.record(rows)
     ours = ZooLoras(Zoo.open(zoo.path))
-    folder = SDLoraFolder(zoo.path / "models", class_key="class_name", rank=None)
+    with pytest.warns(UserWarning, match="verify='none'"):        # the zoo checks its files by its own table
+        folder = SDLoraFolder(zoo.path / "models", class_key="class_name", rank=None, verify="none")
     assert folder.layers == ["unet." + s for s in ours.layers]
     order = [int(Path(p).parent.name[4:]) for p in folder.labels.names]
     torch.testing.assert_close(folder.X(0), ours.X(SIGNAL)[order])
     assert [folder.labels.class_names[c] for c in folder.labels.classes] == [names[ours.labels.classes[i]]
                                                                               for i in order]
     assert list(folder.labels.split) == [ours.labels.split[i] for i in order]
+
+
+def test_sd_folder_serves_only_locked_files(tmp_path, monkeypatch):
+    """A LoRA folder of one's own: refused without a lock, read once `record_folder` has locked it, each file
+    hashed once (its header, then a layer); a changed or an unlocked file is refused, naming it."""
+    import warnings
+
+    import weightspace.downloads as dl
+
+    shapes = sd15_lora_shapes(2)
+    files = [tmp_path / s / f"m{i}" / "pytorch_lora_weights.safetensors"
+             for i, s in enumerate(["train", "train", "val_holdout", "test_holdout"])]
+    for i, (p, c) in enumerate(zip(files, ["n01440764", "n01443537", "n01484850", "n01484850"])):
+        _write_lora(p, shapes, c, i)
+    with pytest.raises(DownloadError, match=rf"{tmp_path}: no {LOCK_NAME}.*python -m weightspace lock "
+                                            rf"{tmp_path}.*verify='none'"):
+        SDLoraFolder(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        unverified = SDLoraFolder(tmp_path, verify="none").X(PAPER_LAYER)
+    assert len(caught) == 1 and "verify='none'" in str(caught[0].message)
+    assert record_folder(tmp_path) == {"new": 4, "updated": 0, "unchanged": 0, "kept": 0}
+    hashed = []
+    real = dl.sha256_file
+    monkeypatch.setattr(dl, "sha256_file", lambda p: hashed.append(Path(p)) or real(p))
+    f = SDLoraFolder(tmp_path)
+    assert torch.equal(f.X(PAPER_LAYER), unverified) and f.X(3).shape == (4, 320, 320)
+    assert sorted(hashed) == sorted(files)
+    data = bytearray(files[1].read_bytes())
+    data[-1] ^= 0x01
+    files[1].write_bytes(bytes(data))
+    with pytest.raises(DownloadError, match=rf"{files[1]}: sha256 [0-9a-f]{{64}}, the lock says"):
+        SDLoraFolder(tmp_path)
+    files[1].write_bytes(bytes(data[:-1]))
+    with pytest.raises(DownloadError, match=rf"{files[1]}: size"):
+        SDLoraFolder(tmp_path)
+    data[-1] ^= 0x01
+    files[1].write_bytes(bytes(data))                                   # the locked bytes again: read
+    assert len(SDLoraFolder(tmp_path)) == 4
+    extra = tmp_path / "test_holdout" / "m9" / "pytorch_lora_weights.safetensors"
+    _write_lora(extra, shapes, "n01484850", 9)
+    with pytest.raises(DownloadError, match=rf"{extra}: not in the lock file"):
+        SDLoraFolder(tmp_path)
+
+
+def test_readme_lock_example_runs(tmp_path):
+    """The README's own-LoRAs example, on a small folder in its place."""
+    import re
+    import shlex
+    import warnings
+
+    from weightspace.__main__ import main
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    part = readme.split("`weightspace.probex.modelj_sd.SDLoraFolder` reads", 1)[1].split("### Zoo format", 1)[0]
+    bash, python = re.findall(r"```(?:bash|python)\n(.*?)```", part, flags=re.DOTALL)
+    folder = tmp_path / "SD_200"
+    for i, (s, c) in enumerate([("train", "n01440764"), ("val_holdout", "n01484850"), ("test_holdout", "n01484850")]):
+        _write_lora(folder / s / f"m{i}" / "pytorch_lora_weights.safetensors", sd15_lora_shapes(2), c, i)
+    with pytest.raises(DownloadError, match="no weightspace-downloads.lock.json"):
+        exec(python.replace("~/loras/SD_200", str(folder)), {})
+    for line in bash.strip().splitlines():
+        argv = shlex.split(line.split("#")[0].replace("~/loras/SD_200", str(folder)))
+        assert argv[:3] == ["python", "-m", "weightspace"] and main(argv[3:]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scope = {}
+        exec(python.replace("~/loras/SD_200", str(folder)), scope)
+    assert len(scope["data"]) == 3 and len(caught) == 1 and "verify='none'" in str(caught[0].message)

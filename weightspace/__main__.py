@@ -2,6 +2,8 @@
 
   reproduce   run the notebooks for a preset (see weightspace.reproduce)
   zoo         inspect a zoo folder: `zoo info DIR`, `zoo verify DIR`, `zoo repair DIR`
+  lock        record your own safetensors files for the readers of downloaded data: `lock DIR`,
+              re-hash them with `lock DIR --verify` (see weightspace.downloads)
   mother      recover the model tree of a folder of checkpoints (see weightspace.mother.cli)
   doctor      check that this machine can run the notebooks
   site        a static, browsable copy of an executed run (notebooks with outputs, the gallery)
@@ -19,6 +21,7 @@ from pathlib import Path
 COMMANDS = {
     "reproduce": "weightspace.reproduce",
     "zoo": "weightspace.zoo.cli",
+    "lock": "weightspace.downloads",
     "mother": "weightspace.mother.cli",
     "doctor": "weightspace.doctor",
     "site": "weightspace.site",

@@ -8,6 +8,11 @@ The lock lives beside the data, `<root>/weightspace-downloads.lock.json`:
 
 A file counts as present only when the lock has it, its size matches and (for safetensors) its header
 checks out; `Lock.verify(rel, rehash=True)` also re-hashes it. Nothing here touches the network.
+
+Readers of downloaded data (Model-J, its SD LoRA folders, VTHR) serve a file only through `Verifier`: the
+nearest lock at the reader's folder or above must have it, with its size and header at opening and its
+sha256 (re-hashed once per process and file state) before its tensors or metadata are served. Files of
+one's own are recorded with `record_folder` (`python -m weightspace lock DIR`).
 """
 from __future__ import annotations
 
@@ -17,14 +22,16 @@ import math
 import os
 import struct
 import sys
+import warnings
 from pathlib import Path
 
 from weightspace.zoo.format import sha256_file
 
-__all__ = ["LOCK_NAME", "DownloadError", "Lock", "check_safetensors", "expect_hash", "git_blob_sha1",
-           "published_hashes", "sha256_file", "verify_root"]
+__all__ = ["LOCK_NAME", "VERIFY", "DownloadError", "Lock", "Verifier", "check_safetensors", "expect_hash",
+           "find_lock", "git_blob_sha1", "published_hashes", "record_folder", "sha256_file", "verify_root"]
 
 LOCK_NAME = "weightspace-downloads.lock.json"
+VERIFY = ("lock", "none")
 
 # bytes per element of every dtype the safetensors format defines
 ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "U16": 2, "I16": 2,
@@ -211,3 +218,162 @@ def verify_root(root) -> int:
         print("  ", p, file=sys.stderr)
     print(f"{len(lock.entries) - len(problems)} of {len(lock.entries)} locked files are as locked")
     return 1 if problems else 0
+
+
+# ------------------------------------------------------------------------------ readers: verified files
+
+# (resolved path, size, mtime_ns, inode) -> sha256 of the files re-hashed by this process
+_HASHED: dict[tuple[str, int, int, int], str] = {}
+
+
+def find_lock(path) -> Lock | None:
+    """The lock of the nearest folder at `path` or above that holds a lock file, else None."""
+    p = Path(path).expanduser().absolute()
+    for d in (p, *p.parents):
+        if (d / LOCK_NAME).is_file():
+            return Lock(d)
+    return None
+
+
+def _state(path: Path) -> tuple[str, int, int, int]:
+    st = os.stat(path)
+    return str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino
+
+
+class Verifier:
+    """How a reader gets its files: `check(path)` (cheap, when opening: locked, its size, its safetensors
+    header) and `verified(path)` (also its sha256, before any tensor or metadata of it is served), each
+    returning the path or raising `DownloadError` naming the file and the problem.
+
+    verify="lock": the lock covering `root` (the nearest lock file at `root` or above) must list every file.
+    verify="none": files the user made and trusts are read unchecked, with one warning per reader.
+    `reader` names the reader in messages; `download` says how its data is downloaded (with a lock).
+    """
+
+    def __init__(self, root, verify: str = "lock", *, reader: str = "reader", download: str = ""):
+        if verify not in VERIFY:
+            raise ValueError(f"verify={verify!r}: choose 'lock' (files must match the download lock file) or "
+                             "'none' (files you made and trust, read unverified)")
+        self.root, self.verify, self.lock = Path(root).expanduser(), verify, None
+        if verify == "none":
+            warnings.warn(f"{reader} {self.root}: verify='none', so its files are read without checking them "
+                          f"against a lock file (sizes and sha256 not verified)", stacklevel=3)
+            return
+        self.lock = find_lock(self.root)
+        if self.lock is None:
+            how = f"download it with {download}, which writes the lock; or " if download else ""
+            raise DownloadError(
+                f"{self.root}: no {LOCK_NAME} here or in a folder above, so its files cannot be verified. "
+                f"Either {how}record its files (your own, or downloaded by other means) with "
+                f"`python -m weightspace lock {self.root}`; "
+                f"or pass verify='none' to read them unverified")
+
+    def _entry(self, path: Path) -> dict:
+        try:
+            rel = path.expanduser().absolute().relative_to(self.lock.root.absolute()).as_posix()
+        except ValueError:
+            raise DownloadError(f"{path}: outside {self.lock.root}, the folder of its lock file") from None
+        entry = self.lock.get(rel)
+        if entry is None:
+            raise DownloadError(f"{path}: not in the lock file {self.lock.path}; record it with "
+                                f"`python -m weightspace lock {self.lock.root}` if you trust it")
+        return entry
+
+    def check(self, path) -> Path:
+        """`path` once the lock has it, with the locked size and (for safetensors) a whole header."""
+        path = Path(path)
+        if self.lock is None:
+            return path
+        entry = self._entry(path)
+        if not path.is_file():
+            raise DownloadError(f"{path}: missing (the lock {self.lock.path} has it)")
+        size = path.stat().st_size
+        if size != entry["size"]:
+            raise DownloadError(f"{path}: size {size} bytes, the lock says {entry['size']} ({self.lock.path}; "
+                                "changed or truncated since download)")
+        if path.suffix == ".safetensors" and (problem := check_safetensors(path)) is not None:
+            raise DownloadError(problem)
+        return path
+
+    def verified(self, path) -> Path:
+        """`path` once its sha256 is the locked one (hashed once per process while the file is unchanged)."""
+        path = Path(path)
+        if self.lock is None:
+            return path
+        entry = self._entry(path)
+        state = _state(path) if path.is_file() else None
+        if state is not None and _HASHED.get(state) == entry["sha256"]:
+            return path
+        self.check(path)
+        state = _state(path)
+        got = _HASHED.get(state) or sha256_file(path)
+        _HASHED[state] = got
+        if got != entry["sha256"]:
+            raise DownloadError(f"{path}: sha256 {got}, the lock says {entry['sha256']} ({self.lock.path}; "
+                                "changed on disk since it was recorded)")
+        return path
+
+
+def record_folder(root) -> dict[str, int]:
+    """Lock every `*.safetensors` under `root` into `root`'s lock file (source "local:<relative path>",
+    revision None), so the readers serve files of one's own verified: counts of files "new", "updated",
+    "unchanged" and "kept" (locked by a download script: its entry stays as downloaded, never re-recorded).
+
+    A file whose header is broken is refused, and so is a downloaded file whose size or header no longer
+    matches its lock (download it again rather than record it); nothing is recorded then.
+    """
+    lock = Lock(root)
+    if not lock.root.is_dir():
+        raise DownloadError(f"{lock.root}: no such folder")
+    files = sorted(p for p in lock.root.rglob("*.safetensors") if p.is_file())
+    if not files:
+        raise DownloadError(f"{lock.root}: no *.safetensors files under it; nothing to record")
+    counts, entries = {"new": 0, "updated": 0, "unchanged": 0, "kept": 0}, {}
+    for path in files:
+        rel = path.relative_to(lock.root).as_posix()
+        old = lock.get(rel)
+        if old is not None and not old["source"].startswith("local:"):
+            if (problem := lock.verify(rel)) is not None:
+                raise DownloadError(f"{problem}: it was downloaded from {old['source']}; download it again "
+                                    "(the download scripts resume) rather than record it; nothing recorded")
+            counts["kept"] += 1
+            continue
+        if (problem := check_safetensors(path)) is not None:
+            raise DownloadError(f"{problem}; nothing recorded")
+        entry = {"sha256": sha256_file(path), "size": path.stat().st_size, "source": f"local:{rel}",
+                 "revision": None}
+        counts["new" if old is None else "unchanged" if old == entry else "updated"] += 1
+        entries[rel] = entry
+    lock.entries.update(entries)
+    if counts["new"] or counts["updated"]:
+        lock._write()
+    return counts
+
+
+def main(argv=None) -> int:
+    """weightspace lock DIR [--verify]: record one's own safetensors files in DIR's lock file, or re-hash them."""
+    import argparse
+
+    from weightspace.__main__ import prog
+
+    ap = argparse.ArgumentParser(
+        prog=prog("lock"),
+        description="record every *.safetensors under DIR in DIR/" + LOCK_NAME + " (so the readers of "
+                    "downloaded data, Model-J, SD LoRA folders and VTHR, serve them verified), or "
+                    "re-hash everything it locks",
+        epilog="exit codes: 0 ok, 1 a file has a problem (named on stderr), 2 usage")
+    ap.add_argument("path", metavar="DIR", help="the folder of safetensors files (the lock file goes here)")
+    ap.add_argument("--verify", action="store_true",
+                    help="re-hash every file the lock lists and report the ones that changed (records nothing)")
+    args = ap.parse_args(argv)
+    if args.verify:
+        return verify_root(Path(args.path))
+    try:
+        c = record_folder(args.path)
+    except DownloadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{Path(args.path) / LOCK_NAME}: {c['new']} new, {c['updated']} updated, {c['unchanged']} unchanged"
+          + (f", {c['kept']} locked by a download kept as they are (re-hash them with --verify)"
+             if c["kept"] else ""))
+    return 0

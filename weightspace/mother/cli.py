@@ -9,6 +9,10 @@ DIR may hold
                                          (e.g. ft / lora-v / lora-f). Its parent_id column is the ground
                                          truth: accuracy is printed.
 
+A folder under a download lock (weightspace-downloads.lock.json there or above, as the download scripts
+write, or `python -m weightspace lock DIR`) is read only once each file matches it (size, header, sha256);
+loose checkpoints without a lock have no recorded hash to check against.
+
 Weights are memory-mapped and read one layer block at a time. The architecture (the preset of layer
 names) is detected from the tensor names unless --layers / --direction-layers say otherwise.
 
@@ -25,7 +29,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from weightspace.zoo.format import LazyStateDict, ZooError
+from weightspace.downloads import DownloadError, Verifier, find_lock
+from weightspace.zoo.format import LazyStateDict, ZooError, _file_key
 
 from .distances import _device
 from .layers import MotherError, detect_preset
@@ -58,14 +63,14 @@ def read_shard_index(index_path: Path) -> dict[str, str]:
 class ShardedStateDict(Mapping):
     """A sharded HF checkpoint (model.safetensors.index.json) as one lazy state dict."""
 
-    def __init__(self, index_path: Path):
+    def __init__(self, index_path: Path, open_file=LazyStateDict):
         wmap = read_shard_index(index_path)
         self.path = None
         self._shards: dict[str, LazyStateDict] = {}
         self._where: dict[str, LazyStateDict] = {}
         for key, file in wmap.items():
             if file not in self._shards:
-                self._shards[file] = LazyStateDict(Path(index_path).parent / file)
+                self._shards[file] = open_file(Path(index_path).parent / file)
             if key not in self._shards[file]:
                 raise MotherError(f"{index_path}: the index puts {key!r} in {file}, which has no such tensor")
             self._where[key] = self._shards[file]
@@ -93,8 +98,9 @@ def load_folder(path, variant: str | None = None,
                 verify: bool = True) -> tuple[dict[str, Mapping], dict | None]:
     """({name: lazy state dict}, ground-truth parents or None) for a folder (see the module docstring).
 
-    A zoo's files are checked against its table's sha256 (verify=True: one read of each file on open); loose
-    checkpoints have no recorded hash to check against."""
+    A zoo's files are checked against its table's sha256, and loose checkpoints under a download lock against
+    the lock (verify=True: one read of each file on open); loose checkpoints without a lock have no recorded
+    hash to check against."""
     path = Path(path)
     if not path.is_dir():
         raise MotherError(f"{path}: not a folder")
@@ -116,6 +122,13 @@ def load_folder(path, variant: str | None = None,
                           "not a zoo (it has no zoo.json), so it has no variants")
     models: dict[str, Mapping] = {}
     sources: dict[str, Path] = {}
+    verifier = Verifier(path) if verify and find_lock(path) is not None else None
+
+    def lazy(f: Path) -> LazyStateDict:
+        if verifier is None:
+            return LazyStateDict(f)
+        verifier.verified(f)
+        return LazyStateDict(f, _verified=_file_key(f))
 
     def add(name, sd, src):
         if name in models:
@@ -124,17 +137,17 @@ def load_folder(path, variant: str | None = None,
 
     if (path / INDEX).exists():      # the folder is itself ONE sharded checkpoint, not a folder of models
         shards = set(read_shard_index(path / INDEX).values())
-        add(path.name, ShardedStateDict(path / INDEX), path)
+        add(path.name, ShardedStateDict(path / INDEX, lazy), path)
     else:
         shards = set()
     for f in sorted(path.glob("*.safetensors")):
         if f.name not in shards:
-            add(f.stem, LazyStateDict(f), f)
+            add(f.stem, lazy(f), f)
     for d in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if (d / "model.safetensors").exists():
-            add(d.name, LazyStateDict(d / "model.safetensors"), d)
+            add(d.name, lazy(d / "model.safetensors"), d)
         elif (d / INDEX).exists():
-            add(d.name, ShardedStateDict(d / INDEX), d)
+            add(d.name, ShardedStateDict(d / INDEX, lazy), d)
         elif any(d.glob("*.bin")) or any(d.glob("*.pt")) or any(d.glob("*.pth")):
             log.warning("skipped %s: it holds only pickled weights (%s), which we never load (unpickling runs "
                         "code); convert them to safetensors", d, ", ".join(sorted(p.name for p in d.glob("*.[bp]*"))))
@@ -163,7 +176,7 @@ def main(argv=None) -> int:
                     help="number of Model Trees (default: from the dendrogram)")
     ap.add_argument("--variant", default=None, help="for a zoo of several forests: which one (e.g. ft, lora-v)")
     ap.add_argument("--no-verify", action="store_true",
-                    help="for a zoo: skip checking files against the table's sha256 (saves a read of each)")
+                    help="skip checking files against a zoo's table or a download lock (saves a read of each)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", default=None, help="also write the edges and trees to this JSON file")
     args = ap.parse_args(argv)
@@ -193,7 +206,7 @@ def main(argv=None) -> int:
         direction = args.direction_layers or preset
         g = recover(models, layers=layers, distance=args.distance, direction_layers=direction, lam=args.lam,
                     stage=args.stage, n_trees=args.n_trees, device=args.device)
-    except (MotherError, ZooError) as e:
+    except (MotherError, ZooError, DownloadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if ": --" in str(e) or str(e).startswith("--") else 1   # an option that does not fit: usage
     n_trees = len(g.graph["trees"])

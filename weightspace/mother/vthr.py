@@ -135,15 +135,26 @@ def safetensors_complete(path) -> bool:
     return check_safetensors(path) is None
 
 
-def load_split(root, split: str) -> tuple[dict[str, LazyStateDict], dict[str, str | None]]:
-    """({repo name: LazyStateDict}, {repo name: parent repo name or None}) for one downloaded split."""
+def load_split(root, split: str, *, verify: str = "lock") -> tuple[dict[str, LazyStateDict], dict[str, str | None]]:
+    """({repo name: LazyStateDict}, {repo name: parent repo name or None}) for one downloaded split.
+
+    verify="lock" (default): every model file and the ground-truth pickle must match the lock file the
+    download script wrote at `root` (size, header, sha256; each file hashed once per process, and a model
+    file changed after that is refused when read), and the parents come from the verified pickle.
+    verify="none": files you made and trust, read unchecked (warns once), the parents from model_graph.json.
+    """
+    from weightspace.downloads import Verifier
+    from weightspace.zoo.format import _file_key
+
     if split not in SPLITS:
         raise MotherError(f"unknown VTHR split {split!r}; choose one of {sorted(SPLITS)}")
     folder = Path(root) / split
-    gpath = folder / GRAPH_JSON
+    verifier = Verifier(root, verify, reader="VTHR split",
+                        download=f"`python data_scripts/download_vthr.py --splits {split} --root {root}`")
+    gpath = folder / (GRAPH_FILES[split] if verify == "lock" else GRAPH_JSON)
     if not gpath.exists():
         raise MotherError(f"{gpath}: missing; run data_scripts/download_vthr.py --splits {split} first")
-    rows = json.loads(gpath.read_text())
+    rows = read_graph_pkl(verifier.verified(gpath)) if verify == "lock" else json.loads(gpath.read_text())
     by_uuid = {r["uuid"]: r for r in rows}
     models, parents = {}, {}
     for d in sorted(p for p in folder.iterdir() if p.is_dir()):
@@ -156,9 +167,11 @@ def load_split(root, split: str) -> tuple[dict[str, LazyStateDict], dict[str, st
         f = d / "model.safetensors"
         if not f.exists():
             raise MotherError(f"{f}: missing (interrupted download? re-run download_vthr.py, it resumes)")
+        if verify == "lock":
+            verifier.verified(f)
         if info["uuid"] not in by_uuid:
             raise MotherError(f"{d.name}: node {info['uuid']} is not in {gpath}")
-        models[d.name] = LazyStateDict(f)
+        models[d.name] = LazyStateDict(f, _verified=_file_key(f) if verify == "lock" else None)
     names = {parse_repo_name(n)["uuid"]: n for n in models}
     for n in models:
         r = by_uuid[parse_repo_name(n)["uuid"]]

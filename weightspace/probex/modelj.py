@@ -15,6 +15,10 @@ sorted layer names, as the official code's layer tables (ViT index 59 =
 `vit.encoder.layer.7.attention.output.dense.weight`, not the 59th layer by depth),
 or by name. The chosen layer of every model is read once (memory-mapped, one tensor per file) into an
 [N, d_H, d_W] tensor, then ProbeX trains from that tensor like on our own zoos.
+
+Every file is served verified against the lock the download script wrote (weightspace.downloads.Verifier):
+listed, of the locked size and with a whole header when the subset is opened, its sha256 before its labels
+or tensors are first read (once per process).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from weightspace.downloads import Verifier
 from weightspace.zoo.format import ZooError, missing_key_message, read_safetensors
 
 from .model import stack_layer
@@ -125,9 +130,15 @@ class Entry:
 
 
 class ModelJSubset:
-    """One discriminative subset (one Model Tree) of Model-J on disk."""
+    """One discriminative subset (one Model Tree) of Model-J on disk.
 
-    def __init__(self, root: str | os.PathLike, subset: str, family: str | None = None):
+    verify="lock" (default): every model file must be in the lock file at `root` (or a folder above) that
+    data_scripts/download_modelj.py writes, and match it (size and header on opening, sha256 before its
+    labels or tensors are served); `python -m weightspace lock ROOT` records files laid out this way by other
+    means. verify="none": read files you made and trust without any check (warns once).
+    """
+
+    def __init__(self, root: str | os.PathLike, subset: str, family: str | None = None, *, verify: str = "lock"):
         self.dir = Path(root) / subset
         self.subset = subset
         self.family = family or SUBSETS.get(subset, {}).get("family")
@@ -152,9 +163,14 @@ class ModelJSubset:
         if first is None:
             raise ZooError(f"{self.dir}: no downloaded models in {', '.join(SPLITS)} "
                            f"(expected <split>/models--*/refs/main and snapshots/<ref>/{WEIGHTS_FILE})")
+        self.verifier = Verifier(
+            root, verify, reader="ModelJSubset",
+            download=f"`python data_scripts/download_modelj.py --subset {subset} --root {root}`")
+        for e in (e for es in self.entries.values() for e in es):
+            self.verifier.check(e.path)
         from safetensors import safe_open
 
-        with safe_open(str(first.path), framework="pt") as f:
+        with safe_open(str(self.verifier.verified(first.path)), framework="pt") as f:
             self.shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         self.layers = layer_names(self.shapes, self.family)
 
@@ -180,7 +196,7 @@ class ModelJSubset:
 
         Y = torch.zeros(len(self._split(split)), len(CIFAR100_CLASSES))
         for i, e in enumerate(self._split(split)):
-            with safe_open(str(e.path), framework="pt") as f:
+            with safe_open(str(self.verifier.verified(e.path)), framework="pt") as f:
                 meta = f.metadata() or {}
             if TARGETS_KEY not in meta:
                 raise ZooError(f"{e.path}: no {TARGETS_KEY!r} in the safetensors metadata (has {sorted(meta)})")
@@ -197,7 +213,7 @@ class ModelJSubset:
     def layer(self, layer: int | str, split: str) -> torch.Tensor:
         """[N, d_H, d_W] of one layer for every model of a split (conv reshaped as in the paper's code)."""
         name = self.layer_name(layer)
-        mats = [read_safetensors(e.path, [name])[name] for e in self._split(split)]
+        mats = [read_safetensors(self.verifier.verified(e.path), [name])[name] for e in self._split(split)]
         return stack_layer(mats, conv_reshape=self.family == "resnet", name=f"{self.dir / split}: {name}")
 
     def split(self, layer: int | str, split: str) -> tuple[torch.Tensor, torch.Tensor]:

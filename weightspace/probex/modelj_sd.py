@@ -11,7 +11,9 @@ Layers are indexed as the official code does: the `.lora.down.weight` keys in so
 index 46 = down_blocks.2.attentions.1...attn2.to_q, 1280x1280). X = B @ A, no alpha (Sec. 5).
 
 The same reader takes any folder in that layout — our own LoRA files too, with `class_key` naming the header
-field that holds the class and `class_names` mapping its values to text.
+field that holds the class and `class_names` mapping its values to text. Every file is served verified against
+the lock file covering the folder (weightspace.downloads.Verifier); `python -m weightspace lock DIR` records
+one's own files, `verify="none"` reads them unchecked.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from weightspace.downloads import Verifier
 from weightspace.zoo.format import ZooError, read_metadata, read_safetensors, write_safetensors
 
 from .model import stack_layer
@@ -56,10 +59,16 @@ class SDLoraFolder:
     Every file is checked on opening against the first one (from the headers alone): the same LoRA keys with
     the same shapes, and a class in its header. `rank`: "first" (Model-J: every LoRA has the first one's rank,
     16), an int (every LoRA has that rank), or None (ranks may differ, as in our zoo; X = B·A has the layer's
-    shape whatever the rank)."""
+    shape whatever the rank).
+
+    verify="lock" (default): every file must be in the lock file at `root` or a folder above, and match it
+    (size and header, then its sha256 before its header is read; once per process). Record LoRAs of your own
+    with `python -m weightspace lock ROOT` (or `weightspace.downloads.record_folder(root)`). verify="none":
+    read files you made and trust without any check (warns once)."""
 
     def __init__(self, root: str | os.PathLike, *, class_key: str = CLASS_KEY,
-                 class_names: Mapping[str, str] | None = None, splits=SPLITS, rank: int | str | None = "first"):
+                 class_names: Mapping[str, str] | None = None, splits=SPLITS, rank: int | str | None = "first",
+                 verify: str = "lock"):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise ZooError(f"{self.root}: no such folder (a Model-J SD subset has split folders "
@@ -72,7 +81,11 @@ class SDLoraFolder:
             split_of += [s] * len(found)
         if not self.files:
             raise ZooError(f"{self.root}: no {LORA_FILE} under any split folder ({', '.join(splits)})")
-        self.shapes = _shapes(self.files[0])
+        self.verifier = Verifier(self.root, verify, reader="SDLoraFolder",
+                                 download="")
+        for path in self.files:
+            self.verifier.check(path)
+        self.shapes = _shapes(self.verifier.verified(self.files[0]))
         self.layers = [k[:-len(DOWN)] for k in sorted(self.shapes) if k.endswith(DOWN)]
         if not self.layers:
             raise ZooError(f"{self.files[0]}: no '*{DOWN}' keys: not a diffusers LoRA file")
@@ -89,7 +102,7 @@ class SDLoraFolder:
                 raise ZooError(f"{self.files[0]}: {bad!r} has LoRA rank {first[bad]}, not {rank}")
         ids = []
         for path in self.files:
-            self._check_like_first(path)
+            self._check_like_first(self.verifier.verified(path))
             meta = read_metadata(path)
             if class_key not in meta:
                 raise ZooError(f"{path}: no {class_key!r} in the header metadata (has {sorted(meta)}); "
@@ -158,7 +171,7 @@ class SDLoraFolder:
         if stem not in self._cache:
             mats = []
             for path in self.files:
-                t = read_safetensors(path, [stem + UP, stem + DOWN])
+                t = read_safetensors(self.verifier.verified(path), [stem + UP, stem + DOWN])
                 mats.append(t[stem + UP].float() @ t[stem + DOWN].float())
             self._cache[stem] = stack_layer(mats, name=f"{self.root}: {stem}")
         return self._cache[stem]
