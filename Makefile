@@ -16,6 +16,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PRESET ?= default
 FROM   ?= ipynb
+# notebooks run at once by `make reproduce` / `make tiny`, in the order of what they read (PARALLEL=1: one by one)
+PARALLEL ?= 2
 # installs are pinned to the versions that made the committed figures; UNPINNED=1 takes the newest allowed
 CONSTRAINTS ?= constraints.txt
 PINS   := $(if $(UNPINNED),,$(wildcard $(CONSTRAINTS)))
@@ -45,10 +47,10 @@ setup: $(VENV)/.installed
 setup-dev: $(VENV)/.installed-dev
 
 reproduce: setup
-	$(PY) -m weightspace reproduce --preset $(PRESET)
+	$(PY) -m weightspace reproduce --preset $(PRESET) --parallel $(PARALLEL)
 
 tiny: setup
-	$(PY) -m weightspace reproduce --preset tiny
+	$(PY) -m weightspace reproduce --preset tiny --parallel $(PARALLEL)
 
 test: setup-dev
 	$(PY) -m pytest

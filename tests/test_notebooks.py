@@ -74,10 +74,13 @@ def test_presets_name_real_notebooks_and_declared_parameters():
 
 @pytest.mark.notebooks
 def test_every_notebook_runs_at_the_tiny_preset(tmp_path_factory):
-    """The whole pipeline, in order, as `python -m weightspace reproduce --preset tiny` runs it."""
+    """The whole pipeline as `make tiny` runs it: two notebooks at a time, each after what it reads."""
     out = tmp_path_factory.mktemp("tiny")
-    timings = reproduce.run("tiny", out=out, root=ROOT, progress=False)
-    assert [n for n, _ in timings] == [p.stem for p in NOTEBOOKS]
+    timings = reproduce.run("tiny", out=out, root=ROOT, progress=False, parallel=2)
+    finished = [n for n, _ in timings]
+    assert sorted(finished) == [p.stem for p in NOTEBOOKS]
+    deps = reproduce.dependencies(NOTEBOOKS, NOTEBOOKS)
+    assert all(finished.index(d) < finished.index(n) for n in finished for d in deps[n])
     for p in NOTEBOOKS:
         results = out / "results" / f"{p.stem}.json"
         assert results.exists(), f"{p.name} wrote no results file"
