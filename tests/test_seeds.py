@@ -253,6 +253,7 @@ def _run(stem, seed, out):
     nb = ROOT / "notebooks" / f"{stem}.ipynb"
     params = {"preset": "tiny", "zoo_root": str(out / "zoos"), "figures_dir": str(out / "figures"),
               "results_dir": str(out / "results"), "seed": seed, **presets.parameters("tiny", stem)}
+    out.mkdir(parents=True)
     papermill.execute_notebook(str(nb), str(out / nb.name), parameters=params, cwd=str(nb.parent),
                                progress_bar=False, kernel_name="python3", language="python")
     return json.loads((out / "results" / f"{stem}.json").read_text())
