@@ -34,6 +34,7 @@ n_per_tree: int = 24      # fine-tunes per root
 root_steps: int = 600     # pre-training steps of each root
 executor: str = "local"   # "local" process pool, "inline", "dask" or "slurm"
 workers: int = 2
+seed: int = 0             # the zoo's seed: roots and fine-tune plans (0: the committed run)
 
 # %%
 import time
@@ -78,7 +79,7 @@ plotting.savefig(fig, figures_dir, "quickstart_01_styled_digits")
 # %%
 t0 = time.time()
 zoo = build_model_trees(zoo_path, n_trees=n_trees, n_per_tree=n_per_tree, root_steps=root_steps,
-                        executor=executor, workers=workers, preset=preset)
+                        executor=executor, workers=workers, preset=preset, seed=seed)
 build_seconds = time.time() - t0
 zoo
 
@@ -136,7 +137,7 @@ print(f"mean distance within a tree: {within:.2f}; across trees: {across:.2f}")
 
 # %%
 results = dict(
-    preset=preset, paper="", n_models=len(zoo), n_trees=n_trees, build_seconds=round(build_seconds, 1),
+    preset=preset, paper="", seed=seed, n_models=len(zoo), n_trees=n_trees, build_seconds=round(build_seconds, 1),
     mean_finetune_test_acc=float(finetunes.test_acc.mean()),
     mean_distance_within_tree=float(within), mean_distance_across_trees=float(across),
     figures={

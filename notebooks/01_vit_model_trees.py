@@ -41,6 +41,7 @@ global_pool: str = "avg"          # pool the patch tokens (timm "avg") instead o
 head_ablation_models: int = 64    # fine-tunes re-trained with a random head for section 5 (0: skip)
 executor: str = "local"           # "local" process pool, "inline", "dask" or "slurm"
 workers: int = 2
+seed: int = 0                     # the zoo's seed (roots, fine-tune plans) and the ridge probes' splits
 
 # %%
 import time
@@ -59,7 +60,7 @@ from weightspace.nets.vit_training import RECIPES, finetune
 plotting.style()
 zoo_path = f"{zoo_root}/vit_model_trees"
 tree_params = dict(n_trees=n_trees, n_per_tree=n_per_tree, root_steps=root_steps, steps=steps, lr=lr,
-                   vit={"global_pool": global_pool})
+                   vit={"global_pool": global_pool}, seed=seed)
 
 # %% [markdown]
 # ## 1 · Build the trees
@@ -172,7 +173,8 @@ Y_all = zoo.multi_hot(list(fts.model_id))
 quick = {}
 for t in range(n_trees):
     m = torch.from_numpy(tree_of == t)
-    quick[roots.loc[t].tree_name] = ridge_probe(stack_layer(zoo.layer(layer, list(fts.model_id[m.numpy()]))), Y_all[m])
+    quick[roots.loc[t].tree_name] = ridge_probe(stack_layer(zoo.layer(layer, list(fts.model_id[m.numpy()]))), Y_all[m],
+                                           seed=seed)
 quick
 
 # %% [markdown]
@@ -201,8 +203,8 @@ if head_ablation_models:
     matrices = [k for k in zoo.manifest["layers"] if k.startswith("blocks") and k.endswith("weight")
                 and len(zoo.manifest["layers"][k]) == 2]
     for name in matrices:
-        zero = ridge_probe(stack_layer(zoo.layer(name, ids)), Y)
-        rand = ridge_probe(stack_layer([sd[name] for sd in random_head]), Y)
+        zero = ridge_probe(stack_layer(zoo.layer(name, ids)), Y, seed=seed)
+        rand = ridge_probe(stack_layer([sd[name] for sd in random_head]), Y, seed=seed)
         head_results[name] = dict(zero_head=zero, random_head=rand)
     fig, ax = plt.subplots(figsize=(7, 3.2))
     xs = np.arange(len(matrices))
@@ -217,7 +219,7 @@ if head_ablation_models:
 head_results
 
 # %%
-results = dict(preset=preset, paper="ProbeX", n_models=len(zoo), n_trees=n_trees, n_per_tree=n_per_tree,
+results = dict(preset=preset, paper="ProbeX", seed=seed, n_models=len(zoo), n_trees=n_trees, n_per_tree=n_per_tree,
                build_seconds=round(build_seconds, 1),
                finetune_test_acc={k: dict(mean=v["mean"], median=v["50%"]) for k, v in summary.iterrows()},
                finetune_test_acc_by_lr_half={t: dict(upper=by_lr.loc[t].get(True), lower=by_lr.loc[t].get(False))

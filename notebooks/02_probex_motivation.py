@@ -39,6 +39,7 @@ seeds: list[int] = [0, 1, 2]                           # (b), (c): random subset
 expert_kinds: list[str] = ["probex", "dense"]          # (d): the experts / shared models compared
 epochs: int = 200                                # (d): training epochs (batch 32, Adam lr 1e-3)
 threads: int = 1                                 # torch threads (tiny nets: one is fastest)
+seed: int = 0                                    # (a) mixed draw, (d) expert init; shifts (b), (c) subsets by 100 x seed
 
 # %%
 import matplotlib.pyplot as plt
@@ -53,6 +54,7 @@ from weightspace.zoo import Zoo
 
 plotting.style()
 torch.set_num_threads(threads)
+subset_seeds = [s + 100 * seed for s in seeds]      # seed 0: the seeds as given
 zoo = Zoo.open(f"{zoo_root}/vit_model_trees", kind="vit-model-trees")   # made by notebook 01
 data = LayerData(zoo)
 names = [data.tree_names[t] for t in data.trees]
@@ -85,7 +87,7 @@ print("chosen layer:", layer)
 # tested on each tree.
 
 # %%
-a = motivation.within_vs_across(data, layer)
+a = motivation.within_vs_across(data, layer, seed=seed)
 M = np.concatenate([a["acc"], a["mixed"][None]], 0)
 fig, ax = plt.subplots(figsize=(5.4, 4.4))
 im = ax.imshow(M, cmap="viridis", vmin=0.45, vmax=max(0.9, M.max()))
@@ -105,7 +107,7 @@ plotting.savefig(fig, figures_dir, "probex_02a_within_vs_across")
 # (mean and spread over random subsets).
 
 # %%
-b = motivation.learning_curve(data, layer, curve_sizes, seeds)
+b = motivation.learning_curve(data, layer, curve_sizes, subset_seeds)
 fig, ax = plt.subplots(figsize=(5.4, 3.8))
 for t, n, c in zip(data.trees, names, cols):
     g = b[b.tree == t].groupby("n_train").test_acc
@@ -121,7 +123,7 @@ plotting.savefig(fig, figures_dir, "probex_02b_same_tree_models")
 # other trees. The classifier is selected and tested on the target tree only.
 
 # %%
-c_ = motivation.other_tree_transfer(data, layer, n_same, n_other, seeds)
+c_ = motivation.other_tree_transfer(data, layer, n_same, n_other, subset_seeds)
 fig, ax = plt.subplots(figsize=(5.4, 3.8))
 for t, n, c in zip(data.trees, names, cols):
     g = c_[c_.tree == t].groupby("n_other").test_acc
@@ -154,7 +156,7 @@ Markdown(f"**This run:** adding {c_end.index[-1]} models of other trees to {n_sa
 # the labels, trained like ProbeX).
 
 # %%
-d = pd.concat([motivation.experts_vs_shared(data, layer, kind=k, epochs=epochs).assign(kind=k) for k in expert_kinds])
+d = pd.concat([motivation.experts_vs_shared(data, layer, kind=k, epochs=epochs, seed=seed).assign(kind=k) for k in expert_kinds])
 piv = d.pivot_table(index=["kind", "tree"], columns="model", values="test_acc")
 fig, axes = plt.subplots(1, len(expert_kinds), figsize=(5.2 * len(expert_kinds), 3.6), squeeze=False)
 xs = np.arange(len(names))
@@ -176,7 +178,7 @@ piv
 curve = b.groupby("n_train").test_acc.mean()
 other = c_.groupby("n_other").test_acc.mean()
 results = dict(
-    preset=preset, paper="ProbeX", layer=layer, val_acc_by_layer=val_by_layer,
+    preset=preset, paper="ProbeX", seed=seed, layer=layer, val_acc_by_layer=val_by_layer,
     a_within=a["within"], a_across=a["across"], a_within_minus_across=a["within"] - a["across"],
     a_mixed=a["mixed_mean"], a_matrix=a["acc"].tolist(), trees=names,
     b_curve={int(k): float(v) for k, v in curve.items()},

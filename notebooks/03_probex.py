@@ -81,6 +81,7 @@ gentle_seeds: list[int] = [0, 1]        # expert seeds averaged per cell of that
 modelj_root: str = ""             # paper preset: the downloaded Model-J (data_scripts/download_modelj.py) ...
 modelj_subsets: list[str] = []          # ... and its subsets, e.g. ["SupViT", "DINO", "MAE", "ResNet"]
 modelj_ranks: list[int] = [128, 128, 128]   # (r_U, r_V, r_T) of the paper's Slurm example
+seed: int = 0                     # expert initialisation; shifts curve, width and gentle seeds by 100 x seed
 
 # %%
 import json
@@ -102,6 +103,9 @@ from weightspace.zoo import Zoo
 plotting.style()
 torch.set_num_threads(threads)
 t_start = time.time()
+curve_fit_seeds = [s + 100 * seed for s in curve_seeds]     # seed 0: the seed lists as given
+width_fit_seeds = [s + 100 * seed for s in width_seeds]
+gentle_fit_seeds = [s + 100 * seed for s in gentle_seeds]
 zoo = Zoo.open(f"{zoo_root}/vit_model_trees", kind="vit-model-trees")   # made by notebook 01
 data = LayerData(zoo)
 trees = data.trees
@@ -119,7 +123,7 @@ layers = data.layers()
 # accuracy (`ex.layer_sweep`). The layer of the final results is chosen on **validation** (`ex.best_layers`).
 
 # %%
-sweep, fits = ex.layer_sweep(data, layers, **cfg)
+sweep, fits = ex.layer_sweep(data, layers, seed=seed, **cfg)
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
 for ax, kind in zip(axes, ex.KINDS):
     for t, name, c in zip(trees, names, cols):
@@ -143,7 +147,7 @@ plotting.savefig(fig, figures_dir, "probex_03_layer_sweep")
 # scales), whose 7 statistics say a lot about those numbers themselves.
 
 # %%
-statnn_table, statnn_fits = ex.statnn_comparison(zoo, data, min_numel=1024, epochs=epochs)
+statnn_table, statnn_fits = ex.statnn_comparison(zoo, data, min_numel=1024, epochs=epochs, seed=seed)
 res = ex.results_table(data, sweep, fits, statnn_fits["all tensors"])
 methods = list(ex.METHODS)
 table = res.pivot(index="method", columns="tree", values="test_acc").loc[methods, names]
@@ -209,7 +213,7 @@ plotting.savefig(fig, figures_dir, "probex_03_results")
 # %%
 best_layer = ex.best_layers(sweep, "probex")
 grid = {"n_probes": ablation_n_probes, "proj_dim": ablation_proj_dim, "rep_dim": ablation_rep_dim}
-abl_trees = ex.ablation(data, best_layer, grid, fits=fits, **cfg)
+abl_trees = ex.ablation(data, best_layer, grid, fits=fits, seed=seed, **cfg)
 abl = abl_trees.groupby(["size", "value"], sort=False)[["test_acc", "n_params"]].mean().reset_index()
 fig, axes = plt.subplots(1, 3, figsize=(11, 3.3), sharey=True)
 sizes = (("n_probes", "probes r_U"), ("proj_dim", "projection r_V"), ("rep_dim", "representation r_T"))
@@ -350,10 +354,10 @@ if scaling_models:
     t_fit = time.time()
     curve_layer, layer_choice = sc.choose_layer(ldata, 0, curve_layers, steps=tune_steps, ranks=ranks_of,
                                                 workers=workers, batch_size=batch_size)
-    curve_all, curve = sc.learning_curves(ldata, 0, curve_layer, curve_sizes, curve_seeds, grid,
+    curve_all, curve = sc.learning_curves(ldata, 0, curve_layer, curve_sizes, curve_fit_seeds, grid,
                                           tune_all_sizes=tune_all_sizes, steps=tune_steps, n_evals=tune_evals,
                                           ranks=ranks_of, workers=workers, batch_size=batch_size)
-    largest = sc.learning_curve_cells(ldata, 0, curve_layer, curve_sizes[-1:], curve_seeds)
+    largest = sc.learning_curve_cells(ldata, 0, curve_layer, curve_sizes[-1:], curve_fit_seeds)
     fixed_all, fixed = sc.tuned_comparison(largest, grid, steps=tune_steps, n_evals=tune_evals,
                                            kinds=("probex",), workers=workers, batch_size=batch_size,
                                            n_probes=n_probes, proj_dim=proj_dim, rep_dim=rep_dim)
@@ -418,7 +422,7 @@ if scaling_models and width_models:
     pair = {"narrow": sc.same_models(ldata, wdata), "wide": wdata}
     embed = {k: int(d.X("blocks.0.attn.proj.weight").shape[-1]) for k, d in pair.items()}
     t_fit = time.time()
-    _, width = sc.tuned_comparison(sc.layer_cells(pair, width_layers, seeds=width_seeds), grid,
+    _, width = sc.tuned_comparison(sc.layer_cells(pair, width_layers, seeds=width_fit_seeds), grid,
                                    steps=tune_steps, n_evals=tune_evals, ranks=ranks_of, workers=workers,
                                    batch_size=batch_size)
     width_seconds = time.time() - t_fit
@@ -466,7 +470,7 @@ if gentle_models:
           gzoo.row("t0-root")["sha256"] == zoo.row("t0-root")["sha256"])
     tree_label = {f"lr {zoo.params['lr'][0]:g}–{zoo.params['lr'][1]:g} (notebook 01)": data,
                   f"lr {gentle_lr[0]:g}–{gentle_lr[1]:g} (gentle)": LayerData(gzoo)}
-    gentle = ex.gentle_comparison(tree_label, gentle_layers, tree=0, seeds=gentle_seeds, **cfg)
+    gentle = ex.gentle_comparison(tree_label, gentle_layers, tree=0, seeds=gentle_fit_seeds, **cfg)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
     for ax, label in zip(axes, tree_label):
         g = gentle[gentle.tree == label]
@@ -543,7 +547,7 @@ if scaling_models and lora_models:
     lora_build_seconds = time.time() - t_build
     rdata = LayerData(rzoo)
     t_fit = time.time()
-    _, lora = sc.tuned_comparison(sc.layer_cells({"LoRA": rdata}, lora_layers, seeds=width_seeds), grid,
+    _, lora = sc.tuned_comparison(sc.layer_cells({"LoRA": rdata}, lora_layers, seeds=width_fit_seeds), grid,
                                   steps=tune_steps, n_evals=tune_evals, ranks=ranks_of, workers=workers,
                                   batch_size=batch_size)
     lora_seconds = time.time() - t_fit
@@ -565,7 +569,7 @@ if scaling_models:
     big, small = summ.loc[curve_sizes[-1]], summ.loc[curve_sizes[0]]
     scaling = dict(
         layer=curve_layer, shape=list(shape), n_classes=n_classes, sizes=list(curve_sizes),
-        seeds=list(curve_seeds),
+        seeds=list(curve_fit_seeds),
         n_train_available=int(ldata.mask(0, "train").sum()), same_root=bool(
             lzoo.row("t0-root")["sha256"] == zoo.row("t0-root")["sha256"]),
         ranks=ranks_of(shape, n_classes), n_params=dict(probex=p_scaled, probex_fixed=p_fixed, dense=p_dense),
@@ -652,7 +656,7 @@ if modelj_root:
             sub.extract(SUBSETS[subset]["best_layer"], cache)
         d = load_extracted(cache)
         f = fit("probex", d["train"], d["val"], d["test"], n_probes=r_U, proj_dim=r_V, rep_dim=r_T,
-                epochs=epochs, batch_size=128, eval_every=25)
+                epochs=epochs, batch_size=128, eval_every=25, seed=seed)
         modelj[subset] = dict(layer=sub.layer_name(SUBSETS[subset]["best_layer"]), test_acc=f.test_acc,
                               val_acc=f.val_acc, n_params=f.n_params)
 modelj
@@ -671,7 +675,7 @@ def trees_acc(m, src=table):
 
 same_layer_ratio = {n: float(params.loc[methods[2], n] / params.loc["ProbeX", n]) for n in names}
 results = dict(
-    preset=preset, paper="ProbeX", epochs=epochs,
+    preset=preset, paper="ProbeX", seed=seed, epochs=epochs,
     ranks=dict(n_probes=n_probes, proj_dim=proj_dim, rep_dim=rep_dim),
     test_acc={m: trees_acc(m) for m in methods},
     train_acc={m: trees_acc(m, train_acc) for m in methods[:-1]},

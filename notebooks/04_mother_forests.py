@@ -48,6 +48,7 @@ select_trees: int = 2       # trees of the separate LoRA forests the direction m
 select_seed: int = 1        # their seed (the main forests use seed 0)
 executor: str = "local"     # "local" process pool, "inline", "dask" or "slurm"
 workers: int = 2
+seed: int = 0               # the main forests' seed; the selection forests use select_seed + 1000 x seed
 
 # %%
 import time
@@ -65,6 +66,7 @@ from weightspace.zoo.forests import TASKS, VARIANT_DISTANCE, VARIANT_NAMES, VARI
 
 plotting.style()
 zoo_path = f"{zoo_root}/mother_forests"
+select_forest_seed = select_seed + 1000 * seed      # seed 0: select_seed as given
 
 # %% [markdown]
 # ## 1 · Build the forests
@@ -81,7 +83,7 @@ t0 = time.time()
 common = dict(n_children=n_children, root_steps=root_steps, steps=steps, ranks_v=ranks_v, rank_f=rank_f,
               vit=dict(embed_dim=embed_dim, num_heads=num_heads), executor=executor, workers=workers,
               preset=preset)
-zoo = build_forests(zoo_path, n_trees=n_trees, **common)
+zoo = build_forests(zoo_path, n_trees=n_trees, seed=seed, **common)
 build_seconds = time.time() - t0
 table = zoo.table
 print(f"{len(zoo)} models in {build_seconds:.0f} s; tasks: {list(TASKS)}")
@@ -208,7 +210,7 @@ Markdown("\n".join(lines) + f"\n\nEach attention matrix here has {embed_dim ** 2
 
 # %%
 t0 = time.time()
-select_zoo = build_forests(f"{zoo_root}/mother_forests_select", n_trees=select_trees, seed=select_seed,
+select_zoo = build_forests(f"{zoo_root}/mother_forests_select", n_trees=select_trees, seed=select_forest_seed,
                            variants=["lora-v", "lora-f"], **common)
 select_seconds = time.time() - t0
 falls_select = {}
@@ -269,7 +271,7 @@ Markdown("\n".join(
 
 # %%
 results = {
-    "paper": "MoTHer",
+    "paper": "MoTHer", "seed": seed,
     "models": len(zoo), "build_seconds": build_seconds, "n_roots": len(roots), "edges_per_forest": n_edges,
     "mean_test_acc": {VARIANT_NAMES[s]: float(fine[fine.variant == s].test_acc.mean()) for s in VARIANTS},
     "root_kurtosis_final": {r: {"proj": zoo.row(r)["kurtosis_log"]["proj"][-1],
@@ -279,7 +281,7 @@ results = {
     "kurtosis_falls": {f: {g: v for g, v in col.items() if v == v} for f, col in falls_all.items()},
     "spearman_distance_vs_edges": {VARIANT_NAMES[s]: v for s, v in spearman.items()},
     "distance_by_pair": closest,
-    "direction_selection": {"forest": f"{zoo_root}/mother_forests_select", "seed": select_seed,
+    "direction_selection": {"forest": f"{zoo_root}/mother_forests_select", "seed": select_forest_seed,
                             "trees": select_trees, "models": len(select_zoo), "build_seconds": select_seconds,
                             "kurtosis_falls": {f: {g: v for g, v in fr.items() if v == v}
                                                for f, fr in falls_select.items()},

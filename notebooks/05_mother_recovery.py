@@ -41,6 +41,7 @@ fractions: list[float] = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]   # 
 n_draws: int = 100                               # random subsets per fraction (the paper: 100)
 tie_seeds: int = 10                              # node orders tried where ties remain (lambda 0)
 vthr_root: str = ""                              # the real VTHR splits (data_scripts/download_vthr.py); "" skips
+seed: int = 0                                    # node order of the arborescence, the clustering subsets
 
 # %%
 import json
@@ -90,7 +91,7 @@ for variant in VARIANTS:
     for direction, spec in DIRECTION[variant].items():
         t0 = time.time()
         g = recover(zoo.state_dicts(ids), layers="timm-vit", distance=VARIANT_DISTANCE[variant],
-                    direction_layers=spec, lam=lam)
+                    direction_layers=spec, lam=lam, seed=seed)
         timing[(variant, direction)] = time.time() - t0
         graphs[(variant, direction)] = g
         whole[(variant, direction)] = edge_accuracy(g, truth)
@@ -271,7 +272,7 @@ curves = {}
 for variant in VARIANTS:
     ids = zoo.variant(variant)
     D = distance_matrix(zoo.state_dicts(ids), "timm-vit", VARIANT_DISTANCE[variant], tol=1e-3)
-    curve = clustering_curve(D, [zoo.row(i)["tree_id"] for i in ids], fractions, n_draws, n_trees)
+    curve = clustering_curve(D, [zoo.row(i)["tree_id"] for i in ids], fractions, n_draws, n_trees, seed=seed)
     curves[VARIANT_NAMES[variant]] = curve
     m = np.array([curve[f][0] for f in fractions])
     s = np.array([curve[f][1] for f in fractions])
@@ -325,7 +326,7 @@ if vthr_root:
         models, vpar = vthr.load_split(Path(vthr_root).expanduser(), variant)
         t0 = time.time()
         g = recover(models, layers="hf-vit", distance=VARIANT_DISTANCE[variant], direction_layers="hf-vit",
-                    lam=lam, n_trees=5)
+                    lam=lam, n_trees=5, seed=seed)
         vthr_results[VARIANT_NAMES[variant]] = {"directed_edges": edge_accuracy(g, truth_graph(vpar)),
                                             "seconds": time.time() - t0}
         print(VARIANT_NAMES[variant], vthr_results[VARIANT_NAMES[variant]])
@@ -335,7 +336,7 @@ else:
 # %%
 PAPER_PERFECT = {"FT": 3 / 5, "LoRA-V": 5 / 5, "LoRA-F": 4 / 5}     # trees recovered perfectly on VTHR
 results = {
-    "paper": "MoTHer",
+    "paper": "MoTHer", "seed": seed,
     "lambda": lam, "n_trees": n_trees, "edges_per_forest": n_edges,
     "direction_selection": selection,
     "accuracy": acc,

@@ -57,6 +57,7 @@ pipeline_loras: int = 6            # LoRAs timed through the pipeline vs the bat
 chunk: int = 80                    # LoRAs trained together in one job (a job per worker at a time)
 executor: str = "local"            # "local" process pool, "inline", "dask" or "slurm"
 workers: int = 2
+seed: int = 0                      # the zoos' seed (base, LoRA plans, holdout); sampling seeds shift by 1000 x seed
 
 # %%
 import os
@@ -81,7 +82,7 @@ torch.set_num_threads(1)
 zoo_path, generic_path = f"{zoo_root}/sd_lora_zoo", f"{zoo_root}/sd_lora_zoo_generic"
 common = dict(n_holdout=n_holdout, base_steps=base_steps, steps=steps, lr=lr, ranks=ranks, batch_size=batch_size,
               eval_samples=eval_samples, sample_steps=sample_steps, base_samples=base_samples,
-              recognizer_steps=recognizer_steps, chunk=chunk)
+              recognizer_steps=recognizer_steps, chunk=chunk, seed=seed)
 timing = {}
 
 
@@ -174,23 +175,23 @@ minilm = TextEncoder.minilm(max_length=zoo.params["max_length"])
 pipe = make_pipeline(load_base(zoo), minilm)
 prompts = [f"a photo of {names[c]}" for c in (3, 17, 25, 38)]
 kw = dict(num_inference_steps=sample_steps, guidance_scale=1.0, height=8, width=8, output_type="latent")
-lat = pipe(prompts, generator=torch.Generator().manual_seed(0), **kw).images.clamp(-1, 1)
+lat = pipe(prompts, generator=torch.Generator().manual_seed(seed), **kw).images.clamp(-1, 1)
 ours = ddim_sample(load_base(zoo), minilm.tokens(prompts), steps=sample_steps,
-                   generator=torch.Generator().manual_seed(0))
+                   generator=torch.Generator().manual_seed(seed))
 pipe_dir = f"{zoo_root}/sd_tiny_pipeline"
 pipe.save_pretrained(pipe_dir)
 from diffusers import StableDiffusionPipeline
 
 again = StableDiffusionPipeline.from_pretrained(pipe_dir, safety_checker=None)
-lat2 = again(prompts, generator=torch.Generator().manual_seed(0), **kw).images.clamp(-1, 1)
+lat2 = again(prompts, generator=torch.Generator().manual_seed(seed), **kw).images.clamp(-1, 1)
 one = zoo.select(split="test")[0] if zoo.select(split="test") else zoo.ids[0]
 lora_dir = str((zoo.path / zoo.row(one)["file"]).parent)
 again.load_lora_weights(lora_dir, weight_name=WEIGHT_NAME, adapter_name="one")
 p1 = zoo.row(one)["prompt"]
-lat3 = again([p1], generator=torch.Generator().manual_seed(0), **kw).images.clamp(-1, 1)
+lat3 = again([p1], generator=torch.Generator().manual_seed(seed), **kw).images.clamp(-1, 1)
 checked = load_base(zoo)
 load_lora(checked, lora_dir)                                    # our checked loader (diffusers underneath)
-ref = ddim_sample(checked, minilm.tokens([p1]), steps=sample_steps, generator=torch.Generator().manual_seed(0))
+ref = ddim_sample(checked, minilm.tokens([p1]), steps=sample_steps, generator=torch.Generator().manual_seed(seed))
 workflow = {"pipeline_vs_our_sampler_max_abs": float((lat - ours).abs().max()),
             "reloaded_pipeline_max_abs": float((lat - lat2).abs().max()),
             "pipeline_lora_vs_our_loader_max_abs": float((lat3 - ref).abs().max()),
@@ -208,11 +209,11 @@ again.unload_lora_weights()
 t = time.perf_counter()
 for i in ids:
     again.load_lora_weights(str((zoo.path / zoo.row(i)["file"]).parent), weight_name=WEIGHT_NAME, adapter_name="x")
-    again([zoo.row(i)["prompt"]] * 4, generator=torch.Generator().manual_seed(1), **kw)
+    again([zoo.row(i)["prompt"]] * 4, generator=torch.Generator().manual_seed(1 + 1000 * seed), **kw)
     again.unload_lora_weights()
 timing["pipeline_per_lora_s"] = (time.perf_counter() - t) / len(ids)
 t = time.perf_counter()
-lora_samples(zoo, ids, n=4, seed=1)
+lora_samples(zoo, ids, n=4, seed=1 + 1000 * seed)
 timing["batched_per_lora_s"] = (time.perf_counter() - t) / len(ids)
 Markdown(f"{len(ids)} LoRAs x 4 samples: {timing['pipeline_per_lora_s']:.2f} s per LoRA through the pipeline "
          f"(load, sample, unload), {timing['batched_per_lora_s']:.2f} s per LoRA batched "
@@ -260,14 +261,13 @@ print(f"{len(gzoo)} generic-prompt LoRAs in {timing['generic_zoo_wall_s']:.0f} s
 # prompt, and that LoRA's generic-prompt twin (same noise in every panel).
 
 # %%
-rng = np.random.default_rng(0)
 shown = [i for i in gzoo.ids if i in zoo][:: max(1, len(gzoo) // n_show)][:n_show]
 n_img = 8
 with torch_threads(1):
-    cls_x = lora_samples(zoo, shown, n=n_img, seed=2)
-    gen_x = lora_samples(gzoo, shown, n=n_img, seed=2)
-    base_cls = sample_base(zoo, [zoo.row(i)["prompt"] for i in shown], n=n_img, seed=2)
-    base_gen = sample_base(zoo, [GENERIC_PROMPT], n=n_img, seed=2)[0]
+    cls_x = lora_samples(zoo, shown, n=n_img, seed=2 + 1000 * seed)
+    gen_x = lora_samples(gzoo, shown, n=n_img, seed=2 + 1000 * seed)
+    base_cls = sample_base(zoo, [zoo.row(i)["prompt"] for i in shown], n=n_img, seed=2 + 1000 * seed)
+    base_gen = sample_base(zoo, [GENERIC_PROMPT], n=n_img, seed=2 + 1000 * seed)[0]
 fig, axes = plt.subplots(len(shown), 4, figsize=(9, 1.35 * len(shown) + 0.6))
 cols = ["base, class prompt", "class-prompt LoRA", "base, generic prompt", "generic-prompt LoRA"]
 for r, i in enumerate(shown):
@@ -320,6 +320,7 @@ Markdown(f"With its class prompt the base already draws the class ({rec['class']
 results = {
     "paper": "ProbeX",
     "preset": preset,
+    "seed": seed,
     "zoo": {"path": zoo_path, "models": len(zoo), "per_class": per_class, "train_classes": train_classes,
             "holdout_classes": holdout_classes, "splits": counts},
     "generic_zoo": {"path": generic_path, "models": len(gzoo), "per_class": generic_per_class},

@@ -53,6 +53,7 @@ seeds: list[int] = [0, 1, 2]                     # the chosen layers are re-fit 
 sweep_seeds: list[int] = [0]                     # the layer sweep (every LoRA layer, both experts) uses these
 temperature: float = 0.1                     # reported beside the paper's plain cosines (tau 1)
 threads: int = 1
+seed: int = 0                              # shifts seeds and sweep_seeds by 100 x seed (expert init, permutations)
 
 # %%
 import json
@@ -72,6 +73,8 @@ from weightspace.zoo.lora_zoo import text_encoder
 
 t_start = time.time()
 torch.set_num_threads(threads)
+fit_seeds = [s + 100 * seed for s in seeds]              # seed 0: the seed lists as given
+sweep_fit_seeds = [s + 100 * seed for s in sweep_seeds]
 plotting.style()
 ZOOS = {"class": class_zoo, "generic": generic_zoo}
 TITLE = {"class": "class prompts", "generic": "generic prompt (control)"}
@@ -117,7 +120,7 @@ print(f"prompt embeddings: mean pairwise cosine {off.mean():.2f}, max {off.max()
 # `test_holdout` (zero-shot, among the holdout prompts).
 
 # %%
-runs = {key: run_zeroshot(data[key], text[key], seeds=seeds, sweep_seeds=sweep_seeds, **cfg) for key in ZOOS}
+runs = {key: run_zeroshot(data[key], text[key], seeds=fit_seeds, sweep_seeds=sweep_fit_seeds, **cfg) for key in ZOOS}
 
 
 def table_of(key):
@@ -130,7 +133,7 @@ small_cfg = dict(cfg, n_probes=small_ranks[0], proj_dim=small_ranks[1])
 small = {}
 for key in ZOOS:     # the smaller ProbeX on the layers the full one chose (all sides), every seed
     chosen = {g: runs[key]["chosen"][("probex", "any", g)] for g in ("in_dist", "zero_shot")}
-    jobs = [(l, "probex", s) for l in sorted(set(chosen.values())) for s in seeds]
+    jobs = [(l, "probex", s) for l in sorted(set(chosen.values())) for s in fit_seeds]
     fits = fit_jobs(data[key], text[key], jobs, progress=False, **small_cfg)
     small[key] = {g: dict(layer=l, acc=float(fits[fits.layer == l][split].mean()),
                           std=float(fits[fits.layer == l][split].std(ddof=0)),
@@ -151,7 +154,7 @@ def sweep_figure():
     col = dict(zip(mods, plotting.colors(len(mods))))
     for j, key in enumerate(ZOOS):
         sw = runs[key]["sweep"]
-        sw = sw[sw.seed.isin(sweep_seeds)].groupby(["layer", "kind"], sort=False).mean(numeric_only=True).reset_index()
+        sw = sw[sw.seed.isin(sweep_fit_seeds)].groupby(["layer", "kind"], sort=False).mean(numeric_only=True).reset_index()
         lab_k = data[key].labels
         for i, (goal, split) in enumerate((("in_dist", "test"), ("zero_shot", "test_holdout"))):
             ax = axes[i, j]
@@ -175,7 +178,7 @@ def sweep_figure():
                 plt.Line2D([], [], marker="*", ls="", color="w", mec="k", ms=12, label="chosen on validation"),
                 plt.Line2D([], [], ls="--", color="k", label="chance")]
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.suptitle(f"Layer sweep (seed {sweep_seeds[0]}): every LoRA layer of the tiny UNet")
+    fig.suptitle(f"Layer sweep (seed {sweep_fit_seeds[0]}): every LoRA layer of the tiny UNet")
     fig.tight_layout()
     return fig
 
@@ -226,7 +229,7 @@ plotting.savefig(fig, figures_dir, "probex_zs_table")
 #   its own (val_holdout and test_holdout share their classes); **permuted strict** must sit at chance.
 
 # %%
-ctrl = {key: controls(data[key], text[key], runs[key]["chosen"][("probex", "any", "zero_shot")], seeds=seeds,
+ctrl = {key: controls(data[key], text[key], runs[key]["chosen"][("probex", "any", "zero_shot")], seeds=fit_seeds,
                       temperature=temperature, **cfg) for key in ZOOS}
 ctrl_table = pd.concat([c.assign(zoo=TITLE[k]) for k, c in ctrl.items()]).set_index(["zoo", "protocol"])
 ctrl_table
@@ -277,8 +280,8 @@ def record(key):
     return out
 
 
-results = dict(preset=preset, paper="ProbeX", config=cfg, seeds=seeds, sweep_seeds=sweep_seeds,
-               temperature=temperature, counts=counts, prompt_similarity=prompt_similarity,
+results = dict(preset=preset, paper="ProbeX", seed=seed, config=cfg, seeds=fit_seeds,
+               sweep_seeds=sweep_fit_seeds, temperature=temperature, counts=counts, prompt_similarity=prompt_similarity,
                holdout_classes=[lab.class_names[c] for c in lab.holdout_classes],
                zoos={key: record(key) for key in ZOOS})
 how = (f"top-1, mean of {len(seeds)} seeds; in-distribution on test among the training prompts, zero-shot on "

@@ -53,6 +53,7 @@ transfer_models: int = 100  # runs of the transfer zoo
 chunk: int = 50             # runs trained together in one job
 executor: str = "local"     # "local" process pool, "inline", "dask" or "slurm"
 workers: int = 2
+seed: int = 0               # the seed zoo's seed; the grid and transfer zoos use 1 and 2 + 1000 x seed
 
 # %%
 import time
@@ -92,10 +93,10 @@ n_params = sum(p.numel() for p in make_cnn().parameters())
 
 # %%
 specs = {
-    "seed zoo": dict(path="cnn_seed_zoo", n_seeds=seed_models, **recipe),
+    "seed zoo": dict(path="cnn_seed_zoo", n_seeds=seed_models, seed=seed, **recipe),
     "grid zoo": dict(path="cnn_grid_zoo", n_seeds=grid_seeds, activations=grid_activations, inits=grid_inits,
-                     lrs=grid_lrs, epochs=epochs, batch_size=batch_size, chunk=chunk, seed=1),
-    "transfer zoo": dict(path="cnn_transfer_zoo", n_seeds=transfer_models, styles=transfer_styles, seed=2,
+                     lrs=grid_lrs, epochs=epochs, batch_size=batch_size, chunk=chunk, seed=1 + 1000 * seed),
+    "transfer zoo": dict(path="cnn_transfer_zoo", n_seeds=transfer_models, styles=transfer_styles, seed=2 + 1000 * seed,
                          **recipe),
 }
 zoos, seconds, cpu = {}, {}, {}
@@ -204,7 +205,7 @@ def summary(t: pd.DataFrame) -> dict:
 
 stats = {name.replace(" ", "_"): summary(t) for name, t in tables.items()}
 results = {
-    "paper": "SANE",
+    "paper": "SANE", "seed": seed,
     "params_per_cnn": n_params,
     "zoos": stats,
     "build_seconds": {name.replace(" ", "_"): s for name, s in seconds.items()},

@@ -215,7 +215,7 @@ ablation
 
 # %%
 results = {
-    "paper": "SANE", "preset": preset,
+    "paper": "SANE", "preset": preset, "seed": seed,
     "zoo": {"checkpoints": {s: len(d) for s, d in data.items()}, "runs": n_runs, "filtered": report["filtered"]},
     "tokens": {"token_size": lay.token_size, "n_tokens": lay.n_tokens, "layers": len(lay.layers),
                "padding": padding},

@@ -159,7 +159,7 @@ if vit:
                        paper="Sec. 1: SANE embeds models of different architectures",
                        lhs="vit/r2/SANE/test accuracy", op=">", rhs="vit/r2/W/test accuracy",
                        how=f"a SANE of {vit_steps} steps on the ViT zoo, ridge on z̄, test R²"))
-results = {"paper": "SANE", "preset": preset, "min_epoch": min_epoch, "embed_seconds": embed_s,
+results = {"paper": "SANE", "preset": preset, "seed": seed, "min_epoch": min_epoch, "embed_seconds": embed_s,
            "r2": {f: {t: table[f][t]["test_r2"] for t in TARGETS} for f in table},
            "lambda": {f: {t: table[f][t]["lam"] for t in TARGETS} for f in table},
            "target_test_std": spread, "vit": vit, "claims": claims}

@@ -210,7 +210,8 @@ tlast = max(r["epoch"] for r in tzoo.rows)
 traw = read_zoo(tzoo, splits=("train",), epochs=[tlast], progress=False)["train"]
 best = np.argsort([-r["val_acc"] for r in traw[1]], kind="stable")[:transfer_prompts]
 tsd = {k: v[torch.as_tensor(best)] for k, v in traw[0].items()}
-taligned = preprocess.align(tsd, [traw[1][i]["run_id"] for i in best], [tlast] * len(best), reference)
+taligned = preprocess.align(tsd, [traw[1][i]["run_id"] for i in best], [tlast] * len(best), reference,
+                            seed=seed)
 tprompts_std = std.apply(taligned)
 tz = sample.embed_tokens(sane, tprompts_std, lay, halo)
 tscore = lambda sd: cnn_accuracy(sd, "val", ttask, cfg)
@@ -277,7 +278,7 @@ m = lambda name, e, t=table: t[name][f"epoch {e}"]["mean"]
 gaps = {"zero_shot": m(sub, 0) - m("random init", 0), "one_epoch": m(sub, 1) - m("random init", 1),
         "transfer_one_epoch": m(sub, 1, ttable) - m("random init", 1, ttable)}
 results = {
-    "paper": "SANE", "preset": preset, "prompts": int(len(prompt_idx)), "best_mode": best_mode,
+    "paper": "SANE", "preset": preset, "seed": seed, "prompts": int(len(prompt_idx)), "best_mode": best_mode,
     "weight_bandwidth": w_bw, "distance_scale": scale,
     "same_task": table, "transfer": ttable, "gap_over_random": gaps,
     "candidates_val_acc": {mode: summary(scores[mode]) for mode in sample.MODES},
