@@ -245,3 +245,34 @@ def test_the_notebooks_declare_the_zoos_they_use():
     assert short["05"] == {"04"} and short["03"] == {"01"} and short["08"] == {"06", "07"}
     assert short["12"] == {"09", "10", "11"} and short["11"] == {"01", "09", "10"}
     assert not short["00"] and not short["01"] and not short["06"] and not short["09"]
+
+
+def test_seeds_run_each_notebook_per_seed_and_summarise(tmp_path):
+    """--seeds 0 1 2: seed 0 writes where a plain run does, the others beside it; seeds.json holds the mean
+    and sd of every number (here the seed itself: mean 1, sd 1), and the gallery shows them."""
+    import json
+
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    body = ("import pathlib, json\nd = pathlib.Path(results_dir); d.mkdir(parents=True, exist_ok=True)\n"
+            "pathlib.Path(zoo_root, 'z').mkdir(parents=True, exist_ok=True)\n"
+            "(d / '00_s.json').write_text(json.dumps({'preset': preset, 'seed': seed, 'value': float(seed),"
+            " 'headline': [['the value', float(seed), 'n/a']]}))")
+    _notebook(nbs / "00_s.ipynb", body, params=COMMON + "seed = 0\n")
+    out = tmp_path / "o"
+    timings = reproduce.run("tiny", root=tmp_path, out=out, progress=False, log=lambda *a: None, parallel=2,
+                            seeds=[0, 1, 2])
+    assert sorted(n for n, _ in timings) == ["00_s@seed0", "00_s@seed1", "00_s@seed2"]
+    assert json.loads((out / "results" / "00_s.json").read_text())["seed"] == 0
+    assert json.loads((out / "notebooks" / "seed-2" / "results" / "00_s.json").read_text())["seed"] == 2
+    assert (out / "zoos" / "seed-1" / "z").is_dir() and (out / "zoos" / "z").is_dir()
+    summary = json.loads((out / "results" / "seeds.json").read_text())["00_s"]
+    assert summary["numbers"]["value"]["mean"] == 1.0 and summary["numbers"]["value"]["sd"] == 1.0
+    assert "1.000 ± 1.000 (3 seeds)" in (out / "figures" / "README.md").read_text()
+    quiet = dict(root=tmp_path, out=out, progress=False, log=lambda *a: None)
+    _notebook(nbs / "01_noseed.ipynb", "pass")
+    with pytest.raises(ValueError, match="--seeds: 01_noseed.ipynb has no `seed` parameter"):
+        reproduce.run("tiny", seeds=[0, 1], **quiet)
+    for bad in ([], [1, 1], [-1]):
+        with pytest.raises(ValueError, match="distinct whole numbers"):
+            reproduce.run("tiny", only=["00"], seeds=bad, **quiet)

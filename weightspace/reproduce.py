@@ -71,6 +71,20 @@ def output_dirs(root: Path, preset: str, out: Path | None) -> dict[str, Path]:
                 executed=root / "runs" / preset)
 
 
+def seed_dirs(dirs: dict[str, Path], seed: int | None) -> dict[str, Path]:
+    """Where a run with `seed` writes: seed 0 (or no seed) where the preset writes, any other seed in a
+    `seed-<n>` folder beside it (zoos under the zoo root, the rest under the executed notebooks' folder)."""
+    if not seed:
+        return dict(dirs)
+    base = dirs["executed"] / f"seed-{seed}"
+    return dict(zoo_root=dirs["zoo_root"] / f"seed-{seed}", figures_dir=base / "figures",
+                results_dir=base / "results", executed=base)
+
+
+def _label(stem: str, seed: int | None) -> str:
+    return stem if seed is None else f"{stem}@seed{seed}"
+
+
 def notebook_parameters(path: Path) -> dict:
     import papermill
 
@@ -236,7 +250,7 @@ def execute_notebook(nb: str, executed: str, params: dict, progress: bool = Fals
 def run(preset: str = "default", only: list[str] | None = None, out: Path | None = None,
         root: Path | None = None, overrides: dict | None = None, progress: bool = True,
         log=print, raw_overrides: bool = False, parallel: int = 1, executor: str | None = None,
-        **executor_options) -> list[tuple[str, float]]:
+        seeds: list[int] | None = None, **executor_options) -> list[tuple[str, float]]:
     """Execute the notebooks; returns [(notebook, seconds)] in the order they finished. Raises NotebookFailed
     naming notebook and cell (with `parallel`, after the notebooks that do not depend on it have run).
 
@@ -248,49 +262,68 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
     `parallel`: run up to this many notebooks at once, each as soon as the notebooks that write what it
     reads (`declared_io`) are done, longest chain first, through `executor` ("local" process pool, "dask",
     "slurm": the zoo builders' executors, weightspace.zoo.jobs.make_executor; `executor_options` go to it).
-    Each notebook keeps its own `workers` and one thread per process, so the OS shares the cores."""
+    Each notebook keeps its own `workers` and one thread per process, so the OS shares the cores.
+
+    `seeds`: run every notebook once per seed (its `seed` parameter; each seed but 0 gets its own zoos,
+    figures and results under `seed_dirs`), then write `seeds.json` (weightspace.seeds: mean ± sd of every
+    number, how many seeds each claim holds in) beside seed 0's results, which the gallery shows."""
     if preset not in presets.PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {presets.names()}")
     if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
         raise ValueError(f"parallel={parallel!r}: give a whole number of notebooks >= 1")
+    if seeds is not None:
+        if not seeds or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds) \
+                or len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds={seeds!r}: give distinct whole numbers >= 0")
+        if "seed" in (overrides or {}):
+            raise ValueError("give the seeds with --seeds, not with -p seed")
     root = repo_root(root)
     every = numbered_notebooks(root / "notebooks")
     chosen = select(every, only)
     dirs = output_dirs(root, preset, out)
+    runs = list(seeds) if seeds is not None else [None]
+    dirs_of = {r: seed_dirs(dirs, r) for r in runs}
 
     # check every parameter before running anything, so a typo fails in a second, not after an hour
     plans, used = {}, set()
     overrides = dict(overrides or {})
     for nb in chosen:
         declared = notebook_parameters(nb)
-        params = {"preset": preset, **{k: str(dirs[k]) for k in ("zoo_root", "figures_dir", "results_dir")},
-                  **presets.parameters(preset, nb.stem)}
-        unknown = sorted(set(params) - set(declared))
-        if unknown:
-            raise ValueError(f"{nb}: preset {preset!r} sets parameter(s) {unknown} that the notebook's "
-                             f"`parameters` cell does not declare (it has {sorted(declared)})")
-        for name, value in overrides.items():
-            if name in declared:
-                params[name] = coerce_parameter(name, value, declared[name], nb.name, raw=raw_overrides)
-                used.add(name)
-        plans[nb.stem] = (nb, params)
+        if seeds is not None and "seed" not in declared:
+            raise ValueError(f"--seeds: {nb.name} has no `seed` parameter, so its runs would all be the same")
+        for r in runs:
+            d = dirs_of[r]
+            params = {"preset": preset, **{k: str(d[k]) for k in ("zoo_root", "figures_dir", "results_dir")},
+                      **presets.parameters(preset, nb.stem)}
+            unknown = sorted(set(params) - set(declared))
+            if unknown:
+                raise ValueError(f"{nb}: preset {preset!r} sets parameter(s) {unknown} that the notebook's "
+                                 f"`parameters` cell does not declare (it has {sorted(declared)})")
+            for name, value in overrides.items():
+                if name in declared:
+                    params[name] = coerce_parameter(name, value, declared[name], nb.name, raw=raw_overrides)
+                    used.add(name)
+            if r is not None:
+                params["seed"] = r
+            plans[_label(nb.stem, r)] = (nb, params, d)
     unused = sorted(set(overrides) - used)
     if unused:
         raise ValueError(f"-p {', '.join(unused)}: no selected notebook declares "
                          f"{'this parameter' if len(unused) == 1 else 'these parameters'} "
                          f"(notebooks: {[nb.stem for nb in chosen]})")
-    deps = dependencies(every, chosen)
-    missing = missing_inputs(every, chosen, dirs)
+    by_stem = dependencies(every, chosen)
+    deps = {_label(nb.stem, r): {_label(d, r) for d in by_stem[nb.stem]} for nb in chosen for r in runs}
+    missing = [m for r in runs for m in missing_inputs(every, chosen, dirs_of[r])]
     if missing:
         raise ValueError("; ".join(missing))
-    for d in dirs.values():
+    for d in (x for r in runs for x in dirs_of[r].values()):
         d.mkdir(parents=True, exist_ok=True)
 
     record = dirs["executed"] / TIMINGS
     last = _last_timings(record)
     order = list(plans)
     if parallel > 1:
-        chain = _critical_path(deps, last)
+        chain = _critical_path(deps, {k: last[plans[k][0].stem] for k in plans if plans[k][0].stem in last})
         order.sort(key=lambda s: -chain[s])
     log(f"weightspace reproduce: preset {preset!r}, {len(plans)} notebook(s)"
         + (f", up to {parallel} at once" if parallel > 1 else "") + (f" through the {executor or 'local'} executor"
@@ -298,12 +331,15 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
     start = time.time()
     timings, failed, skipped, running = [], {}, [], {}
 
+    stem_of = lambda label: plans[label][0].stem
+
     def started(stem):
-        left = [last[s] for s in order if s not in running and s not in dict(timings) and s not in skipped
-                and s not in failed and s in last]
-        unknown = sum(1 for s in order if s not in last and s not in dict(timings))
-        eta = (f"; last run {last[stem] / 60:.1f} min" if stem in last else "") + (
-            f", about {(sum(left) + sum(last.get(s, 0) for s in running)) / 60 / parallel:.0f} min left"
+        prev = lambda s: last.get(stem_of(s))
+        left = [prev(s) for s in order if s not in running and s not in dict(timings) and s not in skipped
+                and s not in failed and prev(s) is not None]
+        unknown = sum(1 for s in order if prev(s) is None and s not in dict(timings))
+        eta = (f"; last run {prev(stem) / 60:.1f} min" if prev(stem) is not None else "") + (
+            f", about {(sum(left) + sum(prev(s) or 0 for s in running)) / 60 / parallel:.0f} min left"
             if not unknown else "")
         n = len(timings) + len(failed) + len(skipped) + len(running)
         log(f"▶ [{n}/{len(plans)}] {stem}.ipynb (elapsed {(time.time() - start) / 60:.1f} min{eta})")
@@ -314,13 +350,13 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
             log(f"✘ {stem}.ipynb failed after {res['seconds'] / 60:.1f} min")
             return
         timings.append((stem, res["seconds"]))
-        last[stem] = res["seconds"]
+        last[stem_of(stem)] = res["seconds"]
         _atomic_json(record, last)
         cores = res["cpu_seconds"] / res["seconds"] if res["seconds"] > 0 else 0.0
         log(f"✔ {stem}.ipynb in {res['seconds'] / 60:.1f} min (CPU {res['cpu_seconds'] / 60:.1f} min, "
-            f"{cores:.1f} cores) — executed copy: {dirs['executed'] / (stem + '.ipynb')}")
+            f"{cores:.1f} cores) — executed copy: {plans[stem][2]['executed'] / (stem_of(stem) + '.ipynb')}")
 
-    args = lambda stem: (str(plans[stem][0]), str(dirs["executed"] / plans[stem][0].name), plans[stem][1])
+    args = lambda s: (str(plans[s][0]), str(plans[s][2]["executed"] / plans[s][0].name), plans[s][1])
     if parallel == 1 and executor is None:
         for stem in order:
             if deps[stem] & (set(failed) | set(skipped)):
@@ -363,14 +399,21 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
                     finished(stem, res)
     from .gallery import write_gallery
 
-    gallery = write_gallery(dirs["figures_dir"], dirs["results_dir"], preset)
+    if seeds is not None and len(seeds) > 1 and not failed:
+        from .seeds import write_seed_summary
+
+        summary = write_seed_summary(dirs_of[runs[0]]["results_dir"], {r: dirs_of[r]["results_dir"] for r in runs})
+        log(f"over seeds {runs}: {summary}")
+    for r in runs[1:]:
+        write_gallery(dirs_of[r]["figures_dir"], dirs_of[r]["results_dir"], preset)
+    gallery = write_gallery(dirs_of[runs[0]]["figures_dir"], dirs_of[runs[0]]["results_dir"], preset)
     log(f"gallery: {gallery}")
     if failed:
         not_run = [s for s in order if s not in dict(timings) and s not in failed]
         raise NotebookFailed("\n".join(failed.values())
                              + (f"\nnot run, waiting on a failed notebook: {', '.join(not_run)}" if not_run else ""))
     log(f"done in {(time.time() - start) / 60:.1f} min (notebook time {sum(t for _, t in timings) / 60:.1f} min). "
-        f"figures: {dirs['figures_dir']}  results: {dirs['results_dir']}")
+        f"figures: {dirs_of[runs[0]]['figures_dir']}  results: {dirs_of[runs[0]]['results_dir']}")
     return timings
 
 
@@ -392,13 +435,16 @@ def main(argv=None) -> int:
                     help="where parallel notebooks run: a local process pool (default), a Dask cluster "
                          "(--address, or a local one), SLURM through submitit")
     ap.add_argument("--address", help="with --executor dask: the scheduler's address (default: a local cluster)")
+    ap.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                    help="run every notebook once per seed; mean ± sd of every number in results/seeds.json "
+                         "and the gallery (seed 0 writes where a plain run does)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     overrides = dict(args.param)
     options = {"address": args.address} if args.address else {}
     try:
         run(args.preset, args.only, args.out, args.root, overrides, progress=not args.no_progress,
-            raw_overrides=True, parallel=args.parallel, executor=args.executor, **options)
+            raw_overrides=True, parallel=args.parallel, executor=args.executor, seeds=args.seeds, **options)
     except (NotebookFailed, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
