@@ -50,10 +50,17 @@ def test_progress_lines_estimate_from_the_last_run(repo):
     lines.clear()
     reproduce.run("tiny", only=["00"], out=out, root=repo, progress=False, log=lines.append)
     assert "last run 10.0 min, about 10 min left" in lines[1]
-    (out / "notebooks" / reproduce.TIMINGS).write_text("[not a dict")           # a damaged record: no estimate
+    (out / "notebooks" / reproduce.TIMINGS).write_text("[not a dict")   # a damaged record: the shipped times
+    (out / "results" / reproduce.TIMINGS).write_text('{"00_ok": 120.0}')
+    lines.clear()
+    reproduce.run("tiny", only=["00"], out=out, root=repo, progress=False, log=lines.append)
+    assert "last run 2.0 min" in lines[1]
+    (out / "notebooks" / reproduce.TIMINGS).write_text("[not a dict")           # neither: no estimate
+    (out / "results" / reproduce.TIMINGS).unlink()
     lines.clear()
     reproduce.run("tiny", only=["00"], out=out, root=repo, progress=False, log=lines.append)
     assert "last run" not in lines[1]
+    assert reproduce._last_timings(out / "results" / reproduce.TIMINGS)["00_ok"] > 0   # this run's, shipped
 
 
 def test_failure_names_notebook_and_cell(repo):

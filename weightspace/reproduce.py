@@ -320,7 +320,10 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
         d.mkdir(parents=True, exist_ok=True)
 
     record = dirs["executed"] / TIMINGS
-    last = _last_timings(record)
+    # this machine's last run, else the times the committed results were made in (results/timings.json),
+    # so a clean clone still starts the longest chain first
+    shipped = dirs["results_dir"] / TIMINGS
+    last = {**_last_timings(shipped), **_last_timings(record)}
     order = list(plans)
     if parallel > 1:
         chain = _critical_path(deps, {k: last[plans[k][0].stem] for k in plans if plans[k][0].stem in last})
@@ -352,6 +355,8 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
         timings.append((stem, res["seconds"]))
         last[stem_of(stem)] = res["seconds"]
         _atomic_json(record, last)
+        if not seeds or not plans[stem][1].get("seed"):
+            _atomic_json(shipped, {**_last_timings(shipped), stem_of(stem): round(res["seconds"], 1)})
         cores = res["cpu_seconds"] / res["seconds"] if res["seconds"] > 0 else 0.0
         log(f"✔ {stem}.ipynb in {res['seconds'] / 60:.1f} min (CPU {res['cpu_seconds'] / 60:.1f} min, "
             f"{cores:.1f} cores) — executed copy: {plans[stem][2]['executed'] / (stem_of(stem) + '.ipynb')}")
