@@ -182,12 +182,7 @@ class Lock:
         entry, path = self.entries.get(rel), self.root / rel
         if entry is None:
             return f"{rel}: not in {self.path.name}"
-        if not path.is_file():
-            return f"{rel}: missing"
-        size = path.stat().st_size
-        if size != entry["size"]:
-            return f"{rel}: {size} bytes, the lock says {entry['size']}"
-        if path.suffix == ".safetensors" and (problem := check_safetensors(path)) is not None:
+        if (problem := _as_locked(path, entry, rel)) is not None:
             return problem
         if rehash and (got := sha256_file(path)) != entry["sha256"]:
             return f"{rel}: sha256 {got}, the lock says {entry['sha256']} (changed on disk)"
@@ -284,15 +279,8 @@ class Verifier:
         path = Path(path)
         if self.lock is None:
             return path
-        entry = self._entry(path)
-        if not path.is_file():
-            raise DownloadError(f"{path}: missing (the lock {self.lock.path} has it)")
-        size = path.stat().st_size
-        if size != entry["size"]:
-            raise DownloadError(f"{path}: size {size} bytes, the lock says {entry['size']} ({self.lock.path}; "
-                                "changed or truncated since download)")
-        if path.suffix == ".safetensors" and (problem := check_safetensors(path)) is not None:
-            raise DownloadError(problem)
+        if (problem := _as_locked(path, self._entry(path), str(path))) is not None:
+            raise DownloadError(f"{problem} (lock file {self.lock.path})")
         return path
 
     def verified(self, path) -> Path:
@@ -312,6 +300,33 @@ class Verifier:
             raise DownloadError(f"{path}: sha256 {got}, the lock says {entry['sha256']} ({self.lock.path}; "
                                 "changed on disk since it was recorded)")
         return path
+
+    def lazy(self, path):
+        """A LazyStateDict of `path` once verified, that refuses to serve a tensor if the file changes after
+        (verify="none": a plain one)."""
+        from weightspace.zoo.format import LazyStateDict, _file_key
+
+        path = Path(path)
+        if self.lock is None:
+            return LazyStateDict(path)
+        before = _file_key(path)
+        self.verified(path)
+        if _file_key(path) != before:
+            raise DownloadError(f"{path}: changed while it was being verified; open it again")
+        return LazyStateDict(path, _verified=before)
+
+
+def _as_locked(path: Path, entry: dict, name: str) -> str | None:
+    """None when `path` has its lock `entry`'s size and (safetensors) a whole header, else the problem,
+    named `name`."""
+    if not path.is_file():
+        return f"{name}: missing"
+    size = path.stat().st_size
+    if size != entry["size"]:
+        return f"{name}: size {size} bytes, the lock says {entry['size']} (changed or truncated since download)"
+    if path.suffix == ".safetensors":
+        return check_safetensors(path)
+    return None
 
 
 def record_folder(root) -> dict[str, int]:

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from weightspace.downloads import DownloadError, Verifier, find_lock
-from weightspace.zoo.format import LazyStateDict, ZooError, _file_key
+from weightspace.zoo.format import LazyStateDict, ZooError
 
 from .distances import _device
 from .layers import MotherError, detect_preset
@@ -122,13 +122,7 @@ def load_folder(path, variant: str | None = None,
                           "not a zoo (it has no zoo.json), so it has no variants")
     models: dict[str, Mapping] = {}
     sources: dict[str, Path] = {}
-    verifier = Verifier(path) if verify and find_lock(path) is not None else None
-
-    def lazy(f: Path) -> LazyStateDict:
-        if verifier is None:
-            return LazyStateDict(f)
-        verifier.verified(f)
-        return LazyStateDict(f, _verified=_file_key(f))
+    lazy = Verifier(path).lazy if verify and find_lock(path) is not None else LazyStateDict
 
     def add(name, sd, src):
         if name in models:

@@ -144,7 +144,6 @@ def load_split(root, split: str, *, verify: str = "lock") -> tuple[dict[str, Laz
     verify="none": files you made and trust, read unchecked (warns once), the parents from model_graph.json.
     """
     from weightspace.downloads import Verifier
-    from weightspace.zoo.format import _file_key
 
     if split not in SPLITS:
         raise MotherError(f"unknown VTHR split {split!r}; choose one of {sorted(SPLITS)}")
@@ -167,11 +166,9 @@ def load_split(root, split: str, *, verify: str = "lock") -> tuple[dict[str, Laz
         f = d / "model.safetensors"
         if not f.exists():
             raise MotherError(f"{f}: missing (interrupted download? re-run download_vthr.py, it resumes)")
-        if verify == "lock":
-            verifier.verified(f)
+        models[d.name] = verifier.lazy(f)
         if info["uuid"] not in by_uuid:
             raise MotherError(f"{d.name}: node {info['uuid']} is not in {gpath}")
-        models[d.name] = LazyStateDict(f, _verified=_file_key(f) if verify == "lock" else None)
     names = {parse_repo_name(n)["uuid"]: n for n in models}
     for n in models:
         r = by_uuid[parse_repo_name(n)["uuid"]]

@@ -81,8 +81,7 @@ class SDLoraFolder:
             split_of += [s] * len(found)
         if not self.files:
             raise ZooError(f"{self.root}: no {LORA_FILE} under any split folder ({', '.join(splits)})")
-        self.verifier = Verifier(self.root, verify, reader="SDLoraFolder",
-                                 download="")
+        self.verifier = Verifier(self.root, verify, reader="SDLoraFolder")
         for path in self.files:
             self.verifier.check(path)
         self.shapes = _shapes(self.verifier.verified(self.files[0]))
