@@ -169,9 +169,8 @@ def declared_io(path: Path) -> tuple[list[str], list[str]]:
     return reads, writes + [f"results/{path.stem}"]
 
 
-def dependencies(all_notebooks: list[Path], chosen: list[Path]) -> dict[str, set[str]]:
-    """{notebook: the chosen notebooks it must wait for}: those that write what it reads. What a notebook
-    reads from one that is not chosen must already be there (checked by `missing_inputs`)."""
+def _makers(all_notebooks: list[Path]) -> tuple[dict[str, tuple[list[str], list[str]]], dict[str, str]]:
+    """Every notebook's (reads, writes), and {item: the notebook that writes it} (one writer per item)."""
     io = {nb.stem: declared_io(nb) for nb in all_notebooks}
     maker: dict[str, str] = {}
     for stem, (_, writes) in io.items():
@@ -179,6 +178,13 @@ def dependencies(all_notebooks: list[Path], chosen: list[Path]) -> dict[str, set
             if item in maker and maker[item] != stem:
                 raise ValueError(f"{item!r} is written by both {maker[item]} and {stem}")
             maker[item] = stem
+    return io, maker
+
+
+def dependencies(all_notebooks: list[Path], chosen: list[Path]) -> dict[str, set[str]]:
+    """{notebook: the chosen notebooks it must wait for}: those that write what it reads. What a notebook
+    reads from one that is not chosen must already be there (checked by `missing_inputs`)."""
+    io, maker = _makers(all_notebooks)
     names = {nb.stem for nb in chosen}
     deps = {}
     for nb in chosen:
@@ -192,8 +198,7 @@ def dependencies(all_notebooks: list[Path], chosen: list[Path]) -> dict[str, set
 
 def missing_inputs(all_notebooks: list[Path], chosen: list[Path], dirs: dict[str, Path]) -> list[str]:
     """What a chosen notebook reads from a notebook that is not chosen and has not made it yet."""
-    io = {nb.stem: declared_io(nb) for nb in all_notebooks}
-    maker = {item: stem for stem, (_, writes) in io.items() for item in writes}
+    io, maker = _makers(all_notebooks)
     names = {nb.stem for nb in chosen}
     out = []
     for nb in chosen:
@@ -375,7 +380,7 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
             if res["error"]:
                 break
     else:
-        from weightspace.zoo.jobs import _wait_any, make_executor
+        from weightspace.zoo.jobs import make_executor, wait_any
 
         pending: dict = {}
         with make_executor(executor or "local", parallel, **executor_options) as ex:
@@ -393,7 +398,7 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
                     pending[ex.submit(execute_notebook, *args(stem))] = stem
                 if not pending:
                     break
-                for fut in _wait_any(pending):
+                for fut in wait_any(pending):
                     stem = pending.pop(fut)
                     del running[stem]
                     try:

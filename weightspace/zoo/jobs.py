@@ -181,7 +181,7 @@ def make_executor(kind="local", workers: int | None = None, **options):
         raise ValueError(f"unknown executor {kind!r}; choose one of {EXECUTORS} or pass an executor object")
 
 
-def _wait_any(pending: dict):
+def wait_any(pending: dict):
     """Return the futures among `pending` that are done (blocking until at least one is)."""
     futs = list(pending)
     if all(isinstance(f, cf.Future) for f in futs):
@@ -330,11 +330,11 @@ def run_jobs(zoo: Zoo, jobs: Iterable[Job], executor="local", workers: int | Non
                     if len(skip) == len(job.model_ids):
                         continue
                     while len(pending) >= limit:
-                        for fut in _wait_any(pending):
+                        for fut in wait_any(pending):
                             finish(fut, pending.pop(fut))
                     pending[ex.submit(_execute, job.fn, dict(job.spec), str(zoo.path), skip, threads)] = job
                 while pending:
-                    for fut in _wait_any(pending):
+                    for fut in wait_any(pending):
                         finish(fut, pending.pop(fut))
     finally:
         bar.close()
