@@ -95,6 +95,7 @@ def test_small_vit_subset_end_to_end(small_vit_subset, tmp_path):
     out = sub.extract(59, tmp_path / "supvit_59.safetensors")
     data = load_extracted(out)
     assert torch.equal(data["train"][0], X) and data["test"][0].shape == (2, 16, 16)
+    assert Lock(tmp_path).get(out.name)["source"].startswith("extract:")      # extract locked what it wrote
     from weightspace.probex import fit
 
     f = fit("probex", data["train"], data["val"], data["test"], epochs=2, eval_every=1, device="cpu")
@@ -325,3 +326,21 @@ def test_hf_cache_symlinks_are_locked_by_their_snapshot_path(tmp_path):
     _flip_last_byte(blob)
     with pytest.raises(DownloadError, match=rf"{snap}: sha256"):
         ModelJSubset(tmp_path, "MAE")
+
+
+def test_an_extracted_layer_is_served_only_as_it_was_written(small_vit_subset, tmp_path):
+    sub = ModelJSubset(small_vit_subset, "SupViT")
+    out = sub.extract(59, tmp_path / "cache" / "supvit_59.safetensors")
+    X = load_extracted(out)["train"][0]
+    data = bytearray(out.read_bytes())
+    data[-3] ^= 0xFF                                      # one weight changed, size and header intact
+    out.write_bytes(bytes(data))
+    with pytest.raises(DownloadError, match="sha256"):
+        load_extracted(out)
+    with pytest.warns(UserWarning, match="verify='none'"):
+        assert set(load_extracted(out, verify="none")) == {"train", "val", "test"}
+    stray = tmp_path / "elsewhere" / "x.safetensors"
+    stray.parent.mkdir()
+    stray.write_bytes(bytes(data))
+    with pytest.raises(DownloadError, match="not in the lock file"):
+        load_extracted(stray)

@@ -28,7 +28,7 @@ from pathlib import Path
 from weightspace.zoo.format import sha256_file
 
 __all__ = ["LOCK_NAME", "VERIFY", "DownloadError", "Lock", "Verifier", "check_safetensors", "expect_hash",
-           "find_lock", "git_blob_sha1", "published_hashes", "record_folder", "sha256_file", "verify_root"]
+           "find_lock", "git_blob_sha1", "published_hashes", "record_file", "record_folder", "sha256_file", "verify_root"]
 
 LOCK_NAME = "weightspace-downloads.lock.json"
 VERIFY = ("lock", "none")
@@ -301,6 +301,29 @@ class Verifier:
                                 "changed on disk since it was recorded)")
         return path
 
+    def read(self, path) -> tuple[dict, dict[str, str]]:
+        """(tensors, metadata) of a whole safetensors file, from one read of its bytes whose sha256 is the
+        locked one (so no other version of the file can be served; verify="none": unchecked)."""
+        import hashlib
+
+        from weightspace.zoo.format import _parse_bytes, _read_bytes
+
+        path = Path(path)
+        if self.lock is not None:
+            self.check(path)
+            entry = self._entry(path)
+        try:
+            data, _ = _read_bytes(path)
+        except Exception as e:  # ZooError: missing, or a folder in its place
+            raise DownloadError(str(e)) from None
+        if self.lock is not None and (got := hashlib.sha256(data).hexdigest()) != entry["sha256"]:
+            raise DownloadError(f"{path}: sha256 {got}, the lock says {entry['sha256']} ({self.lock.path}; "
+                                "changed on disk since it was recorded)")
+        tensors, _ = _parse_bytes(path, data)
+        n = int.from_bytes(data[:8], "little")
+        meta = json.loads(bytes(data[8:8 + n])).get("__metadata__") or {}
+        return tensors, dict(meta)
+
     def lazy(self, path):
         """A LazyStateDict of `path` once verified, that refuses to serve a tensor if the file changes after
         (verify="none": a plain one)."""
@@ -327,6 +350,15 @@ def _as_locked(path: Path, entry: dict, name: str) -> str | None:
     if path.suffix == ".safetensors":
         return check_safetensors(path)
     return None
+
+
+def record_file(path, source: str) -> Lock:
+    """Lock one file this code just wrote (e.g. a layer extracted from a download) in the nearest lock at its
+    folder or above, else in a new lock in its folder, so that `Verifier` serves it verified later."""
+    path = Path(path).expanduser().absolute()
+    lock = find_lock(path.parent) or Lock(path.parent)
+    lock.record(path.relative_to(lock.root.absolute()).as_posix(), source, None)
+    return lock
 
 
 def record_folder(root) -> dict[str, int]:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from weightspace.downloads import Verifier
+from weightspace.downloads import Verifier, record_file
 from weightspace.zoo.format import ZooError, missing_key_message, read_safetensors
 
 from .model import stack_layer
@@ -229,12 +229,14 @@ class ModelJSubset:
             if self.entries[s]:
                 tensors[f"X_{s}"], tensors[f"Y_{s}"] = self.split(name, s)
         write_safetensors(out, tensors, {"subset": self.subset, "layer": name, "family": self.family})
+        record_file(out, f"extract:{self.dir}:{name}")
         return Path(out)
 
 
-def load_extracted(path: str | os.PathLike) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{split: (X, Y)} from a file written by ModelJSubset.extract."""
-    t = read_safetensors(path)
+def load_extracted(path: str | os.PathLike, verify: str = "lock") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{split: (X, Y)} from a file written by ModelJSubset.extract, verified against the lock it recorded
+    itself in (verify="none": a file one trusts, unchecked)."""
+    t, _ = Verifier(Path(path).parent, verify, reader="load_extracted", download="ModelJSubset.extract").read(path)
     return {s: (t[f"X_{s}"], t[f"Y_{s}"]) for s in SPLITS if f"X_{s}" in t}
 
 

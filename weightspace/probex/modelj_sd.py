@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from weightspace.downloads import Verifier
+from weightspace.downloads import Verifier, record_file
 from weightspace.zoo.format import ZooError, read_metadata, read_safetensors, write_safetensors
 
 from .model import stack_layer
@@ -183,16 +183,17 @@ class SDLoraFolder:
                                 "split": split_codes},
                           {"layer": stem, "class_names": "\n".join(self.labels.class_names),
                            "files": "\n".join(str(p.relative_to(self.root)) for p in self.files)})
+        record_file(out, f"extract:{self.root}:{stem}")
         return Path(out)
 
 
 class Extracted:
-    """A layer written by `SDLoraFolder.extract`: `labels`, `layers` (the one layer) and `X(layer)`."""
+    """A layer written by `SDLoraFolder.extract`: `labels`, `layers` (the one layer) and `X(layer)`; read
+    verified against the lock `extract` recorded it in (verify="none": a file one trusts, unchecked)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, verify: str = "lock"):
         self.path = Path(path)
-        t = read_safetensors(self.path)
-        meta = read_metadata(self.path)
+        t, meta = Verifier(self.path.parent, verify, reader="Extracted", download="SDLoraFolder.extract").read(path)
         self.layers = [meta["layer"]]
         self._X = t["X"]
         self.labels = Labels(meta["class_names"].split("\n"), t["classes"].numpy(),
