@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_zoo.py [--models 128] [--steps 150] [--workers 2] [--repeats 5]
         [--out results/bench_zoo.json]
+    .venv/bin/python benchmarks/bench_zoo.py --retire [--models 64] [--out results/bench_retire.json]
 
 Both sides fine-tune the same models (same parent, classes, learning rates, schedules, seeds and batches)
 from a briefly pre-trained root, split over `workers` processes of one thread each, as the zoo builder
@@ -19,6 +20,11 @@ the other on cores that other jobs share, so whichever side ran while the machin
 each of `--repeats` rounds runs both sides back to back (alternating which goes first) and the ratio is
 also taken of CPU time (time.process_time of each one-thread worker, summed), which other processes'
 load inflates far less; min / median / max over the rounds are reported for both.
+
+`--retire`: one fine-tuning chunk of notebook 01 (its first 64 models by steps, with their rows: classes,
+learning rates, 100-148 steps, schedules, seeds) in one process of one thread, with finished models leaving
+the stack (`finetune_stacked(retire=True)`, what the builders run) and with every model run to the longest
+at learning rate 0 (`retire=False`, as before): CPU-time ratio, and whether the weights are bit-identical.
 
 What to expect: at batch 32 one tiny-ViT model step is mostly arithmetic (~2.7 MFLOP per image, forward
 and backward), so batching M models with vmap removes only the per-model Python/dispatch overhead; the
@@ -124,18 +130,49 @@ def run(fn, parent, rows, workers, threads=1):
     return wall, cpu, sds, accs
 
 
+def bench_retire(parent, n: int = 64, repeats: int = 2) -> dict:
+    from weightspace.nets.vit_training import finetune_stacked
+    from weightspace.zoo.model_trees import plan_jobs
+
+    rows = next(j for j in plan_jobs({}) if "fine-tunes" in j.name).spec["rows"]
+    rows = rows[:: max(1, len(rows) // n)][:n]
+    args = ([parent] * len(rows), [r["classes"] for r in rows], [r["seed"] for r in rows])
+    kw = dict(lr=[r["lr"] for r in rows], steps=[r["steps"] for r in rows], schedule=[r["schedule"] for r in rows])
+    cpu, out = {True: [], False: []}, {}
+    for r in range(repeats):
+        for retire in ((True, False) if r % 2 == 0 else (False, True)):
+            c = time.process_time()
+            out[retire] = finetune_stacked(*args, retire=retire, **kw)
+            cpu[retire].append(time.process_time() - c)
+    same = all(torch.equal(a[k], b[k]) for a, b in zip(out[True][0], out[False][0]) for k in a)
+    steps = kw["steps"]
+    return dict(models=len(rows), steps=f"{min(steps)}-{max(steps)}", model_steps=sum(steps),
+                model_steps_run_to_longest=max(steps) * len(steps),
+                cpu_s_retire=[round(x, 2) for x in cpu[True]], cpu_s_run_to_longest=[round(x, 2) for x in cpu[False]],
+                speedup_cpu=round(min(cpu[False]) / min(cpu[True]), 3), bit_identical=same,
+                metrics_identical=out[True][2] == out[False][2],
+                load_average=" ".join(f"{x:.2f}" for x in os.getloadavg()))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=int, default=128)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5, help="rounds of both sides, back to back")
+    ap.add_argument("--retire", action="store_true", help="only: finished models leaving the stack vs not")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     from weightspace.nets.vit_training import pretrain
 
     torch.set_num_threads(1)
     parent, _ = pretrain("supervised", 0, 200)
+    if args.retire:
+        res = bench_retire(parent, min(args.models, 64))
+        print(json.dumps(res, indent=2))
+        if args.out:
+            save_results(args.out.parent, args.out.stem, res)
+        return
     rows = plan(args.models, args.steps)
     rounds = []
     for r in range(args.repeats):

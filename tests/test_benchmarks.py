@@ -25,6 +25,12 @@ def test_bench_zoo(tmp_path):
     assert res["repeats"] == 2 and res["speedup_cpu_min"] <= res["speedup_cpu_median"] <= res["speedup_cpu_max"]
 
 
+def test_bench_zoo_retire(tmp_path):
+    res = run("bench_zoo.py", "--retire", "--models", "3", out=tmp_path / "retire.json")
+    assert res["models"] == 3 and res["bit_identical"] and res["metrics_identical"]
+    assert res["model_steps"] < res["model_steps_run_to_longest"] and res["speedup_cpu"] > 0
+
+
 def test_bench_probex(tmp_path):
     zoo = build_model_trees(tmp_path / "trees", executor="inline", progress=False,
                             **{**TINY_TREES, "n_per_tree": 8, "split": [0.5, 0.25, 0.25]})

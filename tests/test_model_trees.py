@@ -224,3 +224,30 @@ def test_build_like_copies_the_roots_it_shares(tmp_path, monkeypatch):
     wide = model_trees.build_like(tmp_path / "d", zoo, executor="inline", progress=False,
                                   vit={**zoo.params["vit"], "embed_dim": 16})
     assert len(calls) == 1 and wide.row("t0-root")["sha256"] != zoo.row("t0-root")["sha256"]
+
+
+@pytest.mark.parametrize("mode", ["ft", "lora"])
+def test_models_that_finish_early_leave_the_stack_without_changing_anyone(mode):
+    """finetune_stacked drops a model from its stacks once it has done its steps: every model's weights (and
+    LoRA factors, metrics, and the weights the callback sees) equal those of a stack where all models run
+    that model's number of steps, so nobody retires before the end."""
+    from weightspace.nets.vit_training import finetune_stacked, pretrain
+
+    parent, _ = pretrain("supervised", 0, 3)
+    classes = [[0, 1, 2], list(range(0, 40, 2)), [39], list(range(20))]
+    kw = dict(lr=[3e-3, 1e-2, 2e-3, 1e-3], schedule=["constant", "cosine", "linear", "cosine"], mode=mode,
+              **(dict(ranks=[1, 2, 3, 2], head_lr_mult=10.0) if mode == "lora" else {}))
+    steps = [3, 7, 5, 9]                       # 9: alone for its last 2 steps, so model 1 stays with it
+    log = {}
+    sds, factors, metrics = finetune_stacked([parent] * 4, classes, [0, 1, 2, 3], steps=steps,
+                                             callback=lambda t, p: log.setdefault(t, {k: v.clone() for k, v in p.items()}),
+                                             callback_every=2, **kw)
+    assert sorted(log) == [0, 2, 4, 6, 8, 9]
+    for m, s in enumerate(steps):
+        ref, ref_f, ref_metrics = finetune_stacked([parent] * 4, classes, [0, 1, 2, 3], steps=[s] * 4, **kw)
+        assert all(torch.equal(sds[m][k], ref[m][k]) for k in ref[m]), f"model {m} ({s} steps)"
+        assert metrics[m] == ref_metrics[m]
+        if mode == "lora":
+            assert all(torch.equal(a, b) for k in ref_f[m] for a, b in zip(factors[m][k], ref_f[m][k]))
+        for t in [t for t in log if t >= s]:                        # after its last step, its final weights
+            assert all(torch.equal(log[t][k][m], sds[m][k]) for k in log[t] if not k.startswith("head."))

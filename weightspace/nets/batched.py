@@ -68,6 +68,15 @@ class BatchedAdamW:
         self.v = {k: torch.zeros_like(p) for k, p in self.params.items()}
         self.t = 0
 
+    def select(self, keep: torch.Tensor, params: Mapping[str, torch.Tensor]) -> None:
+        """Go on with the models where `keep` [M] is True only: `params` are their stacked tensors (the same
+        names), and their moments (and per-model weight decay) are kept."""
+        self.params = dict(params)
+        self.m = {k: v[keep] for k, v in self.m.items()}
+        self.v = {k: v[keep] for k, v in self.v.items()}
+        if isinstance(self.wd, torch.Tensor) and self.wd.ndim:
+            self.wd = self.wd[keep]
+
     def zero_grad(self) -> None:
         for p in self.params.values():
             p.grad = None

@@ -178,7 +178,7 @@ def finetune_stacked(parents: Sequence[Mapping[str, torch.Tensor]], classes: Seq
                      new_head: bool = True, vit: Mapping | None = None, styles=None, batch_size: int = 32,
                      weight_decay: float = 0.01, data_key: str = "finetune-data",
                      callback: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
-                     callback_every: int = 0, eval_chunk: int = 128, device="cpu"):
+                     callback_every: int = 0, eval_chunk: int = 128, retire: bool = True, device="cpu"):
     """Fine-tune M ViTs at once (torch.func.vmap), model m from parents[m] on the images of classes[m].
 
     Each model has its own learning rate, number of steps, schedule ("constant", "cosine", "linear") and
@@ -191,7 +191,8 @@ def finetune_stacked(parents: Sequence[Mapping[str, torch.Tensor]], classes: Seq
     `targets` blocks ("q", "k", "v") of every fused qkv, plus its head; W = W_parent + B A. Adapters are
     allocated at the largest rank and masked (nets.lora.init_factors, nets.lora.merge), A initialised as
     peft does from derive_seed(seed, qkv key, block). `callback(step, params)` sees the stacked effective
-    weights every `callback_every` steps and at the end.
+    weights every `callback_every` steps and at the end. A model that has done its steps leaves the stacks
+    (`retire=False`: every model runs to the longest at learning rate 0, the same weights more slowly).
 
     Returns (state_dicts (LoRA: merged, fp32), factors, metrics): factors is None for "ft", and for "lora"
     one {qkv key: (U [3d, r T], V [r T, d])} per model with W = W_parent + U V (T = len(targets); U holds
@@ -254,11 +255,23 @@ def finetune_stacked(parents: Sequence[Mapping[str, torch.Tensor]], classes: Seq
     opt = BatchedAdamW(body, weight_decay=weight_decay, decay=decay)
     opt_head = BatchedAdamW(head, weight_decay=weight_decay, decay=decay)
 
+    # A model that has done its steps leaves the stacks (its weights and factors kept in `store`), so the
+    # step works on the models still training only. A model's arithmetic does not depend on how many are
+    # stacked with it, as long as they are at least two (one alone takes other kernels), so at least two
+    # stay: the result is the same, bit for bit, as training all M to the longest (a finished model's
+    # learning rate is 0).
+    store = {k: v.detach().clone() for k, v in {**net.params, **lora}.items()}
+    live = torch.arange(M)
+    params, lora_live, mask_live = net.params, lora, mask
+
     def effective():
         with torch.no_grad():
+            now = {**params, **lora_live}
+            full = {k: v.index_copy(0, live, now[k].detach()) for k, v in store.items()}
             if not lora:
-                return {k: v.detach() for k, v in net.params.items()}
-            return vmap(merged, in_dims=(0, 0, 0))(net.params, lora, mask)
+                return full
+            return vmap(merged, in_dims=(0, 0, 0))({k: full[k] for k in net.params}, {k: full[k] for k in lora},
+                                                  mask)
 
     tr = ds.train
     table, lens = own_class_pools(tr, classes)
@@ -268,18 +281,35 @@ def finetune_stacked(parents: Sequence[Mapping[str, torch.Tensor]], classes: Seq
     for t in range(int(n_steps.max())):
         if callback and callback_every and t % callback_every == 0:
             callback(t, effective())
-        u = torch.stack([torch.rand(batch_size, generator=g) for g in gens])    # [M, B]
+        keep = n_steps[live] > t
+        if retire and not keep.all() and int(keep.sum()) >= 2:
+            gone = live[~keep]
+            for k, v in {**params, **lora_live}.items():
+                store[k][gone] = v.detach()[~keep]
+            live = live[keep]
+            params = {k: v.detach()[keep].requires_grad_(v.requires_grad) for k, v in params.items()}
+            lora_live = {k: v.detach()[keep].requires_grad_(True) for k, v in lora_live.items()}
+            mask_live = None if mask_live is None else mask_live[keep]
+            trained = {**params, **lora_live}
+            opt.select(keep, {k: trained[k] for k in opt.params})
+            opt_head.select(keep, {k: trained[k] for k in opt_head.params})
+            table, lens, gens = table[keep], lens[keep], [g for g, k in zip(gens, keep.tolist()) if k]
+        u = torch.stack([torch.rand(batch_size, generator=g) for g in gens])    # [live, B]
         idx = table.gather(1, (u * lens[:, None]).long())
-        logits = batched(net.params, lora, mask, x_all[idx])                    # [M, B, n_out]
+        logits = batched(params, lora_live, mask_live, x_all[idx])               # [live, B, n_out]
         per_model = F.cross_entropy(logits.flatten(0, 1), y_all[idx].flatten(), reduction="none")
-        per_model = per_model.view(M, batch_size).mean(1)
+        per_model = per_model.view(len(live), batch_size).mean(1)
         opt.zero_grad()
         opt_head.zero_grad()
         per_model.sum().backward()
-        lr_t = lr_schedule(base_lr, n_steps, sched, t)
+        lr_t = lr_schedule(base_lr[live], n_steps[live], sched[live], t)
         opt.step(lr_t)
         opt_head.step(lr_t * head_lr_mult)
-        last_loss = torch.where(t < n_steps, per_model.detach().cpu(), last_loss)
+        last_loss[live] = torch.where(t < n_steps[live], per_model.detach().cpu(), last_loss[live])
+    for k, v in {**params, **lora_live}.items():
+        store[k][live] = v.detach()
+    net.params = {k: store[k] for k in net.params}
+    lora = {k: store[k] for k in lora}
     final = effective()
     if callback:
         callback(int(n_steps.max()), final)
