@@ -283,3 +283,26 @@ def test_seeds_run_each_notebook_per_seed_and_summarise(tmp_path):
     for bad in ([], [1, 1], [-1]):
         with pytest.raises(ValueError, match="distinct whole numbers"):
             reproduce.run("tiny", only=["00"], seeds=bad, **quiet)
+
+
+def test_notebooks_off_the_longest_chain_run_at_low_priority(graph):
+    """a -> b is the longest chain, so a (and then b) run at the runner's own priority; c, beside it, is started
+    with $WEIGHTSPACE_NICE, which importing weightspace applies to its kernel."""
+    import json
+    import os
+
+    nice = ("import os, weightspace\n"
+            "(d / '{name}.nice').write_text(str(os.getpriority(os.PRIO_PROCESS, 0)))\n")
+    nbs = graph / "notebooks"
+    for nb, name, extra in (("00_a.ipynb", "a", ["zoo/x"]), ("02_c.ipynb", "c", [])):
+        body = ("pathlib.Path(zoo_root, 'x').mkdir(parents=True, exist_ok=True); " if name == "a" else "") + "time.sleep(2)"
+        _declared(nbs / nb, STAMP.format(body=body, name=name).replace("t0 = time.time()\n", "t0 = time.time()\n" + nice.format(name=name)),
+                  writes=extra)
+    lines = []
+    reproduce.run("tiny", root=graph, out=graph / "o", progress=False, log=lines.append, parallel=2)
+    got = {n: int((graph / "o" / "results" / f"{n}.nice").read_text()) for n in "ac"}
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert got == {"a": base, "c": min(19, max(base, reproduce.NICE))}
+    assert any("02_c.ipynb" in line and "low priority" in line for line in lines)
+    assert not any("00_a.ipynb" in line and "low priority" in line for line in lines)
+    assert json.loads((graph / "o" / "results" / "b.json").read_text())

@@ -227,10 +227,14 @@ def _critical_path(deps: dict[str, set[str]], seconds: dict[str, float]) -> dict
 
 # ------------------------------------------------------------------------------------------- execution
 
-def execute_notebook(nb: str, executed: str, params: dict, progress: bool = False) -> dict:
+NICE = 10   # niceness of a notebook started off the longest remaining chain (CFS gives it ~1/10 of a busy core)
+
+
+def execute_notebook(nb: str, executed: str, params: dict, progress: bool = False, nice: int = 0) -> dict:
     """Run one notebook with papermill (what every executor runs); returns its wall and CPU seconds (of the
     kernel and the processes it waited for) and, when a cell failed, the error instead of raising it, so
-    the message crosses any executor intact."""
+    the message crosses any executor intact. `nice` > 0 runs its kernel at that lower CPU priority
+    ($WEIGHTSPACE_NICE, applied when the kernel imports weightspace)."""
     import resource
 
     import papermill
@@ -239,6 +243,10 @@ def execute_notebook(nb: str, executed: str, params: dict, progress: bool = Fals
     for k, v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"),
                  ("MPLBACKEND", "module://matplotlib_inline.backend_inline")):
         os.environ.setdefault(k, v)
+    if nice > 0:
+        os.environ["WEIGHTSPACE_NICE"] = str(int(nice))
+    else:
+        os.environ.pop("WEIGHTSPACE_NICE", None)
     t0, c0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     error = None
     try:
@@ -330,8 +338,8 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
     shipped = dirs["results_dir"] / TIMINGS
     last = {**_last_timings(shipped), **_last_timings(record)}
     order = list(plans)
+    chain = _critical_path(deps, {k: last[plans[k][0].stem] for k in plans if plans[k][0].stem in last})
     if parallel > 1:
-        chain = _critical_path(deps, {k: last[plans[k][0].stem] for k in plans if plans[k][0].stem in last})
         order.sort(key=lambda s: -chain[s])
     log(f"weightspace reproduce: preset {preset!r}, {len(plans)} notebook(s)"
         + (f", up to {parallel} at once" if parallel > 1 else "") + (f" through the {executor or 'local'} executor"
@@ -341,7 +349,13 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
 
     stem_of = lambda label: plans[label][0].stem
 
-    def started(stem):
+    def priority(stem) -> int:
+        """0 for a notebook on the longest chain still to run (the run's length), NICE for the others,
+        which then fill the cores it leaves idle instead of slowing it down."""
+        rest = [chain[s] for s in order if s not in dict(timings) and s not in failed and s not in skipped]
+        return 0 if chain[stem] >= max(rest, default=0.0) else NICE
+
+    def started(stem, nice=0):
         prev = lambda s: last.get(stem_of(s))
         left = [prev(s) for s in order if s not in running and s not in dict(timings) and s not in skipped
                 and s not in failed and prev(s) is not None]
@@ -350,7 +364,8 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
             f", about {(sum(left) + sum(prev(s) or 0 for s in running)) / 60 / parallel:.0f} min left"
             if not unknown else "")
         n = len(timings) + len(failed) + len(skipped) + len(running)
-        log(f"▶ [{n}/{len(plans)}] {stem}.ipynb (elapsed {(time.time() - start) / 60:.1f} min{eta})")
+        low = "; low priority: off the longest chain" if nice else ""
+        log(f"▶ [{n}/{len(plans)}] {stem}.ipynb (elapsed {(time.time() - start) / 60:.1f} min{eta}{low})")
 
     def finished(stem, res):
         if res["error"]:
@@ -393,9 +408,10 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
                     if len(pending) >= parallel:
                         break
                     todo.remove(stem)
+                    nice = priority(stem)
                     running[stem] = True
-                    started(stem)
-                    pending[ex.submit(execute_notebook, *args(stem))] = stem
+                    started(stem, nice)
+                    pending[ex.submit(execute_notebook, *args(stem), nice=nice)] = stem
                 if not pending:
                     break
                 for fut in wait_any(pending):

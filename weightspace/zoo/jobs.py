@@ -128,8 +128,8 @@ class _SubmititExecutor:
         params.setdefault("timeout_min", 60)
         self._ex.update_parameters(**params)
 
-    def submit(self, fn, *args):
-        return self._ex.submit(fn, *args)
+    def submit(self, fn, *args, **kwargs):
+        return self._ex.submit(fn, *args, **kwargs)
 
     def shutdown(self, wait=True):
         pass
