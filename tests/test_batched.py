@@ -27,6 +27,36 @@ def test_stacked_forward_matches_each_model():
     assert all(torch.equal(back[m][k], models[m].state_dict()[k]) for m in range(3) for k in back[m])
 
 
+def test_stacked_vit_forward_is_timms_function_and_gradient():
+    """The batched products of nets.vit.stacked_forward equal each timm module (outputs and every weight's
+    gradient), for both poolings, two widths and depths; anything else timm builds falls back to vmap."""
+    for cfg in (dict(global_pool="avg"), dict(global_pool="token", embed_dim=16, num_heads=4, depth=3)):
+        models = []
+        for m in range(3):
+            torch.manual_seed(m)
+            models.append(make_vit(7, **cfg))
+            with torch.no_grad():
+                for p in models[-1].parameters():
+                    p.add_(0.05 * torch.randn_like(p))         # cls token, pos embed, heads away from 0
+        net = Stacked(lambda: make_vit(7, **cfg), [m.state_dict() for m in models])
+        assert net.vit is not None and net.vit["pool"] == cfg["global_pool"]
+        x, y = torch.randn(3, 5, 1, 8, 8), torch.randint(0, 7, (3, 5))
+        out = net(x)
+        F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="sum").backward()
+        for m, model in enumerate(models):
+            ref = model(x[m])
+            assert torch.allclose(out[m], ref, atol=1e-5)
+            F.cross_entropy(ref, y[m], reduction="sum").backward()
+            for k, p in model.named_parameters():
+                assert torch.allclose(net.params[k].grad[m], p.grad, atol=1e-5, rtol=1e-4), k
+    for odd in (dict(class_token=False, global_pool="avg"), dict(drop_rate=0.1), dict(qkv_bias=False),
+                dict(init_values=1e-5), dict(reg_tokens=2)):
+        model = make_vit(7, **odd).eval()
+        net = Stacked(lambda: make_vit(7, **odd).eval(), [model.state_dict()])
+        x = torch.randn(1, 2, 1, 8, 8)
+        assert net.vit is None and torch.allclose(net(x)[0], model(x[0]), atol=1e-5), odd     # vmap of timm's
+
+
 def test_batched_adamw_equals_independent_adamw():
     """Three models, three learning rates, one of which stops early: same as three torch AdamWs."""
     models = _models(3, seed=10)

@@ -23,7 +23,7 @@ from torch.func import functional_call, vmap
 from weightspace.data import styled_digits
 from weightspace.nets.batched import SCHEDULES, BatchedAdamW, Stacked, lr_schedule
 from weightspace.nets.lora import init_factors, merge
-from weightspace.nets.vit import make_vit, split_qkv
+from weightspace.nets.vit import make_vit, split_qkv, stacked_forward
 from weightspace.runtime import generator
 
 RECIPES = ("supervised", "digits", "masked", "contrastive")
@@ -248,7 +248,13 @@ def finetune_stacked(parents: Sequence[Mapping[str, torch.Tensor]], classes: Seq
     def forward(params, lora_m, mask_m, x):
         return functional_call(net.skeleton, merged(params, lora_m, mask_m) if lora_m else params, (x,))
 
-    batched = vmap(forward, in_dims=(0, 0, 0 if mask is not None else None, 0))
+    if net.vit is not None:
+        def batched(params, lora_m, mask_m, x):
+            if lora_m:
+                params = vmap(merged, in_dims=(0, 0, 0))(params, lora_m, mask_m)
+            return stacked_forward(params, x, net.vit)
+    else:
+        batched = vmap(forward, in_dims=(0, 0, 0 if mask is not None else None, 0))
     body = {k: v for k, v in {**net.trainable(), **lora}.items() if not k.startswith("head.")}
     head = {k: v for k, v in net.trainable().items() if k.startswith("head.")}
     decay = lambda n, p: "|" in n or (n.endswith("weight") and p.ndim >= 3)
