@@ -21,6 +21,7 @@ import concurrent.futures as cf
 import itertools
 import math
 import multiprocessing
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -121,10 +122,12 @@ _POOLS: dict[int, cf.ProcessPoolExecutor] = {}
 
 def _pool(workers: int) -> cf.ProcessPoolExecutor:
     """One process pool per size, kept for the session: starting processes (each imports torch) costs
-    seconds, the fits often less."""
+    seconds, the fits often less. Its workers end when this process does, even when it is killed."""
+    from weightspace.zoo.jobs import exit_with_parent
+
     if workers not in _POOLS:
-        _POOLS[workers] = cf.ProcessPoolExecutor(max_workers=workers,
-                                                 mp_context=multiprocessing.get_context("spawn"))
+        _POOLS[workers] = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=exit_with_parent, initargs=(os.getpid(),))
         atexit.register(_POOLS[workers].shutdown)
     return _POOLS[workers]
 

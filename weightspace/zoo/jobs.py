@@ -92,7 +92,7 @@ def _execute(fn, spec, zoo_path, skip, threads):
 
 # ------------------------------------------------------------------------------------------ executors
 
-def _exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
+def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
     """Pool initializer: a daemon thread ends this worker (os._exit) as soon as its driver `parent_pid` is
     gone, so a killed build leaves no worker training and writing into the zoo, or idling with torch loaded.
     It polls os.getppid(), which changes when an orphan is re-parented (every POSIX system); on Windows, where
@@ -146,7 +146,7 @@ def make_executor(kind="local", workers: int | None = None, **options):
         yield InlineExecutor()
     elif kind == "local":
         ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads can hang
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent,
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=exit_with_parent,
                                     initargs=(os.getpid(),)) as ex:
             yield ex
     elif kind == "dask":
