@@ -292,7 +292,9 @@ def test_notebooks_off_the_longest_chain_run_at_low_priority(graph):
     import os
 
     nice = ("import os, weightspace\n"
-            "(d / '{name}.nice').write_text(str(os.getpriority(os.PRIO_PROCESS, 0)))\n")
+            "(d / '{name}.nice').write_text(str(os.getpriority(os.PRIO_PROCESS, 0)))\n"
+            "g = pathlib.Path('/proc/self/autogroup')\n"
+            "(d / '{name}.group').write_text(g.read_text().split()[-1] if g.exists() else '')\n")
     nbs = graph / "notebooks"
     for nb, name, extra in (("00_a.ipynb", "a", ["zoo/x"]), ("02_c.ipynb", "c", [])):
         body = ("pathlib.Path(zoo_root, 'x').mkdir(parents=True, exist_ok=True); " if name == "a" else "") + "time.sleep(2)"
@@ -303,6 +305,9 @@ def test_notebooks_off_the_longest_chain_run_at_low_priority(graph):
     got = {n: int((graph / "o" / "results" / f"{n}.nice").read_text()) for n in "ac"}
     base = os.getpriority(os.PRIO_PROCESS, 0)
     assert got == {"a": base, "c": min(19, max(base, reproduce.NICE))}
+    group = {n: (graph / "o" / "results" / f"{n}.group").read_text() for n in "ac"}
+    if group["c"]:                               # Linux with autogroup: the kernel's session shares by it
+        assert group == {"a": "0", "c": str(reproduce.NICE)}
     assert any("02_c.ipynb" in line and "low priority" in line for line in lines)
     assert not any("00_a.ipynb" in line and "low priority" in line for line in lines)
     assert json.loads((graph / "o" / "results" / "b.json").read_text())
