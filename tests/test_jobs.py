@@ -286,6 +286,19 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def kill_and_expect_gone(proc, worker: int, what: str, seconds: float = 5) -> None:
+    """SIGKILL the driver `proc`; its `worker` process must be gone within `seconds` (killed here either way)."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + seconds
+    while time.time() < deadline and not _gone(worker):
+        time.sleep(0.1)
+    alive = not _gone(worker)
+    if alive:
+        os.kill(worker, signal.SIGKILL)                              # do not leave it running either way
+    assert not alive, f"{what} outlived its killed driver"
+
+
 def test_workers_exit_when_their_driver_is_killed(tmp_path):
     """SIGKILL the driver while a job runs: its pool workers exit within seconds and the zoo reopens."""
     (tmp_path / "slowjob.py").write_text(SLOW_JOB)
@@ -299,15 +312,7 @@ def test_workers_exit_when_their_driver_is_killed(tmp_path):
         time.sleep(0.05)
     worker = int(pid_file.read_text())
     assert not _gone(worker)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.time() + 5
-    while time.time() < deadline and not _gone(worker):
-        time.sleep(0.1)
-    alive = not _gone(worker)
-    if alive:
-        os.kill(worker, signal.SIGKILL)                              # do not leave it running either way
-    assert not alive, "a pool worker outlived its killed driver"
+    kill_and_expect_gone(proc, worker, "a pool worker")
     assert not (path / "models" / "a.safetensors").exists()         # it wrote nothing after the driver died
     zoo = Zoo.open(path)
     assert len(zoo) == 0 and zoo.verify() == []

@@ -182,16 +182,12 @@ def test_most_chosen():
         sc.most_chosen(chosen[chosen.kind == "dense"], "probex", grid)
 
 
-
 def test_fit_workers_exit_when_their_notebook_is_killed(tmp_path):
     """The process pool that runs the fits (kept for a session) does not outlive a killed kernel."""
-    import os
-    import signal
     import subprocess
     import sys
-    import time
 
-    from test_jobs import _gone
+    from test_jobs import _gone, kill_and_expect_gone
 
     driver = tmp_path / "driver.py"
     driver.write_text("import os, time\n"
@@ -202,12 +198,4 @@ def test_fit_workers_exit_when_their_notebook_is_killed(tmp_path):
     proc = subprocess.Popen([sys.executable, str(driver)], stdout=subprocess.PIPE, text=True)
     worker = int(proc.stdout.readline())
     assert not _gone(worker)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.time() + 5
-    while time.time() < deadline and not _gone(worker):
-        time.sleep(0.1)
-    alive = not _gone(worker)
-    if alive:
-        os.kill(worker, signal.SIGKILL)
-    assert not alive, "a fit worker outlived its killed driver"
+    kill_and_expect_gone(proc, worker, "a fit worker")
