@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_zoo.py [--models 128] [--steps 150] [--workers 2] [--repeats 5]
         [--out results/bench_zoo.json]
     .venv/bin/python benchmarks/bench_zoo.py --retire [--models 64] [--out results/bench_retire.json]
+    .venv/bin/python benchmarks/bench_zoo.py --forward [--models 64] [--steps 40] [--out results/bench_forward.json]
 
 Both sides fine-tune the same models (same parent, classes, learning rates, schedules, seeds and batches)
 from a briefly pre-trained root, split over `workers` processes of one thread each, as the zoo builder
@@ -25,6 +26,11 @@ load inflates far less; min / median / max over the rounds are reported for both
 learning rates, 100-148 steps, schedules, seeds) in one process of one thread, with finished models leaving
 the stack (`finetune_stacked(retire=True)`, what the builders run) and with every model run to the longest
 at learning rate 0 (`retire=False`, as before): CPU-time ratio, and whether the weights are bit-identical.
+
+`--forward`: the stacked ViT's forward and backward as batched products (nets.vit.stacked_forward, what
+Stacked runs for a plain timm ViT) vs vmap of the timm module (Stacked with its `vit` config removed), on
+the same stacked weights and batches: a fine-tuning step (loss, gradients of every weight) and the
+builders' evaluation, CPU time of one thread, and the largest output and gradient differences.
 
 What to expect: at batch 32 one tiny-ViT model step is mostly arithmetic (~2.7 MFLOP per image, forward
 and backward), so batching M models with vmap removes only the per-model Python/dispatch overhead; the
@@ -154,6 +160,50 @@ def bench_retire(parent, n: int = 64, repeats: int = 2) -> dict:
                 load_average=" ".join(f"{x:.2f}" for x in os.getloadavg()))
 
 
+def bench_forward(parent, n: int = 64, steps: int = 40, repeats: int = 2) -> dict:
+    from weightspace.data import styled_digits
+    from weightspace.nets import Stacked, make_vit
+    from weightspace.nets.vit_training import evaluate, fresh_head
+
+    ds = styled_digits()
+    rows = plan(n, steps)
+    starts = [fresh_head(parent, ds.n_classes, r["seed"], std=0.02) for r in rows]
+    net = Stacked(lambda: make_vit(ds.n_classes), starts)
+    fast = net.vit
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, len(ds.train.y), (n, 32), generator=g) for _ in range(steps)]
+
+    def train_steps():
+        for idx in batches:
+            out = net(ds.train.x[idx])
+            loss = F.cross_entropy(out.flatten(0, 1), ds.train.y[idx].flatten())
+            grads = torch.autograd.grad(loss, list(net.params.values()))
+        return out.detach(), grads
+
+    cpu = {"stacked": {"train": [], "eval": []}, "vmap": {"train": [], "eval": []}}
+    out = {}
+    for r in range(repeats):
+        for side in (("stacked", "vmap") if r % 2 == 0 else ("vmap", "stacked")):
+            net.vit = fast if side == "stacked" else None
+            c = time.process_time()
+            out[side] = train_steps()
+            cpu[side]["train"].append(time.process_time() - c)
+            c = time.process_time()
+            accs = evaluate(net, [r["classes"] for r in rows], ds.test)
+            cpu[side]["eval"].append(time.process_time() - c)
+            out[side + "_acc"] = accs
+    net.vit = fast
+    grad_diff = max(float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
+                    for a, b in zip(out["stacked"][1], out["vmap"][1]))
+    return dict(models=n, steps=steps, cpu_s=cpu,
+                speedup_train_cpu=round(min(cpu["vmap"]["train"]) / min(cpu["stacked"]["train"]), 3),
+                speedup_eval_cpu=round(min(cpu["vmap"]["eval"]) / min(cpu["stacked"]["eval"]), 3),
+                max_abs_logit_difference=float((out["stacked"][0] - out["vmap"][0]).abs().max()),
+                max_relative_gradient_difference=grad_diff,
+                same_accuracies=out["stacked_acc"] == out["vmap_acc"],
+                load_average=" ".join(f"{x:.2f}" for x in os.getloadavg()))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=int, default=128)
@@ -161,14 +211,16 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5, help="rounds of both sides, back to back")
     ap.add_argument("--retire", action="store_true", help="only: finished models leaving the stack vs not")
+    ap.add_argument("--forward", action="store_true", help="only: the stacked ViT forward vs vmap of the module")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     from weightspace.nets.vit_training import pretrain
 
     torch.set_num_threads(1)
     parent, _ = pretrain("supervised", 0, 200)
-    if args.retire:
-        res = bench_retire(parent, min(args.models, 64))
+    if args.retire or args.forward:
+        res = bench_retire(parent, min(args.models, 64)) if args.retire else bench_forward(
+            parent, min(args.models, 64), min(args.steps, 40))
         print(json.dumps(res, indent=2))
         if args.out:
             save_results(args.out.parent, args.out.stem, res)

@@ -31,6 +31,12 @@ def test_bench_zoo_retire(tmp_path):
     assert res["model_steps"] < res["model_steps_run_to_longest"] and res["speedup_cpu"] > 0
 
 
+def test_bench_zoo_forward(tmp_path):
+    res = run("bench_zoo.py", "--forward", "--models", "3", "--steps", "2", out=tmp_path / "forward.json")
+    assert res["models"] == 3 and res["same_accuracies"] and res["speedup_train_cpu"] > 0
+    assert res["max_abs_logit_difference"] < 1e-4 and res["max_relative_gradient_difference"] < 1e-4
+
+
 def test_bench_probex(tmp_path):
     zoo = build_model_trees(tmp_path / "trees", executor="inline", progress=False,
                             **{**TINY_TREES, "n_per_tree": 8, "split": [0.5, 0.25, 0.25]})
