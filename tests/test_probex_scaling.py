@@ -184,8 +184,11 @@ def test_most_chosen():
 
 def test_fit_workers_exit_when_their_notebook_is_killed(tmp_path):
     """The process pool that runs the fits (kept for a session) does not outlive a killed kernel."""
+    import os
+    import signal
     import subprocess
     import sys
+    import time
 
     from test_jobs import _gone, kill_and_expect_gone
 
@@ -197,5 +200,7 @@ def test_fit_workers_exit_when_their_notebook_is_killed(tmp_path):
                       "    time.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, str(driver)], stdout=subprocess.PIPE, text=True)
     worker = int(proc.stdout.readline())
+    os.kill(worker, signal.SIGINT)                               # Ctrl-C is the kernel's, not the worker's
+    time.sleep(0.5)
     assert not _gone(worker)
     kill_and_expect_gone(proc, worker, "a fit worker")

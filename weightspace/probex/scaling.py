@@ -120,14 +120,24 @@ def run_fits(tasks: Sequence[tuple], workers: int = 1) -> list[dict]:
 _POOLS: dict[int, cf.ProcessPoolExecutor] = {}
 
 
+def _fit_worker(parent_pid: int) -> None:
+    """A fit worker ends with its kernel, and leaves Ctrl-C to it: Jupyter interrupts (and, shutting down,
+    signals) the kernel's whole process group, and the kernel, not its workers, should take the
+    KeyboardInterrupt (a worker finishes its fits; the pool stays usable)."""
+    import signal
+
+    from weightspace.zoo.jobs import exit_with_parent
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    exit_with_parent(parent_pid)
+
+
 def _pool(workers: int) -> cf.ProcessPoolExecutor:
     """One process pool per size, kept for the session: starting processes (each imports torch) costs
     seconds, the fits often less. Its workers end when this process does, even when it is killed."""
-    from weightspace.zoo.jobs import exit_with_parent
-
     if workers not in _POOLS:
         _POOLS[workers] = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=exit_with_parent, initargs=(os.getpid(),))
+                                                 initializer=_fit_worker, initargs=(os.getpid(),))
         atexit.register(_POOLS[workers].shutdown)
     return _POOLS[workers]
 
