@@ -220,7 +220,9 @@ class ModelJSubset:
         return self.layer(layer, split), self.labels(split)
 
     def extract(self, layer: int | str, out: str | os.PathLike) -> Path:
-        """Pre-extract one layer of every split (X_<split>, Y_<split>) into one safetensors file."""
+        """Pre-extract one layer of every split (X_<split>, Y_<split>) into one safetensors file, recorded in
+        the nearest download lock at its folder or above (else a new one beside it), so `load_extracted`
+        serves it verified."""
         from weightspace.zoo import write_safetensors
 
         name = self.layer_name(layer)

@@ -176,7 +176,8 @@ class SDLoraFolder:
         return self._cache[stem]
 
     def extract(self, layer: int | str, out: str | os.PathLike) -> Path:
-        """Pre-extract one layer (X, each LoRA's class index and split) into one safetensors file."""
+        """Pre-extract one layer (X, each LoRA's class index and split) into one safetensors file, recorded in
+        the nearest lock at its folder or above (else a new one beside it), so `Extracted` serves it verified."""
         stem = self.layer_name(layer)
         split_codes = torch.tensor([SPLITS.index(s) for s in self.labels.split])
         write_safetensors(out, {"X": self.X(stem), "classes": torch.as_tensor(self.labels.classes),
