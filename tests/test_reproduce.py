@@ -301,8 +301,12 @@ def test_notebooks_off_the_longest_chain_run_at_low_priority(graph):
         _declared(nbs / nb, STAMP.format(body=body, name=name).replace("t0 = time.time()\n", "t0 = time.time()\n" + nice.format(name=name)),
                   writes=extra)
     lines = []
-    reproduce.run("tiny", root=graph, out=graph / "o", progress=False, log=lines.append, parallel=2)
+    walls = dict(reproduce.run("tiny", root=graph, out=graph / "o", progress=False, log=lines.append, parallel=2))
     got = {n: int((graph / "o" / "results" / f"{n}.nice").read_text()) for n in "ac"}
+    # the estimate kept for the next run: the wall time at full priority; at low priority (which stretches
+    # the wall time by whatever ran beside it) the CPU time when less (c mostly sleeps)
+    kept = json.loads((graph / "o" / "notebooks" / reproduce.TIMINGS).read_text())
+    assert kept["00_a"] == walls["00_a"] and kept["02_c"] < walls["02_c"]
     base = os.getpriority(os.PRIO_PROCESS, 0)
     assert got == {"a": base, "c": min(19, max(base, reproduce.NICE))}
     group = {n: (graph / "o" / "results" / f"{n}.group").read_text() for n in "ac"}

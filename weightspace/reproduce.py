@@ -345,14 +345,17 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
         + (f", up to {parallel} at once" if parallel > 1 else "") + (f" through the {executor or 'local'} executor"
                                                                      if parallel > 1 or executor else ""))
     start = time.time()
-    timings, failed, skipped, running = [], {}, [], {}
+    timings, failed, skipped, running, nices = [], {}, [], {}, {}
 
     stem_of = lambda label: plans[label][0].stem
 
     def priority(stem) -> int:
         """0 for a notebook on the longest chain still to run (the run's length), NICE for the others,
-        which then fill the cores it leaves idle instead of slowing it down."""
-        rest = [chain[s] for s in order if s not in dict(timings) and s not in failed and s not in skipped]
+        which then fill the cores it leaves idle instead of slowing it down. A running notebook's chain
+        counts what is left of it (its estimate less the time it has run)."""
+        now = time.time()
+        rest = [chain[s] - (now - running[s] if s in running else 0.0)
+                for s in order if s not in dict(timings) and s not in failed and s not in skipped and s != stem]
         return 0 if chain[stem] >= max(rest, default=0.0) else NICE
 
     def started(stem, nice=0):
@@ -373,10 +376,12 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
             log(f"✘ {stem}.ipynb failed after {res['seconds'] / 60:.1f} min")
             return
         timings.append((stem, res["seconds"]))
-        last[stem_of(stem)] = res["seconds"]
+        # the estimate of a notebook's own time: its wall time, or, if it ran at low priority (and so took
+        # the cores only when the chain left them), its CPU time, whichever is less
+        last[stem_of(stem)] = min(res["seconds"], res["cpu_seconds"]) if nices.get(stem) else res["seconds"]
         _atomic_json(record, last)
         if not seeds or not plans[stem][1].get("seed"):
-            _atomic_json(shipped, {**_last_timings(shipped), stem_of(stem): round(res["seconds"], 1)})
+            _atomic_json(shipped, {**_last_timings(shipped), stem_of(stem): round(last[stem_of(stem)], 1)})
         cores = res["cpu_seconds"] / res["seconds"] if res["seconds"] > 0 else 0.0
         log(f"✔ {stem}.ipynb in {res['seconds'] / 60:.1f} min (CPU {res['cpu_seconds'] / 60:.1f} min, "
             f"{cores:.1f} cores) — executed copy: {plans[stem][2]['executed'] / (stem_of(stem) + '.ipynb')}")
@@ -387,7 +392,7 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
             if deps[stem] & (set(failed) | set(skipped)):
                 skipped.append(stem)
                 continue
-            running[stem] = None
+            running[stem] = time.time()
             started(stem)
             res = execute_notebook(*args(stem), progress=progress)
             del running[stem]
@@ -408,8 +413,8 @@ def run(preset: str = "default", only: list[str] | None = None, out: Path | None
                     if len(pending) >= parallel:
                         break
                     todo.remove(stem)
-                    nice = priority(stem)
-                    running[stem] = True
+                    nice = nices[stem] = priority(stem)
+                    running[stem] = time.time()
                     started(stem, nice)
                     pending[ex.submit(execute_notebook, *args(stem), nice=nice)] = stem
                 if not pending:
