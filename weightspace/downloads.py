@@ -274,6 +274,10 @@ class Verifier:
                                 f"`python -m weightspace lock {self.lock.root}` if you trust it")
         return entry
 
+    def _changed(self, path, got: str, entry: dict) -> DownloadError:
+        return DownloadError(f"{path}: sha256 {got}, the lock says {entry['sha256']} ({self.lock.path}; "
+                             "changed on disk since it was recorded)")
+
     def check(self, path) -> Path:
         """`path` once the lock has it, with the locked size and (for safetensors) a whole header."""
         path = Path(path)
@@ -297,8 +301,7 @@ class Verifier:
         got = _HASHED.get(state) or sha256_file(path)
         _HASHED[state] = got
         if got != entry["sha256"]:
-            raise DownloadError(f"{path}: sha256 {got}, the lock says {entry['sha256']} ({self.lock.path}; "
-                                "changed on disk since it was recorded)")
+            raise self._changed(path, got, entry)
         return path
 
     def read(self, path) -> tuple[dict, dict[str, str]]:
@@ -317,8 +320,7 @@ class Verifier:
         except Exception as e:  # ZooError: missing, or a folder in its place
             raise DownloadError(str(e)) from None
         if self.lock is not None and (got := hashlib.sha256(data).hexdigest()) != entry["sha256"]:
-            raise DownloadError(f"{path}: sha256 {got}, the lock says {entry['sha256']} ({self.lock.path}; "
-                                "changed on disk since it was recorded)")
+            raise self._changed(path, got, entry)
         tensors, _ = _parse_bytes(path, data)
         n = int.from_bytes(data[:8], "little")
         meta = json.loads(bytes(data[8:8 + n])).get("__metadata__") or {}
