@@ -13,6 +13,9 @@
 # %% [markdown]
 # # 00 · Quickstart: a model zoo, opened and looked at
 #
+# *ProbeX: [paper](https://arxiv.org/abs/2410.13569), [official code](https://github.com/eliahuhorwitz/ProbeX) · MoTHer: [paper](https://arxiv.org/abs/2405.18432), [official code](https://github.com/eliahuhorwitz/MoTHer) · SANE: [paper](https://arxiv.org/abs/2406.09997), [official code](https://github.com/HSG-AIML/SANE).
+# weightspace is an independent reimplementation, not the authors' code; to cite, see [Citing](../README.md#citing-and-where-the-originals-are).*
+#
 # **What you will learn**
 # - what *weight-space learning* takes as data: a **model zoo**, many trained networks stored as files, with
 #   a table saying who was fine-tuned from whom (a *Model Tree*) and on what;

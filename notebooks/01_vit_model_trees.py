@@ -13,6 +13,9 @@
 # %% [markdown]
 # # 01 · ViT Model Trees: a small "Model Jungle" to learn from
 #
+# *ProbeX: [paper](https://arxiv.org/abs/2410.13569), [official code](https://github.com/eliahuhorwitz/ProbeX).
+# weightspace is an independent reimplementation, not the authors' code; to cite, see [Citing](../README.md#citing-and-where-the-originals-are).*
+#
 # **What you will learn**
 # - how ProbeX's data set is made: a few *Model Trees*, each a pre-trained **root** and many **fine-tunes**
 #   of it, every fine-tune trained on a random half of the classes (its label is that set of classes);

@@ -13,6 +13,9 @@
 # %% [markdown]
 # # 02 · Why one expert per Model Tree: the four motivating experiments
 #
+# *ProbeX: [paper](https://arxiv.org/abs/2410.13569), [official code](https://github.com/eliahuhorwitz/ProbeX).
+# weightspace is an independent reimplementation, not the authors' code; to cite, see [Citing](../README.md#citing-and-where-the-originals-are).*
+#
 # **What you will learn**
 # - that a *linear* classifier on ONE layer already predicts which classes a model was fine-tuned on,
 #   as long as it is trained and tested inside one Model Tree - and fails across trees;

@@ -17,6 +17,9 @@
 # %% [markdown]
 # # 03 · ProbeX: learning from one layer with probes, one expert per tree
 #
+# *ProbeX: [paper](https://arxiv.org/abs/2410.13569), [official code](https://github.com/eliahuhorwitz/ProbeX).
+# weightspace is an independent reimplementation, not the authors' code; to cite, see [Citing](../README.md#citing-and-where-the-originals-are).*
+#
 # **What you will learn**
 # - ProbeX itself: learned **probes** U pushed through the layer's weights X, a **shared projection** V,
 #   a ReLU, per-probe **encoders** M_l summed into a model representation e, and a linear head T:

@@ -14,6 +14,9 @@
 # %% [markdown]
 # # 04 · MoTHer I: forests of fine-tuned ViTs, and the two weight properties MoTHer relies on
 #
+# *MoTHer: [paper](https://arxiv.org/abs/2405.18432), [official code](https://github.com/eliahuhorwitz/MoTHer).
+# weightspace is an independent reimplementation, not the authors' code; to cite, see [Citing](../README.md#citing-and-where-the-originals-are).*
+#
 # **What you will learn**
 # - what a *Model Graph* is: models linked by "was fine-tuned from", a forest of *Model Trees*;
 # - how we build one the way the paper's VTHR benchmark is built — 5 independently pre-trained roots,

@@ -14,6 +14,9 @@
 # %% [markdown]
 # # 05 · MoTHer II: recovering the Model Trees from weights alone
 #
+# *MoTHer: [paper](https://arxiv.org/abs/2405.18432), [official code](https://github.com/eliahuhorwitz/MoTHer).
+# weightspace is an independent reimplementation, not the authors' code; to cite, see [Citing](../README.md#citing-and-where-the-originals-are).*
+#
 # **What you will learn**
 # - how MoTHer turns the two properties of notebook 04 into a graph algorithm: a distance matrix $D$, a
 #   binary direction matrix $K$ from kurtosis, the merged prior $M = D + \lambda\,\overline{D}\,K$, and a

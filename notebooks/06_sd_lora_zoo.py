@@ -15,6 +15,9 @@
 # %% [markdown]
 # # 06 · A Stable-Diffusion LoRA zoo of our own: a tiny text-to-image model and hundreds of one-class LoRAs
 #
+# *ProbeX: [paper](https://arxiv.org/abs/2410.13569), [official code](https://github.com/eliahuhorwitz/ProbeX).
+# weightspace is an independent reimplementation, not the authors' code; to cite, see [Citing](../README.md#citing-and-where-the-originals-are).*
+#
 # **What you will learn**
 # - how a text-to-image diffusion model is put together — a UNet that denoises, a frozen text encoder whose
 #   token states it cross-attends to, a DDPM training loss and a DDIM sampler — on a model small enough to

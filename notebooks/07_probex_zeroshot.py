@@ -14,6 +14,9 @@
 # %% [markdown]
 # # 07 · Language-aligned ProbeX: which class was a LoRA trained on — even for classes never seen
 #
+# *ProbeX: [paper](https://arxiv.org/abs/2410.13569), [official code](https://github.com/eliahuhorwitz/ProbeX).
+# weightspace is an independent reimplementation, not the authors' code; to cite, see [Citing](../README.md#citing-and-where-the-originals-are).*
+#
 # **What you will learn**
 # - how ProbeX reads a LoRA: the weight change X = B·A of ONE of its layers goes through ProbeX's encoder
 #   (probes U, shared projection V, ReLU, per-probe encoders M_l) to a representation e; the class prompts

@@ -15,6 +15,9 @@
 # %% [markdown]
 # # 08 · Model search with language: free-text queries retrieve LoRAs
 #
+# *ProbeX: [paper](https://arxiv.org/abs/2410.13569), [official code](https://github.com/eliahuhorwitz/ProbeX).
+# weightspace is an independent reimplementation, not the authors' code; to cite, see [Citing](../README.md#citing-and-where-the-originals-are).*
+#
 # **What you will learn**
 # - how the weight-language space of notebook 07 turns into a **search engine over models**: embed a free-text
 #   query with the frozen text encoder and ProbeX's text map P, rank every LoRA by the cosine to its aligned

@@ -15,6 +15,9 @@
 # %% [markdown]
 # # 09 · SANE I: model zoos of small CNNs, with a checkpoint every epoch
 #
+# *SANE: [paper](https://arxiv.org/abs/2406.09997), [official code](https://github.com/HSG-AIML/SANE).
+# weightspace is an independent reimplementation, not the authors' code; to cite, see [Citing](../README.md#citing-and-where-the-originals-are).*
+#
 # **What you will learn**
 # - what SANE learns from: a *population* of small CNNs trained on one task, each kept at every epoch of its
 #   training (epoch 0 being its random initialisation), with its accuracy, loss and generalisation gap;

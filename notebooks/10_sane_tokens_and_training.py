@@ -14,6 +14,9 @@
 # %% [markdown]
 # # 10 · SANE I: weights as token sequences, and pre-training a sequential autoencoder
 #
+# *SANE: [paper](https://arxiv.org/abs/2406.09997), [official code](https://github.com/HSG-AIML/SANE).
+# weightspace is an independent reimplementation, not the authors' code; to cite, see [Citing](../README.md#citing-and-where-the-originals-are).*
+#
 # **What you will learn**
 # - how SANE turns a checkpoint into a sequence of fixed-width tokens: one row per output channel with its
 #   bias, cut into chunks of the token size $d_t$ and zero-padded, a 0/1 mask, and three-part positions

@@ -15,6 +15,9 @@
 # %% [markdown]
 # # 11 · SANE II: predicting model properties from embeddings
 #
+# *SANE: [paper](https://arxiv.org/abs/2406.09997), [official code](https://github.com/HSG-AIML/SANE).
+# weightspace is an independent reimplementation, not the authors' code; to cite, see [Citing](../README.md#citing-and-where-the-originals-are).*
+#
 # **What you will learn**
 # - how a whole checkpoint becomes one vector: encode its tokens in halo-padded chunks of the training window,
 #   then take the mean over all token latents, $\bar z = \frac1N\sum_n z_n$;

@@ -16,6 +16,9 @@
 # %% [markdown]
 # # 12 · SANE III: sampling new models
 #
+# *SANE: [paper](https://arxiv.org/abs/2406.09997), [official code](https://github.com/HSG-AIML/SANE).
+# weightspace is an independent reimplementation, not the authors' code; to cite, see [Citing](../README.md#citing-and-where-the-originals-are).*
+#
 # **What you will learn**
 # - how SANE generates weights: embed prompt models per token, draw latents from a per-token KDE around them,
 #   decode, de-normalise — and keep the best of many candidates by validation accuracy (SANE_SUB) or re-prompt

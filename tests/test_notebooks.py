@@ -1,8 +1,10 @@
 """Notebooks: stored clean, parameterised as the runner expects, and executed at the tiny preset."""
 import ast
 import json
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,30 @@ def test_stored_without_outputs(path):
         f"{path.name} is stored with outputs: run `make nbclean`"
     check = subprocess.run([sys.executable, str(ROOT / "tools" / "nbclean.py"), "--check", str(path)])
     assert check.returncode == 0, f"{path.name} is not clean: run `make nbclean`"
+
+
+def _papers():
+    """{method: (paper URL, official code URL)} from pyproject's [project.urls]."""
+    urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
+    return {name.split()[0]: (url, urls[name.replace(" paper", " official code")])
+            for name, url in urls.items() if name.endswith(" paper")}
+
+
+@pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=lambda p: p.name)
+def test_first_cell_links_the_papers_it_mirrors_and_says_it_is_a_reimplementation(path):
+    first = "".join(_cells(path)[0]["source"])
+    text = " ".join("".join(c["source"]) for c in _cells(path) if c["cell_type"] == "markdown")
+    papers = _papers()
+    assert set(papers) == {"ProbeX", "MoTHer", "SANE"}
+    named = {m for m in papers if m in text}
+    assert named, f"{path.name} names none of the papers"
+    for method in named:
+        paper, code = papers[method]
+        assert f"({paper})" in first and f"({code})" in first, \
+            f"{path.name} names {method} but its first cell does not link its paper {paper} and code {code}"
+    assert "independent reimplementation" in first, f"{path.name}: the first cell does not say what this is"
+    for link in re.findall(r"\]\((\.[^)#]*)", first):
+        assert (path.parent / link).resolve().is_file(), f"{path.name}: the link {link} leads nowhere"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -171,3 +197,58 @@ def test_scripts_convert_back_to_the_stored_notebooks(nbsync, capsys, tmp_path):
     for path in ALL_NOTEBOOKS:
         rebuilt = tmp_path / path.relative_to(ROOT / "notebooks")
         assert rebuilt.read_text() == path.read_text(), f"{path.name} does not come back from its .py"
+
+
+def test_colab_badge_and_install_cell_follow_the_repository_url(nbsync, capsys, tmp_path, monkeypatch):
+    import shutil
+    import types
+
+    folder = tmp_path / "notebooks"
+    shutil.copytree(ROOT / "notebooks", folder, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    before = {p: p.read_text() for p in folder.rglob("*.*")}
+    url = "https://github.com/someone/weightspace"
+    monkeypatch.setattr(nbsync, "repository", lambda: url)
+    failed, out = _sync(nbsync, capsys, "--check", str(folder))
+    assert failed == 1 and out.count("Colab badge") == len(NOTEBOOKS) and url in out
+    assert _sync(nbsync, capsys, str(folder))[0] == 0
+    assert _sync(nbsync, capsys, "--check", str(folder))[0] == 0
+    assert "nothing" in _sync(nbsync, capsys, str(folder))[1]
+
+    for path in NOTEBOOKS:
+        cells = _cells(folder / path.name)
+        title = "".join(cells[0]["source"]).split("\n")
+        assert title[0].startswith("# ") and title[1] == ""
+        assert f"(https://colab.research.google.com/github/someone/weightspace/blob/main/notebooks/{path.name})" \
+            in title[2]
+        assert cells[1]["metadata"]["tags"] == ["colab"] and cells[2:] == _cells(path)[1:]
+        assert 'tags=["colab"]' in (folder / path.name).with_suffix(".py").read_text()
+    assert all(before[p] == p.read_text() for p in folder.glob("assignments/**/*.*"))   # numbered notebooks only
+
+    source = "".join(_cells(folder / NOTEBOOKS[3].name)[1]["source"])
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    monkeypatch.setattr("os.chdir", lambda d: calls.append(["chdir", d]))
+    monkeypatch.setattr("os.path.isdir", lambda d: False)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    exec(source, {})
+    assert calls == []                                   # off Colab the cell does nothing
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    exec(source, {})
+    assert calls[0][:2] == ["git", "clone"] and url in calls[0]
+    assert calls[1][1:4] == ["-m", "pip", "install"] and calls[1][-1] == "/content/weightspace"
+    assert calls[2] == ["chdir", "/content/weightspace/notebooks"]
+
+    monkeypatch.setattr(nbsync, "repository", lambda: None)       # no URL: no badge, the stored files again
+    assert _sync(nbsync, capsys, str(folder))[0] == 0
+    assert all(before[p] == p.read_text() for p in before)
+
+
+def test_a_repository_url_colab_cannot_open_is_refused(nbsync, tmp_path):
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\nname = "x"\n[project.urls]\nRepository = "https://gitlab.com/a/b"\n')
+    with pytest.raises(SystemExit, match="gitlab.com/a/b.*not https://github.com"):
+        nbsync.repository(pyproject)
+    pyproject.write_text('[project]\nname = "x"\n[project.urls]\nRepository = "https://github.com/a/b.git"\n')
+    assert nbsync.repository(pyproject) == "https://github.com/a/b"
+    pyproject.write_text('[project]\nname = "x"\n')
+    assert nbsync.repository(pyproject) is None

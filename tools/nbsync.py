@@ -8,11 +8,19 @@ DIR (default notebooks/) is searched recursively and every .py in it is a notebo
 its pair is paired whichever side is the source, so to remove a notebook delete both files. The check
 compares cell types, sources, tags and the `weightspace` metadata as jupytext reads them, not bytes. The format and the scripts' header
 come from DIR/jupytext.toml, which JupyterLab's jupytext reads too.
+
+When pyproject.toml names the public repository (`[project.urls] Repository = "https://github.com/o/r"`), each
+numbered notebook of DIR also gets an "Open in Colab" badge under its title and, after its first cell, a cell
+tagged `colab` that on Colab only clones and installs weightspace and works in its notebooks/ folder; elsewhere
+it does nothing, so the default paths stay offline. Without that URL there is no badge (a badge to a
+placeholder would not open), and --check reports notebooks that carry one.
 """
 import argparse
 import json
 import os
+import re
 import sys
+import tomllib
 from pathlib import Path
 
 import jupytext
@@ -23,6 +31,56 @@ from nbclean import clean
 ROOT = Path(__file__).resolve().parents[1]
 FORMAT = "py:percent"
 SKIP = {".ipynb_checkpoints", "__pycache__"}
+NUMBERED = re.compile(r"\d\d_\w+\.ipynb")
+BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+COLAB_TAG = "colab"
+CHECKOUT = "/content/weightspace"
+
+
+def repository(pyproject: Path = ROOT / "pyproject.toml") -> str | None:
+    """The public GitHub repository pyproject.toml names as `Repository`, or None while there is none."""
+    url = tomllib.loads(pyproject.read_text())["project"].get("urls", {}).get("Repository")
+    if url is None:
+        return None
+    url = url.rstrip("/").removesuffix(".git")
+    if not re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url):
+        sys.exit(f"nbsync: {pyproject}: [project.urls] Repository = {url!r} is not https://github.com/<owner>/<repo>,"
+                 " the only kind of repository Colab opens notebooks from")
+    return url
+
+
+def colab_source(url: str, where: str) -> str:
+    """The guarded install cell of the notebook at `where` (its path in the repository)."""
+    folder = str(Path(where).parent)
+    return (f"# On Google Colab only (elsewhere this cell does nothing): fetch weightspace, install it, and work in\n"
+            f"# its {folder}/ folder as the notebook does in a clone. Colab's own torch is kept.\n"
+            f"import sys\n"
+            f"\n"
+            f"if \"google.colab\" in sys.modules:\n"
+            f"    import os\n"
+            f"    import subprocess\n"
+            f"\n"
+            f"    if not os.path.isdir(\"{CHECKOUT}\"):\n"
+            f"        subprocess.run([\"git\", \"clone\", \"--depth\", \"1\", \"{url}\", \"{CHECKOUT}\"], check=True)\n"
+            f"    subprocess.run([sys.executable, \"-m\", \"pip\", \"install\", \"--quiet\", \"{CHECKOUT}\"], check=True)\n"
+            f"    os.chdir(\"{CHECKOUT}/{folder}\")")
+
+
+def with_colab(nb: dict, where: str, url: str | None) -> dict:
+    """The notebook with its badge and install cell for `url`, or with neither when `url` is None."""
+    cells = [c for c in nb["cells"] if COLAB_TAG not in c.get("metadata", {}).get("tags", [])]
+    title, *rest = "".join(cells[0]["source"]).split("\n")
+    if len(rest) > 1 and rest[0] == "" and BADGE in rest[1]:
+        rest = rest[2:]
+    if url is not None:
+        owner_repo = url.removeprefix("https://github.com/")
+        link = f"https://colab.research.google.com/github/{owner_repo}/blob/main/{where}"
+        rest = ["", f"[![Open in Colab]({BADGE})]({link})"] + rest
+        code = {"cell_type": "code", "execution_count": None, "metadata": {"tags": [COLAB_TAG]}, "outputs": [],
+                "source": colab_source(url, where).splitlines(keepends=True)}
+        cells = cells[:1] + [code] + cells[1:]
+    cells[0] = {**cells[0], "source": "\n".join([title, *rest]).splitlines(keepends=True)}
+    return {**nb, "cells": cells}
 
 
 def stored(nb: dict) -> str:
@@ -60,6 +118,14 @@ def main(argv=None) -> int:
     if FORMAT not in formats.split(","):
         sys.exit(f"nbsync: {config_file} must pair notebooks with {FORMAT}, it says formats = {formats!r}")
     notebooks, scripts = files(args.folder, ".ipynb"), files(args.folder, ".py")
+    url = repository()
+
+    def colab(stem: str, nb: dict) -> dict:
+        """Badge and install cell as pyproject says, on the numbered notebooks of the folder itself."""
+        path = Path(stem + ".ipynb")
+        if path.parent != args.folder or not NUMBERED.fullmatch(path.name):
+            return nb
+        return with_colab(nb, f"notebooks/{path.name}", url)
 
     if args.check:
         bad = []
@@ -73,6 +139,10 @@ def main(argv=None) -> int:
                                             FORMAT)
                 if cells(via_script) != cells(jupytext.read(scripts[stem], fmt=FORMAT)):
                     bad.append(f"{shown(notebooks[stem])}: cells differ from {scripts[stem].name}")
+                nb = json.loads(notebooks[stem].read_text())
+                if cells(nbformat.from_dict(colab(stem, nb))) != cells(nbformat.from_dict(nb)):
+                    bad.append(f"{shown(notebooks[stem])}: its Colab badge and install cell are not what"
+                               f" pyproject's Repository URL ({url or 'none'}) makes")
         if bad:
             print("notebooks out of sync with their py:percent pairs: run `make sync`, or `make sync FROM=py`"
                   " to keep edits made in the .py", *bad, sep="\n  ")
@@ -84,6 +154,7 @@ def main(argv=None) -> int:
             text = stored(json.loads(nbformat.writes(jupytext.read(scripts[stem], fmt=FORMAT))))
         else:
             text = stored(json.loads(notebooks[stem].read_text()))
+        text = stored(colab(stem, json.loads(text)))
         script = jupytext.writes(jupytext.reads(text, "ipynb"), FORMAT, config=config)
         for path, new in ((Path(stem + ".ipynb"), text), (Path(stem + ".py"), script)):
             if not path.exists() or path.read_text() != new:

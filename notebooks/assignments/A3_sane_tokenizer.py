@@ -9,6 +9,9 @@
 # %% [markdown]
 # # A3 · SANE: a checkpoint as a sequence of tokens
 #
+# *SANE: [paper](https://arxiv.org/abs/2406.09997), [official code](https://github.com/HSG-AIML/SANE).
+# weightspace is an independent reimplementation, not the authors' code; to cite, see the README's section "Citing".*
+#
 # **What you will learn**
 # - how SANE (Schürholt et al., *Towards Scalable and Versatile Weight Space Learning*, ICML 2024, Sec. 3.1)
 #   turns any state dict into tokens a transformer can read: one **row per output neuron** holding all its

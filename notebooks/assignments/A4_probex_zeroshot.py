@@ -9,6 +9,9 @@
 # %% [markdown]
 # # A4 · Language-aligned ProbeX: zero-shot scoring
 #
+# *ProbeX: [paper](https://arxiv.org/abs/2410.13569), [official code](https://github.com/eliahuhorwitz/ProbeX).
+# weightspace is an independent reimplementation, not the authors' code; to cite, see the README's section "Citing".*
+#
 # **What you will learn**
 # - how ProbeX (Horwitz et al., CVPR 2025, Sec. 5) puts model weights and text in one space: the weight
 #   encoder gives $e \in \mathbb{R}^{r_T}$, a learned projection $P$ maps a prompt's text feature $t$ to

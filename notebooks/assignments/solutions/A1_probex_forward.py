@@ -9,6 +9,9 @@
 # %% [markdown]
 # # A1 · ProbeX: the forward pass from the paper's formula
 #
+# *ProbeX: [paper](https://arxiv.org/abs/2410.13569), [official code](https://github.com/eliahuhorwitz/ProbeX).
+# weightspace is an independent reimplementation, not the authors' code; to cite, see the README's section "Citing".*
+#
 # **What you will learn**
 # - how ProbeX (Horwitz et al., *Learning on Model Weights using Tree Experts*, CVPR 2025, Sec. 3) reads ONE
 #   hidden layer of a model as a matrix $X \in \mathbb{R}^{d_H \times d_W}$ — linear, convolutional and 1-D

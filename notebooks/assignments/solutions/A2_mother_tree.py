@@ -9,8 +9,11 @@
 # %% [markdown]
 # # A2 · MoTHer: who was fine-tuned from whom
 #
+# *MoTHer: [paper](https://arxiv.org/abs/2405.18432), [official code](https://github.com/eliahuhorwitz/MoTHer).
+# weightspace is an independent reimplementation, not the authors' code; to cite, see the README's section "Citing".*
+#
 # **What you will learn**
-# - the direction signal of MoTHer (Horwitz et al., *On the Origin of Llamas: Model Tree Heritage
+# - the direction signal of MoTHer (Horwitz et al., *Unsupervised Model Tree Heritage
 #   Recovery*, ICLR 2025, Sec. 4): the excess kurtosis $m_4 / m_2^2 - 3$ of a model's weights, which
 #   fine-tuning lowers;
 # - the binary direction matrix $K[p, c] = 1$ when $\mathrm{kurt}(c) > \mathrm{kurt}(p)$ (an edge $p \to c$
