@@ -10,7 +10,8 @@ Without --zoo a small zoo is built first in a temporary folder.
 
 Second, notebook 03's layer sweep (ProbeX and Dense on every weight matrix of every tree, its recipe,
 `--sweep-epochs` epochs): one `fit` after another vs `fit_many` (experts of one shape trained together),
-in one run on the same pre-extracted layers. Reported: both times, the ratio, and how many fits agree
+in one run on the same pre-extracted layers; and `fit_many` with vmap of each expert's forward instead of
+its `forward_stacked` (how it batched before). Reported: the times, the ratios, and how many fits agree
 (same checkpoint epoch and accuracies) and the largest test-accuracy difference (float rounding only).
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -79,6 +81,7 @@ def train_from_files(zoo, ids_tr, ids_va, layer, Ytr, Yva, cfg, seed):
 def bench_sweep(zoo, epochs):
     """Notebook 03's layer sweep, fit after fit vs fit_many, on the same LayerData."""
     from weightspace.probex import LayerData
+    from weightspace.probex.model import Dense, ProbeX
     from weightspace.probex.train import fit, fit_many
 
     data = LayerData(zoo)
@@ -92,10 +95,19 @@ def bench_sweep(zoo, epochs):
     t = time.perf_counter()
     many = fit_many(tasks, device="cpu")
     t_many = time.perf_counter() - t
+    # fit_many as it was before the experts' own batched forward: vmap of each expert's forward
+    with patch.object(ProbeX, "forward_stacked", None), patch.object(Dense, "forward_stacked", None):
+        t = time.perf_counter()
+        vmapped = fit_many(tasks, device="cpu")
+        t_vmap = time.perf_counter() - t
     same = sum((a.best_epoch, a.val_acc, a.test_acc) == (b.best_epoch, b.val_acc, b.test_acc)
                for a, b in zip(one, many))
+    same_vmap = sum((a.best_epoch, a.val_acc, a.test_acc) == (b.best_epoch, b.val_acc, b.test_acc)
+                    for a, b in zip(vmapped, many))
     return dict(fits=len(tasks), trees=len(data.trees), layers=len(layers), epochs=epochs,
                 one_at_a_time_s=round(t_one, 2), fit_many_s=round(t_many, 2), speedup=t_one / t_many,
+                fit_many_vmap_s=round(t_vmap, 2), speedup_vmap=t_one / t_vmap,
+                forward_stacked_over_vmap=t_vmap / t_many, identical_to_vmap=same_vmap,
                 identical_fits=same, max_test_acc_difference=max(abs(a.test_acc - b.test_acc)
                                                                  for a, b in zip(one, many)),
                 mean_test_acc=[sum(f.test_acc for f in fs) / len(fs) for fs in (one, many)])

@@ -43,6 +43,9 @@ def test_bench_probex(tmp_path):
     res = run("bench_probex.py", "--zoo", str(zoo.path), "--epochs", "3", out=tmp_path / "probex.json")
     assert res["n_train"] == 4 and res["speedup"] > 0
     assert res["best_val_acc_pre_extracted"] == res["best_val_acc_reread"]  # same model, same batches
+    sweep = res["sweep"]                   # fit after fit, fit_many, and fit_many by vmap: the same experts
+    assert sweep["fits"] == 2 * sweep["trees"] * sweep["layers"] and sweep["forward_stacked_over_vmap"] > 0
+    assert sweep["max_test_acc_difference"] < 0.05 and sweep["identical_to_vmap"] >= sweep["fits"] // 2
 
 
 def test_bench_lora(tmp_path):

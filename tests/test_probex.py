@@ -156,6 +156,37 @@ def test_fit_many_equals_one_at_a_time():
         fit_many([("dense", (tasks[0][1][0], (tasks[0][1][1][0], tasks[0][1][1][1][:, :3])), 0, {})])
 
 
+def test_stacked_experts_forward_is_each_experts_function_and_gradient():
+    """ProbeX.forward_stacked / Dense.forward_stacked (what Stacked, so fit_many, calls) equal each expert's
+    forward, outputs and every weight's gradient, and the vmap of it; a wrong shape is refused."""
+    import torch.nn.functional as F
+
+    from weightspace.nets.batched import Stacked
+    from weightspace.probex.model import Dense, ProbeX
+
+    for make in (lambda: ProbeX(6, 9, n_probes=3, proj_dim=4, rep_dim=5, out_dim=7), lambda: Dense(6, 9, 7)):
+        models = []
+        for m in range(3):
+            torch.manual_seed(m)
+            models.append(make())
+        net = Stacked(make, [e.state_dict() for e in models])
+        assert net.forward_stacked is type(models[0]).forward_stacked
+        X, Y = torch.randn(3, 4, 6, 9), (torch.rand(3, 4, 7) > 0.5).float()
+        out = net(X)
+        F.binary_cross_entropy_with_logits(out, Y, reduction="sum").backward()
+        vmapped = Stacked(make, [e.state_dict() for e in models])
+        vmapped.forward_stacked = None
+        assert torch.allclose(vmapped(X), out, atol=1e-6)
+        for m, model in enumerate(models):
+            ref = model(X[m])
+            assert torch.allclose(out[m], ref, atol=1e-6)
+            F.binary_cross_entropy_with_logits(ref, Y[m], reduction="sum").backward()
+            for k, p in model.named_parameters():
+                assert torch.allclose(net.params[k].grad[m], p.grad, atol=1e-5, rtol=1e-4), k
+        with pytest.raises(ValueError, match="expects"):
+            net(torch.randn(3, 4, 5, 9))
+
+
 def test_ridge_matches_the_primal_solution():
     X, Y = _planted(40, d=3)
     r = Ridge(0.1).fit(X, Y)

@@ -1,3 +1,5 @@
+import pathlib
+
 import numpy as np
 import torch
 
@@ -51,6 +53,12 @@ def test_environment_records_versions_device_and_commit(tmp_path):
     env = environment("cpu")
     assert env["packages"]["torch"] == metadata.version("torch") and env["device"] == "cpu"
     assert env["packages"]["diffusers"] == metadata.version("diffusers")
+    # the kind of CPU: another instruction set rounds differently, so numbers are bit for bit only on the same
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and env["cpu_capability"]
+    if pathlib.Path("/proc/cpuinfo").is_file():
+        names = [line.split(":", 1)[1].strip() for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        assert env["cpu"] == (names[0] if names else env["cpu"])
     git = env["git"]
     if git:                                             # a git checkout (not a wheel install)
         assert len(git["commit"]) == 40 and isinstance(git["dirty"], bool)

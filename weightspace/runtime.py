@@ -96,10 +96,26 @@ def _git_state(where) -> dict:
         return {}
 
 
+def cpu_model() -> str | None:
+    """The processor's name as the OS reports it (Linux: /proc/cpuinfo; elsewhere platform.processor())."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def environment(dev: torch.device | str | None = None) -> dict:
-    """What made a zoo or a results file: package versions, Python, platform, device, threads and the git
-    commit of this checkout — recorded in every manifest and results file so a number can be traced back
-    to the code and libraries that produced it (`make constraints` pins the same versions)."""
+    """What made a zoo or a results file: package versions, Python, platform, device, threads, the processor
+    and the vector instructions torch's CPU kernels use, and the git commit of this checkout — recorded in
+    every manifest and results file so a number can be traced back to the code and libraries that produced
+    it (`make constraints` pins the same versions). The same versions and seeds give the same numbers bit
+    for bit on the same kind of CPU; another instruction set (AVX2 vs AVX-512) rounds differently."""
     import platform
     from importlib import metadata
     from pathlib import Path
@@ -114,4 +130,6 @@ def environment(dev: torch.device | str | None = None) -> dict:
 
     return {"weightspace": __version__, "python": platform.python_version(), "platform": platform.platform(),
             "packages": versions, "device": str(torch.device(dev) if dev is not None else device()),
-            "torch_threads": torch.get_num_threads(), "git": _git_state(Path(__file__).resolve().parent)}
+            "torch_threads": torch.get_num_threads(), "cpu": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "git": _git_state(Path(__file__).resolve().parent)}

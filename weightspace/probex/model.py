@@ -112,6 +112,20 @@ class ProbeX(nn.Module):
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return self.head(self.encode(X))
 
+    @staticmethod
+    def forward_stacked(params: Mapping[str, torch.Tensor], X: torch.Tensor) -> torch.Tensor:
+        """`forward` of M experts at once: params stacked [M, ...] (nets.batched.Stacked), X [M, B, d_H, d_W]
+        -> logits [M, B, d_Y]. Batched products instead of vmap's per-op dispatch (fit_many's hot loop)."""
+        U, Vt = params["probes.weight"], params["proj.weight"]                  # [M, d_W, r_U], [M, r_V, d_H]
+        if X.ndim != 4 or X.shape[2:] != (Vt.shape[2], U.shape[1]):
+            raise ValueError(f"ProbeX expects [M, B, {Vt.shape[2]}, {U.shape[1]}], got {tuple(X.shape)}")
+        M, B, d_H, _ = X.shape
+        R = torch.bmm(X.reshape(M, B * d_H, -1), U).view(M, B, d_H, -1)         # [M, B, d_H, r_U]: X u_l
+        Rt = R.transpose(2, 3).reshape(M, -1, d_H)                               # [M, B r_U, d_H]
+        Z = torch.relu(torch.bmm(Rt, Vt.transpose(1, 2))).view(M, B, -1)         # [M, B, r_U r_V]: ReLU(Vᵀ X u_l)
+        e = torch.baddbmm(params["encoders.bias"][:, None], Z, params["encoders.weight"].transpose(1, 2))
+        return torch.baddbmm(params["head.bias"][:, None], e, params["head.weight"].transpose(1, 2))
+
 
 class Dense(nn.Module):
     """The dense linear expert y = W vec(X) + b: d_Y·d_H·d_W parameters (what ProbeX factorises)."""
@@ -123,6 +137,15 @@ class Dense(nn.Module):
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return self.linear(X.flatten(1))
+
+    @staticmethod
+    def forward_stacked(params: Mapping[str, torch.Tensor], X: torch.Tensor) -> torch.Tensor:
+        """`forward` of M experts at once (see ProbeX.forward_stacked): X [M, B, d_H, d_W] -> [M, B, d_Y]."""
+        W = params["linear.weight"]                                             # [M, d_Y, d_H d_W]
+        if X.ndim != 4 or X.shape[2] * X.shape[3] != W.shape[2]:
+            raise ValueError(f"Dense expects [M, B, d_H, d_W] with d_H d_W = {W.shape[2]}, got {tuple(X.shape)}")
+        # y^T = W vec(X)^T + b: W's gradient then comes out in W's own layout, no copy of d_Y d_H d_W per expert
+        return torch.baddbmm(params["linear.bias"][:, :, None], W, X.flatten(2).transpose(1, 2)).transpose(1, 2)
 
 
 def n_params(model: nn.Module) -> int:
