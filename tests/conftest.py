@@ -13,6 +13,20 @@ TINY_TREES = dict(n_trees=2, n_per_tree=6, root_steps=12, steps=[3, 6], chunk=4,
 TINY_LORA_TREES = dict(TINY_TREES, finetune_mode="lora", lora_ranks=[1, 4])
 
 
+def assert_stacked_is_each_model(net, models, x, y, loss, atol: float = 1e-5) -> torch.Tensor:
+    """A nets.batched.Stacked `net` of `models`: its outputs on x [M, B, ...] and every weight's gradient of
+    the loss summed over models equal each lone module's. Returns the stacked outputs."""
+    out = net(x)
+    sum(loss(out[m], y[m]) for m in range(len(models))).backward()
+    for m, model in enumerate(models):
+        ref = model(x[m])
+        assert torch.allclose(out[m], ref, atol=atol)
+        loss(ref, y[m]).backward()
+        for k, p in model.named_parameters():
+            assert torch.allclose(net.params[k].grad[m], p.grad, atol=atol, rtol=1e-4), k
+    return out
+
+
 def toy_state_dict(seed: int, d: int = 6) -> dict:
     g = torch.Generator().manual_seed(seed)
     return {"blocks.0.attn.proj.weight": torch.randn(d, d, generator=g),

@@ -1,6 +1,7 @@
 """The vmap machinery against the plain one-model-at-a-time reference."""
 import torch
 import torch.nn.functional as F
+from conftest import assert_stacked_is_each_model
 
 from weightspace.nets import BatchedAdamW, Stacked, make_vit
 from weightspace.nets.batched import lr_schedule
@@ -41,14 +42,7 @@ def test_stacked_vit_forward_is_timms_function_and_gradient():
         net = Stacked(lambda: make_vit(7, **cfg), [m.state_dict() for m in models])
         assert net.vit is not None and net.vit["pool"] == cfg["global_pool"]
         x, y = torch.randn(3, 5, 1, 8, 8), torch.randint(0, 7, (3, 5))
-        out = net(x)
-        F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="sum").backward()
-        for m, model in enumerate(models):
-            ref = model(x[m])
-            assert torch.allclose(out[m], ref, atol=1e-5)
-            F.cross_entropy(ref, y[m], reduction="sum").backward()
-            for k, p in model.named_parameters():
-                assert torch.allclose(net.params[k].grad[m], p.grad, atol=1e-5, rtol=1e-4), k
+        assert_stacked_is_each_model(net, models, x, y, lambda o, t: F.cross_entropy(o, t, reduction="sum"))
     for odd in (dict(class_token=False, global_pool="avg"), dict(drop_rate=0.1), dict(qkv_bias=False),
                 dict(init_values=1e-5), dict(reg_tokens=2)):
         model = make_vit(7, **odd).eval()

@@ -1,7 +1,7 @@
 """ProbeX: the formula against a brute-force reference, the layer rules, training, baselines, experts."""
 import pytest
 import torch
-from conftest import TINY_TREES
+from conftest import TINY_TREES, assert_stacked_is_each_model
 
 from weightspace.probex import (
     Dense,
@@ -172,17 +172,11 @@ def test_stacked_experts_forward_is_each_experts_function_and_gradient():
         net = Stacked(make, [e.state_dict() for e in models])
         assert net.forward_stacked is type(models[0]).forward_stacked
         X, Y = torch.randn(3, 4, 6, 9), (torch.rand(3, 4, 7) > 0.5).float()
-        out = net(X)
-        F.binary_cross_entropy_with_logits(out, Y, reduction="sum").backward()
+        out = assert_stacked_is_each_model(
+            net, models, X, Y, lambda o, t: F.binary_cross_entropy_with_logits(o, t, reduction="sum"))
         vmapped = Stacked(make, [e.state_dict() for e in models])
         vmapped.forward_stacked = None
         assert torch.allclose(vmapped(X), out, atol=1e-6)
-        for m, model in enumerate(models):
-            ref = model(X[m])
-            assert torch.allclose(out[m], ref, atol=1e-6)
-            F.binary_cross_entropy_with_logits(ref, Y[m], reduction="sum").backward()
-            for k, p in model.named_parameters():
-                assert torch.allclose(net.params[k].grad[m], p.grad, atol=1e-5, rtol=1e-4), k
         with pytest.raises(ValueError, match="expects"):
             net(torch.randn(3, 4, 5, 9))
 
