@@ -228,8 +228,10 @@ def test_stacked_unet_gradients_never_leak_and_match_a_lone_peft_adapter():
             opt.zero_grad()
             loss.backward()
             opt.step()
+        # float rounding only: batched and lone products round differently, and AdamW's normalised steps let that
+        # grow (4.8e-5 after these steps on an AVX2 CPU, under 2e-5 on AVX-512), against changes of > 1e-3
         for key, ref in params.items():
-            assert torch.allclose(trained[k][key], ref, atol=2e-5), (k, key, float((trained[k][key] - ref).abs().max()))
+            assert torch.allclose(trained[k][key], ref, atol=1e-4), (k, key, float((trained[k][key] - ref).abs().max()))
         assert max(float((trained[k][key] - init_sd[k][key]).abs().max()) for key in params) > 1e-3
 
 
