@@ -1,7 +1,7 @@
 """Batched (vmap) fine-tuning vs the same recipe one model at a time, on 2 cores.
 
     .venv/bin/python benchmarks/bench_zoo.py [--models 128] [--steps 150] [--workers 2] [--repeats 5]
-        [--out results/bench_zoo.json]
+        [--notebook01] [--out results/bench_zoo.json]
     .venv/bin/python benchmarks/bench_zoo.py --retire [--models 64] [--out results/bench_retire.json]
     .venv/bin/python benchmarks/bench_zoo.py --forward [--models 64] [--steps 40] [--out results/bench_forward.json]
 
@@ -20,7 +20,10 @@ Why the ratio moved between runs (1.54x-1.99x): it was a ratio of two wall times
 the other on cores that other jobs share, so whichever side ran while the machine was busier lost. Now
 each of `--repeats` rounds runs both sides back to back (alternating which goes first) and the ratio is
 also taken of CPU time (time.process_time of each one-thread worker, summed), which other processes'
-load inflates far less; min / median / max over the rounds are reported for both.
+load inflates far less; min / median / max over the rounds are reported for both, and for the two parts
+of the CPU time, training and the evaluation each model ends with. `--notebook01` fine-tunes rows of
+notebook 01's own plan (its classes per model, learning rates, 100-300 steps, schedules and seeds) instead
+of the synthetic ones (20 classes, a fixed number of steps).
 
 `--retire`: one fine-tuning chunk of notebook 01 (its first 64 models by steps, with their rows: classes,
 learning rates, 100-148 steps, schedules, seeds) in one process of one thread, with finished models leaving
@@ -57,6 +60,10 @@ import torch.nn.functional as F
 
 from weightspace.plotting import save_results
 
+# the workers send back every model's state dict; torch's default passes each tensor's storage as a file
+# descriptor, and 32 models' tensors per worker run out of them ("received 0 items of ancdata")
+torch.multiprocessing.set_sharing_strategy("file_system")
+
 
 def plan(n: int, steps: int):
     from weightspace.runtime import np_rng
@@ -69,14 +76,25 @@ def plan(n: int, steps: int):
 
 def batched(parent, rows, threads=1):
     from weightspace.data import styled_digits
-    from weightspace.nets.vit_training import finetune
+    from weightspace.nets import vit_training
 
     torch.set_num_threads(threads)
     styled_digits()
+    evaluate, spent = vit_training.evaluate, [0.0]
+
+    def timed_evaluate(*args, **kwargs):                 # the CPU time of the evaluation finetune ends with
+        c = time.process_time()
+        out = evaluate(*args, **kwargs)
+        spent[0] += time.process_time() - c
+        return out
+
+    vit_training.evaluate = timed_evaluate
     t, c = time.perf_counter(), time.process_time()
-    sds, metrics = finetune([parent] * len(rows), [r["classes"] for r in rows], [r["lr"] for r in rows],
-                            [r["steps"] for r in rows], [r["schedule"] for r in rows], [r["seed"] for r in rows])
-    return (time.perf_counter() - t, time.process_time() - c), sds, [m["test_acc"] for m in metrics]
+    sds, metrics = vit_training.finetune([parent] * len(rows), [r["classes"] for r in rows], [r["lr"] for r in rows],
+                                         [r["steps"] for r in rows], [r["schedule"] for r in rows],
+                                         [r["seed"] for r in rows])
+    vit_training.evaluate = evaluate
+    return (time.perf_counter() - t, time.process_time() - c, spent[0]), sds, [m["test_acc"] for m in metrics]
 
 
 def one_at_a_time(parent, rows, threads=1):
@@ -90,7 +108,7 @@ def one_at_a_time(parent, rows, threads=1):
     torch.set_num_threads(threads)
     ds = styled_digits()
     tr = ds.train
-    out, accs = [], []
+    out, accs, spent = [], [], 0.0
     t, c = time.perf_counter(), time.process_time()
     for r in rows:
         model = make_vit(ds.n_classes)
@@ -112,28 +130,30 @@ def one_at_a_time(parent, rows, threads=1):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        e = time.process_time()
         model.eval()                        # the builder records each model's test accuracy: so do we
         with torch.no_grad():
             mine = torch.isin(ds.test.y, torch.as_tensor(r["classes"]))
             accs.append(float((model(ds.test.x[mine]).argmax(-1) == ds.test.y[mine]).float().mean()))
+        spent += time.process_time() - e
         out.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-    return (time.perf_counter() - t, time.process_time() - c), out, accs
+    return (time.perf_counter() - t, time.process_time() - c, spent), out, accs
 
 
 def run(fn, parent, rows, workers, threads=1):
     """`workers` spawned processes of `threads` torch threads each, models dealt round-robin. Returns
-    (wall, cpu, state dicts, accuracies): the slower worker's training time (imports and start-up
-    excluded) and the workers' CPU times summed."""
+    (wall, cpu, eval cpu, state dicts, accuracies): the slower worker's time (imports and start-up
+    excluded), the workers' CPU times summed, and the part of it spent evaluating."""
     parts = [rows[w::workers] for w in range(workers)]
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx) as ex:
         results = list(ex.map(fn, [parent] * workers, parts, [threads] * workers))
-    wall, cpu = max(r[0][0] for r in results), sum(r[0][1] for r in results)
+    wall, cpu, cpu_eval = (f(r[0][j] for r in results) for j, f in ((0, max), (1, sum), (2, sum)))
     sds, accs = [None] * len(rows), [None] * len(rows)
     for w, (_, part, part_accs) in enumerate(results):
         for j, (sd, acc) in enumerate(zip(part, part_accs)):
             sds[w + j * workers], accs[w + j * workers] = sd, acc
-    return wall, cpu, sds, accs
+    return wall, cpu, cpu_eval, sds, accs
 
 
 def bench_retire(parent, n: int = 64, repeats: int = 2) -> dict:
@@ -212,6 +232,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5, help="rounds of both sides, back to back")
     ap.add_argument("--retire", action="store_true", help="only: finished models leaving the stack vs not")
     ap.add_argument("--forward", action="store_true", help="only: the stacked ViT forward vs vmap of the module")
+    ap.add_argument("--notebook01", action="store_true",
+                    help="fine-tune notebook 01's own rows (classes, lr, steps, schedule, seed; --models of them)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     from weightspace.nets.vit_training import pretrain
@@ -225,15 +247,23 @@ def main(argv=None):
         if args.out:
             save_results(args.out.parent, args.out.stem, res)
         return
-    rows = plan(args.models, args.steps)
+    if args.notebook01:
+        from weightspace.zoo.model_trees import plan_jobs
+
+        nb = next(j for j in plan_jobs({}) if "fine-tunes" in j.name).spec["rows"]
+        rows = nb[:: max(1, len(nb) // args.models)][:args.models]
+    else:
+        rows = plan(args.models, args.steps)
+    model_steps = sum(r["steps"] for r in rows)
     rounds = []
     for r in range(args.repeats):
         sides = [("batched", batched), ("one_at_a_time", one_at_a_time)]
         out = {name: run(fn, parent, rows, args.workers) for name, fn in (sides if r % 2 == 0 else sides[::-1])}
         rounds.append(out)
-        print(f"round {r}: wall {out['one_at_a_time'][0] / out['batched'][0]:.2f}x, "
-              f"cpu {out['one_at_a_time'][1] / out['batched'][1]:.2f}x", flush=True)
-    (t_b, c_b, sd_b, acc_b), (t_s, c_s, sd_s, acc_s) = rounds[-1]["batched"], rounds[-1]["one_at_a_time"]
+        b, o = out["batched"], out["one_at_a_time"]
+        print(f"round {r}: wall {o[0] / b[0]:.2f}x, cpu {o[1] / b[1]:.2f}x (training {(o[1] - o[2]) / (b[1] - b[2]):.2f}x, "
+              f"evaluation {o[2] / b[2]:.2f}x)", flush=True)
+    (t_b, c_b, _, sd_b, acc_b), (t_s, c_s, _, sd_s, acc_s) = rounds[-1]["batched"], rounds[-1]["one_at_a_time"]
     # what a user without the zoo builder runs: one process, torch using all the cores for each model
     t_n, *_ = run(one_at_a_time, parent, rows, 1, threads=args.workers)
     diff = max(float((sd_b[m][k] - sd_s[m][k]).abs().max()) for m in range(len(rows)) for k in sd_b[m])
@@ -242,17 +272,22 @@ def main(argv=None):
     one = plan(4, 1)
     (_, a, _), (_, b, _) = batched(parent, one), one_at_a_time(parent, one)
     diff_one_step = max(float((a[m][k] - b[m][k]).abs().max()) for m in range(4) for k in a[m])
-    ratios = {kind: sorted(o["one_at_a_time"][j] / o["batched"][j] for o in rounds)
-              for j, kind in ((0, "wall"), (1, "cpu"))}
+    part = {"wall": lambda o: o[0], "cpu": lambda o: o[1], "cpu_train": lambda o: o[1] - o[2], "cpu_eval": lambda o: o[2]}
+    ratios = {kind: sorted(f(o["one_at_a_time"]) / f(o["batched"]) for o in rounds) for kind, f in part.items()}
     spread = {f"speedup_{kind}_{stat}": round(f(v), 2) for kind, v in ratios.items()
               for stat, f in (("min", min), ("median", statistics.median), ("max", max))}
-    res = dict(models=args.models, steps=args.steps, workers=args.workers, repeats=args.repeats,
+    evals = {f"eval_share_of_cpu_{side}": round(statistics.median(o[side][2] / o[side][1] for o in rounds), 3)
+             for side in ("batched", "one_at_a_time")}
+    res = dict(rows="notebook 01's fine-tunes" if args.notebook01 else "synthetic", models=len(rows),
+               steps=f"{min(r['steps'] for r in rows)}-{max(r['steps'] for r in rows)}",
+               classes_per_model=statistics.median(len(r["classes"]) for r in rows),
+               workers=args.workers, repeats=args.repeats, **evals,
                batched_s=round(t_b, 2), one_at_a_time_s=round(t_s, 2), speedup=round(t_s / t_b, 2),
                batched_cpu_s=round(c_b, 2), one_at_a_time_cpu_s=round(c_s, 2), **spread,
                load_average=" ".join(f"{x:.2f}" for x in os.getloadavg()),
                one_process_all_threads_s=round(t_n, 2), speedup_vs_one_process=round(t_n / t_b, 2),
-               ms_per_model_step_batched=round(1000 * c_b / (args.models * args.steps), 2),
-               ms_per_model_step_one_at_a_time=round(1000 * c_s / (args.models * args.steps), 2),
+               ms_per_model_step_batched=round(1000 * c_b / model_steps, 2),
+               ms_per_model_step_one_at_a_time=round(1000 * c_s / model_steps, 2),
                max_abs_weight_difference_after_one_step=diff_one_step,
                max_abs_weight_difference_after_all_steps=diff,
                mean_test_acc_batched=sum(acc_b) / len(acc_b), mean_test_acc_one_at_a_time=sum(acc_s) / len(acc_s))

@@ -23,6 +23,20 @@ def test_bench_zoo(tmp_path):
     assert res["models"] == 4 and res["speedup"] > 0 and res["speedup_vs_one_process"] > 0
     assert res["max_abs_weight_difference_after_one_step"] < 1e-5  # same recipe on both sides
     assert res["repeats"] == 2 and res["speedup_cpu_min"] <= res["speedup_cpu_median"] <= res["speedup_cpu_max"]
+    assert res["speedup_cpu_train_min"] > 0 and res["speedup_cpu_eval_min"] > 0    # the CPU time in its two parts
+    assert 0 < res["eval_share_of_cpu_batched"] < 1 and 0 < res["eval_share_of_cpu_one_at_a_time"] < 1
+
+
+def test_bench_zoo_on_notebook_01s_rows(tmp_path):
+    from weightspace.zoo.model_trees import plan_jobs
+
+    res = run("bench_zoo.py", "--models", "2", "--repeats", "1", "--notebook01", out=tmp_path / "zoo.json")
+    rows = next(j for j in plan_jobs({}) if "fine-tunes" in j.name).spec["rows"]
+    assert res["rows"] == "notebook 01's fine-tunes" and res["models"] == 2
+    picked = rows[:: len(rows) // 2][:2]                             # the notebook's own rows, its steps among them
+    assert res["steps"] == f"{min(r['steps'] for r in picked)}-{max(r['steps'] for r in picked)}"
+    assert res["classes_per_model"] == len(picked[0]["classes"])
+    assert res["max_abs_weight_difference_after_one_step"] < 1e-5
 
 
 def test_bench_zoo_retire(tmp_path):
