@@ -4,6 +4,7 @@
         [--notebook01] [--out results/bench_zoo.json]
     .venv/bin/python benchmarks/bench_zoo.py --retire [--models 64] [--out results/bench_retire.json]
     .venv/bin/python benchmarks/bench_zoo.py --forward [--models 64] [--steps 40] [--out results/bench_forward.json]
+    .venv/bin/python benchmarks/bench_zoo.py --eval [--models 64] [--out results/bench_eval.json]
 
 Both sides fine-tune the same models (same parent, classes, learning rates, schedules, seeds and batches)
 from a briefly pre-trained root, split over `workers` processes of one thread each, as the zoo builder
@@ -33,7 +34,13 @@ at learning rate 0 (`retire=False`, as before): CPU-time ratio, and whether the 
 `--forward`: the stacked ViT's forward and backward as batched products (nets.vit.stacked_forward, what
 Stacked runs for a plain timm ViT) vs vmap of the timm module (Stacked with its `vit` config removed), on
 the same stacked weights and batches: a fine-tuning step (loss, gradients of every weight) and the
-builders' evaluation, CPU time of one thread, and the largest output and gradient differences.
+builders' evaluation as it ran before `--eval`'s change (the stack, 128 images per model at a time), CPU time of
+one thread, and the largest output and gradient differences.
+
+`--eval`: the accuracy each fine-tune's row records, computed by running the stack (stacked_forward, 128
+own-class test images per model at a time, as the builders did) vs by running each model alone
+(vit_training.evaluate, what they run now), on notebook 01's rows fine-tuned for a few steps: CPU time of one
+thread, and whether the accuracies are the same.
 
 What to expect: at batch 32 one tiny-ViT model step is mostly arithmetic (~2.7 MFLOP per image, forward
 and backward), so batching M models with vmap removes only the per-model Python/dispatch overhead; the
@@ -180,10 +187,57 @@ def bench_retire(parent, n: int = 64, repeats: int = 2) -> dict:
                 load_average=" ".join(f"{x:.2f}" for x in os.getloadavg()))
 
 
+@torch.no_grad()
+def stacked_evaluate(net, classes, split, chunk: int = 128) -> list[float]:
+    """Each model's accuracy on its own classes' images, the stack run as one (`chunk` images per model
+    at a time, padded): how the builders evaluated before they ran each model alone."""
+    from weightspace.nets.vit_training import own_class_pools
+
+    table, lens = own_class_pools(split, classes)
+    correct = torch.zeros(net.M)
+    for lo in range(0, table.shape[1], chunk):
+        ib = table[:, lo:lo + chunk]
+        pred = net(split.x[ib]).argmax(-1)                                           # [M, b]
+        valid = torch.arange(lo, lo + ib.shape[1])[None, :] < lens[:, None]
+        correct += ((pred == split.y[ib]) & valid).sum(1)
+    return (correct / lens.clamp(min=1)).tolist()
+
+
+def bench_eval(parent, n: int = 64, steps: int = 20, repeats: int = 3) -> dict:
+    from weightspace.data import styled_digits
+    from weightspace.nets import Stacked, make_vit
+    from weightspace.nets.vit_training import evaluate, finetune
+    from weightspace.zoo.model_trees import plan_jobs
+
+    ds = styled_digits()
+    rows = next(j for j in plan_jobs({}) if "fine-tunes" in j.name).spec["rows"]
+    rows = rows[:: max(1, len(rows) // n)][:n]
+    classes = [r["classes"] for r in rows]
+    sds, _ = finetune([parent] * len(rows), classes, [r["lr"] for r in rows], [steps] * len(rows),
+                      [r["schedule"] for r in rows], [r["seed"] for r in rows])
+    net = Stacked(lambda: make_vit(ds.n_classes), sds)
+    cpu, accs = {"stack": [], "alone": []}, {}
+    sides = {"stack": lambda: stacked_evaluate(net, classes, ds.test), "alone": lambda: evaluate(net, classes, ds.test)}
+    for r in range(repeats + 1):                         # round 0: torch's first-call warm-up, not timed
+        for side in (("stack", "alone") if r % 2 == 0 else ("alone", "stack")):
+            c = time.process_time()
+            accs[side] = sides[side]()
+            if r:
+                cpu[side].append(time.process_time() - c)
+    diff = [abs(a - b) for a, b in zip(accs["stack"], accs["alone"])]
+    return dict(models=len(rows), finetune_steps=steps, images=sum(int(torch.isin(ds.test.y, torch.tensor(c)).sum())
+                                                               for c in classes),
+                cpu_s_stack=[round(x, 3) for x in cpu["stack"]], cpu_s_alone=[round(x, 3) for x in cpu["alone"]],
+                speedup_cpu=round(min(cpu["stack"]) / min(cpu["alone"]), 3),
+                models_with_the_same_accuracy=sum(d == 0 for d in diff), max_accuracy_difference=max(diff),
+                mean_test_acc=sum(accs["alone"]) / len(rows),
+                load_average=" ".join(f"{x:.2f}" for x in os.getloadavg()))
+
+
 def bench_forward(parent, n: int = 64, steps: int = 40, repeats: int = 2) -> dict:
     from weightspace.data import styled_digits
     from weightspace.nets import Stacked, make_vit
-    from weightspace.nets.vit_training import evaluate, fresh_head
+    from weightspace.nets.vit_training import fresh_head
 
     ds = styled_digits()
     rows = plan(n, steps)
@@ -209,7 +263,7 @@ def bench_forward(parent, n: int = 64, steps: int = 40, repeats: int = 2) -> dic
             out[side] = train_steps()
             cpu[side]["train"].append(time.process_time() - c)
             c = time.process_time()
-            accs = evaluate(net, [r["classes"] for r in rows], ds.test)
+            accs = stacked_evaluate(net, [r["classes"] for r in rows], ds.test)
             cpu[side]["eval"].append(time.process_time() - c)
             out[side + "_acc"] = accs
     net.vit = fast
@@ -232,6 +286,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5, help="rounds of both sides, back to back")
     ap.add_argument("--retire", action="store_true", help="only: finished models leaving the stack vs not")
     ap.add_argument("--forward", action="store_true", help="only: the stacked ViT forward vs vmap of the module")
+    ap.add_argument("--eval", action="store_true",
+                    help="only: the builders' evaluation, the stack run as one vs each model alone")
     ap.add_argument("--notebook01", action="store_true",
                     help="fine-tune notebook 01's own rows (classes, lr, steps, schedule, seed; --models of them)")
     ap.add_argument("--out", type=Path)
@@ -240,9 +296,10 @@ def main(argv=None):
 
     torch.set_num_threads(1)
     parent, _ = pretrain("supervised", 0, 200)
-    if args.retire or args.forward:
-        res = bench_retire(parent, min(args.models, 64)) if args.retire else bench_forward(
-            parent, min(args.models, 64), min(args.steps, 40))
+    if args.retire or args.forward or args.eval:
+        n = min(args.models, 64)
+        res = (bench_retire(parent, n) if args.retire else bench_eval(parent, n) if args.eval
+               else bench_forward(parent, n, min(args.steps, 40)))
         print(json.dumps(res, indent=2))
         if args.out:
             save_results(args.out.parent, args.out.stem, res)

@@ -51,6 +51,12 @@ def test_bench_zoo_forward(tmp_path):
     assert res["max_abs_logit_difference"] < 1e-4 and res["max_relative_gradient_difference"] < 1e-4
 
 
+def test_bench_zoo_eval(tmp_path):
+    res = run("bench_zoo.py", "--eval", "--models", "3", out=tmp_path / "eval.json")
+    assert res["models"] == 3 and len(res["cpu_s_stack"]) == len(res["cpu_s_alone"]) == 3
+    assert res["models_with_the_same_accuracy"] == 3 and res["max_accuracy_difference"] == 0 and res["speedup_cpu"] > 0
+
+
 def test_bench_probex(tmp_path):
     zoo = build_model_trees(tmp_path / "trees", executor="inline", progress=False,
                             **{**TINY_TREES, "n_per_tree": 8, "split": [0.5, 0.25, 0.25]})

@@ -68,6 +68,8 @@ def test_evaluate_counts_each_models_own_classes():
         mine = torch.isin(ds.test.y, torch.tensor(c))
         with torch.no_grad():
             assert acc == float((m(ds.test.x[mine]).argmax(-1) == ds.test.y[mine]).float().mean())
+    with pytest.raises(ValueError, match="2 class lists for 3 stacked models"):
+        evaluate(Stacked(lambda: make_vit(ds.n_classes), sds), classes[:2], ds.test)
 
 
 def test_lora_plan_adds_a_rank_after_the_ft_draws():
