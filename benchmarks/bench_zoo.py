@@ -43,12 +43,12 @@ own-class test images per model at a time, as the builders did) vs by running ea
 thread, and whether the accuracies are the same.
 
 What to expect: at batch 32 one tiny-ViT model step is mostly arithmetic (~2.7 MFLOP per image, forward
-and backward), so batching M models with vmap removes only the per-model Python/dispatch overhead; the
-rest of the gain comes from the evaluation (the batched one runs all models' own-class test images in
-cache-sized chunks) and, against the naive loop, from running one model per core instead of splitting
-each model's small products over two threads. Measured here on an idle machine (2 cores, 128 models x
-150 steps): batched 4.7 ms per model-step, one at a time in the same two one-thread workers 9.4 ms
-(1.99x); one process with 2 threads 3.68x slower than batched.
+and backward), so batching M models removes only the per-model Python/dispatch overhead; both sides end
+by evaluating each model alone (vit_training.evaluate, 256 images at a time, vs all at once), so the
+evaluation's ratio is near 1; against the naive loop the rest comes from running one model per core instead
+of splitting each model's small products over two threads. Measured on an idle machine (64 of notebook 01's
+rows, 5 rounds, results/bench_zoo_notebook01.json): CPU-time ratio 1.45 / 1.49 / 1.51x (min / median /
+max); one process with 2 threads 2.77x slower than batched.
 """
 from __future__ import annotations
 

@@ -362,11 +362,12 @@ def own_class_pools(split, classes: Sequence[Sequence[int]]) -> tuple[torch.Tens
 def evaluate(net: Stacked, classes: Sequence[Sequence[int]], split, device="cpu", chunk: int = 256) -> list[float]:
     """Accuracy of each stacked model on the images of its own classes, each model run alone (the module
     in eval mode, `chunk` images at a time): what a user who loads the saved weights computes, and on CPU
-    ~1.8x quicker than running the stack, whose per-model products and hand-written LayerNorm pay for
-    batching only in training (benchmarks/bench_zoo.py --eval)."""
+    ~1.5x quicker than running the stack, whose batched products and per-model LayerNorm scale and shift
+    pay for batching only in training (benchmarks/bench_zoo.py --eval)."""
     if len(classes) != net.M:
         raise ValueError(f"evaluate: {len(classes)} class lists for {net.M} stacked models (one per model)")
     table, lens = own_class_pools(split, classes)
+    x = split.x.to(device)
     module, was_training = net.skeleton, net.skeleton.training
     module.eval()
     correct = []
@@ -377,7 +378,7 @@ def evaluate(net: Stacked, classes: Sequence[Sequence[int]], split, device="cpu"
             hits = 0
             for lo in range(0, len(idx), chunk):
                 ib = idx[lo:lo + chunk]
-                pred = functional_call(module, weights, (split.x[ib].to(device),)).argmax(-1).cpu()
+                pred = functional_call(module, weights, (x[ib.to(device)],)).argmax(-1).cpu()
                 hits += int((pred == split.y[ib]).sum())
             correct.append(hits)
     finally:
