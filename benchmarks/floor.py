@@ -21,6 +21,16 @@ evaluation) is not charged to its steps; fine-tuning less its final evaluation, 
     kurtosis         ~8 FLOPs per weight (square, cube, fourth power, four sums); bytes: every weight read once.
     extraction       bytes: the model files read (hash-verified, whole) plus the stacked layer written.
 
+Then one fine-tuning step part by part (`step_parts`: 64 stacked ViTs, batch 32, as a builder's chunk runs
+them): forward and backward under torch's profiler, each operator's own time put in a part (the linear
+layers' batched products, the fused attention, GELU, LayerNorm, the rest), and the AdamW step and the whole
+step timed without it. FLOPs of the products are the profiler's (from their shapes); attention's are
+4 N^2 d per image and block forward (QK^T and AV), 3x that with its backward; GELU and LayerNorm move
+(4 + 4) bytes per element forward and (4 + 4 + 4) backward. The profiler adds a few microseconds per
+operator, so parts made of many small operators read slower than they run. Beside it, the attention of
+that step fused (what stacked_forward runs) against written out as softmax(QK^T / sqrt(d)) V in batched
+products, forward and backward on the step's own q, k, v: the ratio of their times.
+
 The rate (work / time) is set against the peak: `flop_ratio` = GFLOP/s / peak GFLOP/s, `byte_ratio` =
 GB/s / peak GB/s; a stage's floor is whichever ratio is higher (what bounds it). Other developers share the
 cores: absolute times carry the load average printed beside them; the ratios are what to read.
@@ -178,6 +188,117 @@ def stages(tmp: str) -> list[dict]:
     return out
 
 
+# a fine-tuning step's operators by part (substrings of the profiler's names), in the order a reader scans them
+PARTS = (("linear layers (batched products)", ("aten::bmm", "aten::baddbmm", "aten::addmm", "aten::mm")),
+         ("attention (fused)", ("scaled_dot_product",)),
+         ("GELU", ("aten::gelu",)),
+         ("LayerNorm", ("layer_norm",)))
+
+
+def step_parts(M: int = 64, batch: int = 32, steps: int = 8) -> dict:
+    """One fine-tuning step of M stacked ViTs (the default preset's net, notebook 01's chunk of 64) by part."""
+    import torch.nn.functional as F
+    from torch.profiler import ProfilerActivity, profile
+
+    from weightspace.data import styled_digits
+    from weightspace.nets.batched import BatchedAdamW, Stacked
+    from weightspace.nets.vit import VIT_TINY, make_vit
+
+    ds = styled_digits()
+    vit = {"global_pool": "avg"}
+    c = {**VIT_TINY, **vit}
+    torch.manual_seed(0)
+    net = Stacked(lambda: make_vit(ds.n_classes, **vit),
+                  [make_vit(ds.n_classes, **vit).state_dict() for _ in range(M)])
+    opt = BatchedAdamW(net.trainable(), weight_decay=0.01)
+    lr = torch.full((M,), 1e-3)
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(len(ds.train.y), (M, batch), generator=g) for _ in range(steps + 2)]
+
+    def forward_backward(idx):
+        loss = F.cross_entropy(net(ds.train.x[idx]).flatten(0, 1), ds.train.y[idx].flatten())
+        opt.zero_grad()
+        loss.backward()
+
+    for idx in batches[:2]:                                     # warm-up: torch's first-step costs
+        forward_backward(idx)
+        opt.step(lr)
+    t_fb = t_opt = 0.0
+    for idx in batches[2:]:
+        t = time.perf_counter()
+        forward_backward(idx)
+        t_fb += time.perf_counter() - t
+        t = time.perf_counter()
+        opt.step(lr)
+        t_opt += time.perf_counter() - t
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        for idx in batches[2:]:
+            forward_backward(idx)
+    per_part = {name: [0.0, 0.0] for name, _ in PARTS}          # self seconds, profiler FLOPs
+    other = 0.0
+    for e in prof.key_averages():
+        part = next((name for name, keys in PARTS if any(k in e.key for k in keys)), None)
+        if part is None:
+            other += e.self_cpu_time_total / 1e6
+        else:
+            per_part[part][0] += e.self_cpu_time_total / 1e6
+            per_part[part][1] += e.flops or 0
+    d, L, h = c["embed_dim"], c["depth"], int(c["mlp_ratio"] * c["embed_dim"])
+    N = (c["img_size"] // c["patch_size"]) ** 2 + 1
+    images = M * batch * steps
+    elems = {"GELU": L * N * h, "LayerNorm": (2 * L + 1) * N * d}       # elements per image
+    work = {"attention (fused)": (3 * 4 * L * N * N * d * images, 0)}
+    work |= {k: (0, 20 * n * images) for k, n in elems.items()}
+    rows = [dict(part=name, seconds=sec / steps, gflop=(work.get(name, (fl, 0))[0]) / steps / 1e9,
+                 gbytes=work.get(name, (0, 0))[1] / steps / 1e9) for name, (sec, fl) in per_part.items()]
+    rows.append(dict(part="the rest (copies, additions, sums, indexing, autograd)", seconds=other / steps,
+                     gflop=0.0, gbytes=0.0))
+    profiled = sum(r["seconds"] for r in rows)
+    for r in rows:
+        r["share"] = r["seconds"] / profiled
+    return dict(models=M, batch=batch, steps=steps, forward_backward_s=t_fb / steps, adamw_s=t_opt / steps,
+                profiled_s=profiled, parts=rows,
+                attention_written_out_over_fused=attention_variants(net, ds, M, batch))
+
+
+def attention_variants(net, ds, M: int, batch: int, repeats: int = 5) -> float:
+    """Time of the attention written out (batched products and a softmax) over fused
+    (scaled_dot_product_attention), forward and backward, on the q, k, v the first block of a real batch
+    hands to it (caught on their way into the fused call)."""
+    from unittest.mock import patch
+
+    import torch.nn.functional as F
+
+    fused_call, caught = F.scaled_dot_product_attention, []
+
+    def catch(q, k, v, *args, **kwargs):
+        caught.append((q, k, v))
+        return fused_call(q, k, v, *args, **kwargs)
+
+    with torch.no_grad(), patch.object(F, "scaled_dot_product_attention", catch):
+        net(ds.train.x[torch.arange(M * batch).view(M, batch) % len(ds.train.y)])
+    q, k, v = (t.detach().requires_grad_(True) for t in caught[0])
+
+    def written_out_forward():
+        return torch.matmul(torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2)).softmax(-1), v)
+
+    def fused():
+        fused_call(q, k, v).sum().backward()
+
+    def written_out():
+        written_out_forward().sum().backward()
+
+    with torch.no_grad():                                            # the same function, or the ratio means nothing
+        gap = (written_out_forward() - fused_call(q, k, v)).abs().max().item()
+    if gap > 1e-4:
+        raise AssertionError(f"the written-out attention is {gap:.2e} away from the fused one")
+
+    times = {}
+    for fn in (fused, written_out, fused, written_out):             # a warm round, then the one that counts
+        times[fn.__name__] = timed(fn, repeat=repeats)[0]
+    return times["written_out"] / times["fused"]
+
+
 def table(res: dict) -> str:
     pk = res["peak"]
     lines = [f"Peak of one core (same process): matmul {pk['gflops']:.1f} GFLOP/s, copy {pk['gbs']:.1f} GB/s; "
@@ -188,6 +309,22 @@ def table(res: dict) -> str:
         lines.append(f"| {s['stage']} | {s['notebooks']} | {s['slice']} | {s['seconds']:.2f} | {s['gflop']:.2f} | "
                      f"{s['gbytes']:.3f} | {s['gflops']:.2f} | {s['gbs']:.2f} | {s['flop_ratio']:.1%} | "
                      f"{s['byte_ratio']:.1%} |")
+    sp = res.get("step")
+    if sp:
+        dash = lambda v, fmt: fmt.format(v) if v else "—"
+        lines += ["", f"One fine-tuning step of {sp['models']} stacked ViTs (batch {sp['batch']}, mean of "
+                  f"{sp['steps']}): forward and backward {sp['forward_backward_s'] * 1e3:.0f} ms "
+                  f"({sp['profiled_s'] * 1e3:.0f} ms under the profiler), AdamW {sp['adamw_s'] * 1e3:.1f} ms; "
+                  f"its attention written out as softmax(QKᵀ/√d)V takes "
+                  f"{sp['attention_written_out_over_fused']:.2f}x the fused kernel's time.", "",
+                  "| part of forward + backward | ms | share | GFLOP | GFLOP/s | of peak FLOP/s | GB/s "
+                  "| of peak GB/s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in sp["parts"]:
+            cells = [r["part"], f"{r['seconds'] * 1e3:.1f}", f"{r['share']:.0%}", dash(r["gflop"], "{:.2f}"),
+                     dash(r["gflops"], "{:.1f}"), dash(r["flop_ratio"], "{:.0%}"), dash(r["gbs"], "{:.2f}"),
+                     dash(r["byte_ratio"], "{:.0%}")]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -201,8 +338,9 @@ def main(argv=None):
     res = dict(threads=1, load_before=load(), peak=peak())
     with tempfile.TemporaryDirectory() as tmp:
         res["stages"] = stages(tmp)
+    res["step"] = step_parts()
     res["load_after"] = load()
-    for s in res["stages"]:
+    for s in res["stages"] + res["step"]["parts"]:
         s["gflops"], s["gbs"] = s["gflop"] / s["seconds"], s["gbytes"] / s["seconds"]
         s["flop_ratio"], s["byte_ratio"] = s["gflops"] / res["peak"]["gflops"], s["gbs"] / res["peak"]["gbs"]
     text = table(res)

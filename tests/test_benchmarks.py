@@ -72,3 +72,30 @@ def test_bench_lora(tmp_path):
     res = run("bench_lora.py", "--k", "2", "--steps", "2", "--batch", "4", out=tmp_path / "lora.json")
     assert res["k"] == 2 and res["speedup"] > 0 and res["max_abs_factor_change"] > 1e-4
     assert res["max_abs_factor_difference"] < 1e-5  # stacked and lone peft adapters train the same factors
+
+
+def test_floor_step_parts_count_the_products_of_a_step(monkeypatch):
+    """The profiler's FLOPs of a fine-tuning step's batched products equal the ViT's linear layers counted by
+    hand: forward, and backward for the gradients of weights and inputs (no input gradient for the images)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import floor
+
+    from weightspace.data import styled_digits
+    from weightspace.nets.vit import VIT_TINY
+
+    M, batch = 3, 8
+    res = floor.step_parts(M=M, batch=batch, steps=1)
+    parts = {r["part"]: r for r in res["parts"]}
+    assert list(parts)[:4] == [name for name, _ in floor.PARTS] and len(parts) == 5
+    c = {**VIT_TINY, "global_pool": "avg"}
+    d, L, h, p = c["embed_dim"], c["depth"], int(c["mlp_ratio"] * c["embed_dim"]), c["patch_size"]
+    n = (c["img_size"] // p) ** 2
+    embed, blocks, head = n * p * p * d, L * (n + 1) * (4 * d * d + 2 * d * h), d * styled_digits().n_classes
+    assert parts["linear layers (batched products)"]["gflop"] * 1e9 == 2 * M * batch * (2 * embed + 3 * (blocks + head))
+    assert abs(sum(r["share"] for r in res["parts"]) - 1) < 1e-9 and res["forward_backward_s"] > 0
+    assert res["attention_written_out_over_fused"] > 0
+    res["parts"] = [{**r, "gflops": r["gflop"] / r["seconds"], "gbs": r["gbytes"] / r["seconds"],
+                     "flop_ratio": 0.5, "byte_ratio": 0.5} for r in res["parts"]]
+    text = floor.table({"peak": {"gflops": 1.0, "gbs": 1.0}, "load_before": "0", "load_after": "0", "stages": [],
+                        "step": res})
+    assert "| attention (fused) |" in text and f"of {M} stacked ViTs" in text
