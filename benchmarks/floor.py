@@ -73,7 +73,8 @@ def peak() -> dict:
 # ------------------------------------------------------------------------------------------- the work
 
 def vit_work(cfg: dict, n_out: int) -> dict:
-    """Per image: forward FLOPs, parameters and stored activations of make_vit(n_out, **cfg)."""
+    """Per image: forward FLOPs (all, and the attention's QK^T and AV alone), parameters, stored activations,
+    and the elements GELU and LayerNorm pass over, of make_vit(n_out, **cfg)."""
     from weightspace.nets.vit import VIT_TINY
 
     c = {**VIT_TINY, **cfg}
@@ -84,7 +85,8 @@ def vit_work(cfg: dict, n_out: int) -> dict:
     macs = n * p * p * c["in_chans"] * d + L * T * (4 * d * d + 2 * d * h + 2 * T * d) + d * n_out
     params = p * p * c["in_chans"] * d + L * (4 * d * d + 2 * d * h) + d * n_out
     acts = L * (T * (8 * d + 2 * h) + heads * T * T) + T * d
-    return dict(flops=2 * macs, params=params, acts=acts)
+    return dict(flops=2 * macs, attention_flops=2 * L * 2 * T * T * d, params=params, acts=acts,
+                gelu_elements=L * T * h, layernorm_elements=(2 * L + 1) * T * d)
 
 
 def expert_macs(kind: str, shape, n_classes: int, ranks: dict) -> int:
@@ -202,11 +204,11 @@ def step_parts(M: int = 64, batch: int = 32, steps: int = 8) -> dict:
 
     from weightspace.data import styled_digits
     from weightspace.nets.batched import BatchedAdamW, Stacked
-    from weightspace.nets.vit import VIT_TINY, make_vit
+    from weightspace.nets.vit import make_vit
 
     ds = styled_digits()
     vit = {"global_pool": "avg"}
-    c = {**VIT_TINY, **vit}
+    w = vit_work(vit, ds.n_classes)
     torch.manual_seed(0)
     net = Stacked(lambda: make_vit(ds.n_classes, **vit),
                   [make_vit(ds.n_classes, **vit).state_dict() for _ in range(M)])
@@ -243,12 +245,9 @@ def step_parts(M: int = 64, batch: int = 32, steps: int = 8) -> dict:
         else:
             per_part[part][0] += e.self_cpu_time_total / 1e6
             per_part[part][1] += e.flops or 0
-    d, L, h = c["embed_dim"], c["depth"], int(c["mlp_ratio"] * c["embed_dim"])
-    N = (c["img_size"] // c["patch_size"]) ** 2 + 1
     images = M * batch * steps
-    elems = {"GELU": L * N * h, "LayerNorm": (2 * L + 1) * N * d}       # elements per image
-    work = {"attention (fused)": (3 * 4 * L * N * N * d * images, 0)}
-    work |= {k: (0, 20 * n * images) for k, n in elems.items()}
+    work = {"attention (fused)": (3 * w["attention_flops"] * images, 0),      # (FLOPs, bytes); products: the profiler's
+            "GELU": (0, 20 * w["gelu_elements"] * images), "LayerNorm": (0, 20 * w["layernorm_elements"] * images)}
     rows = [dict(part=name, seconds=sec / steps, gflop=(work.get(name, (fl, 0))[0]) / steps / 1e9,
                  gbytes=work.get(name, (0, 0))[1] / steps / 1e9) for name, (sec, fl) in per_part.items()]
     rows.append(dict(part="the rest (copies, additions, sums, indexing, autograd)", seconds=other / steps,
@@ -258,10 +257,10 @@ def step_parts(M: int = 64, batch: int = 32, steps: int = 8) -> dict:
         r["share"] = r["seconds"] / profiled
     return dict(models=M, batch=batch, steps=steps, forward_backward_s=t_fb / steps, adamw_s=t_opt / steps,
                 profiled_s=profiled, parts=rows,
-                attention_written_out_over_fused=attention_variants(net, ds, M, batch))
+                attention=attention_variants(net, ds, M, batch))
 
 
-def attention_variants(net, ds, M: int, batch: int, repeats: int = 5) -> float:
+def attention_variants(net, ds, M: int, batch: int, repeats: int = 5) -> dict:
     """Time of the attention written out (batched products and a softmax) over fused
     (scaled_dot_product_attention), forward and backward, on the q, k, v the first block of a real batch
     hands to it (caught on their way into the fused call)."""
@@ -296,7 +295,14 @@ def attention_variants(net, ds, M: int, batch: int, repeats: int = 5) -> float:
     times = {}
     for fn in (fused, written_out, fused, written_out):             # a warm round, then the one that counts
         times[fn.__name__] = timed(fn, repeat=repeats)[0]
-    return times["written_out"] / times["fused"]
+    return {"written_out_over_fused": times["written_out"] / times["fused"], "max_abs_difference": gap}
+
+
+def add_rates(rows: list[dict], pk: dict) -> None:
+    """Each row's rates (GFLOP/s, GB/s) and their ratios to the peak, from its work and time."""
+    for r in rows:
+        r["gflops"], r["gbs"] = r["gflop"] / r["seconds"], r["gbytes"] / r["seconds"]
+        r["flop_ratio"], r["byte_ratio"] = r["gflops"] / pk["gflops"], r["gbs"] / pk["gbs"]
 
 
 def table(res: dict) -> str:
@@ -316,7 +322,7 @@ def table(res: dict) -> str:
                   f"{sp['steps']}): forward and backward {sp['forward_backward_s'] * 1e3:.0f} ms "
                   f"({sp['profiled_s'] * 1e3:.0f} ms under the profiler), AdamW {sp['adamw_s'] * 1e3:.1f} ms; "
                   f"its attention written out as softmax(QKᵀ/√d)V takes "
-                  f"{sp['attention_written_out_over_fused']:.2f}x the fused kernel's time.", "",
+                  f"{sp['attention']['written_out_over_fused']:.2f}x the fused kernel's time.", "",
                   "| part of forward + backward | ms | share | GFLOP | GFLOP/s | of peak FLOP/s | GB/s "
                   "| of peak GB/s |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -340,9 +346,7 @@ def main(argv=None):
         res["stages"] = stages(tmp)
     res["step"] = step_parts()
     res["load_after"] = load()
-    for s in res["stages"] + res["step"]["parts"]:
-        s["gflops"], s["gbs"] = s["gflop"] / s["seconds"], s["gbytes"] / s["seconds"]
-        s["flop_ratio"], s["byte_ratio"] = s["gflops"] / res["peak"]["gflops"], s["gbs"] / res["peak"]["gbs"]
+    add_rates(res["stages"] + res["step"]["parts"], res["peak"])
     text = table(res)
     print(text)
     if args.out:
